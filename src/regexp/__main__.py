@@ -1,0 +1,5 @@
+import sys
+
+from regexp.cli import main
+
+sys.exit(main())

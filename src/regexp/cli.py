@@ -1,0 +1,169 @@
+"""The `regexp` command: dispatch subcommands; turn a user error into one clear line, exit 2.
+
+Heavy imports (torch, Hydra's app) happen inside the commands, so `regexp --help` is instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+
+USAGE = """\
+usage: regexp COMMAND [ARGS...]
+
+Train models and watch regularization work: Hydra configs in, TensorBoard curves out.
+
+commands:
+  train [KEY=VALUE ...]      one training run (Hydra app: --help lists every group and key)
+  train -m [KEY=V1,V2 ...]   a sweep, one run per combination
+  summary [KEY=VALUE ...]    the composed model's layers and parameter counts, no training
+
+examples:
+  regexp train norm=bn optim.weight_decay=1e-2
+  regexp train -m model.dropout=0,0.2,0.5 optim.weight_decay=0,1e-3,1e-2
+  tensorboard --logdir outputs
+
+`regexp COMMAND --help` says more. `python -m regexp` is the same command.
+"""
+
+
+def train(args: list[str]) -> int:
+    """`regexp train`: Hydra's own command line, every flag passed through."""
+    import hydra
+
+    from regexp import config, run
+
+    app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
+        run.train_job
+    )
+    sys.argv = ["regexp train", *args]  # Hydra parses sys.argv
+    app()
+    if run.FAILED:
+        raise run.FAILED[0]
+    return 0
+
+
+def summary(args: list[str]) -> int:
+    """`regexp summary`: compose the same config as train, print the model's layer table."""
+    if any(a in ("-h", "--help") for a in args):
+        print(
+            "usage: regexp summary [KEY=VALUE ...]\n\n"
+            "Compose the config as `regexp train` would (same groups, same overrides) and print\n"
+            "the model's layers, output shapes and parameter counts. Nothing is trained or\n"
+            "written.\n"
+            "example: regexp summary data=digits norm=bn model.hidden=[64,64]"
+        )
+        return 0
+    from regexp import config, data, models, run
+
+    conf = config.validate(compose(args))
+    dataset = data.load(conf.data, conf.seed)
+    model = run.build_model(conf, dataset)
+    print(models.describe(model, dataset.in_shape))
+    return 0
+
+
+def compose(overrides: list[str]):
+    """The train config with `overrides`, composed without running an app (no output dir)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from regexp import config
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
+        return hydra_compose("train", overrides=overrides)
+
+
+COMMANDS = {"train": train, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"regexp {version('regexp')}")
+        return 0
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(
+            f"regexp: unknown command '{name}'{hint} (commands: {', '.join(COMMANDS)}; "
+            "see regexp --help)",
+            file=sys.stderr,
+        )
+        return 2
+
+    # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR=1, in which case it
+    # raises: set it, catch here, and say it in one line. A user who set it gets the traceback.
+    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        return COMMANDS[name](args)
+    except KeyboardInterrupt:
+        print(f"regexp {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None or wants_traceback:
+            raise
+        print(f"regexp {name}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def user_error(exc: BaseException) -> str | None:
+    """One line that says what the user got wrong, or None when `exc` is a bug."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from regexp.config import UserError
+
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, MissingConfigException) and exc.options:
+        group, _, name = (exc.missing_cfg_file or "").rpartition("/")
+        close = difflib.get_close_matches(name, exc.options, n=1)
+        hint = f"; did you mean {group}={close[0]}?" if close else ""
+        return f"{group}={name}: no such option (options: {', '.join(exc.options)}){hint}"
+    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return None
+    # Hydra wraps OmegaConf's error, which names the key; prefer that one.
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return _omegaconf_error(cause)
+    return _first_lines(str(exc))
+
+
+def _omegaconf_error(exc) -> str:
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    key = exc.full_key
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        known = _fields(exc.object_type)
+        parent, _, leaf = key.rpartition(".")
+        close = difflib.get_close_matches(leaf, known, n=1)
+        prefix = f"{parent}." if parent else ""
+        hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+        where = f"'{parent}'" if parent else "the config"
+        return f"{key}: no such key in {where}{hint} (keys: {', '.join(known)})"
+    message = str(exc).splitlines()[0]
+    return f"{key}: {message}"
+
+
+def _fields(cls) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _first_lines(text: str) -> str:
+    """Hydra's multi-line messages, folded to one line without the search-path dump."""
+    text = text.split("\nConfig search path:")[0]
+    text = re.sub(r"\s*\n\s*", " ", text.strip())
+    return text

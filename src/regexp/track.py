@@ -1,0 +1,277 @@
+"""Everything a run records: TensorBoard events, metrics.csv, summary.json, the console.
+
+Each epoch costs one TensorBoard event (all its scalars together), one CSV row and, at most
+ten times a second, a console update; histograms come every `hist_every` epochs. A lesson-24
+epoch takes well under a millisecond, so the recording is where the loop's speed is decided:
+events are written synchronously into a buffered file, with tensorboardX's record writer
+(whose CRC is in C with the crc32c package), and flushed every few seconds. A SummaryWriter
+would hand each event to a background process queue, which costs more than the epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from tensorboardX import summary as tb
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.summary_pb2 import Summary
+from torch import nn
+
+from regexp.models import weights
+
+log = logging.getLogger("regexp")
+
+# metrics.csv column -> TensorBoard tag
+TAGS = {
+    "train_loss": "loss/train",
+    "valid_loss": "loss/valid",
+    "train_acc": "acc/train",
+    "valid_acc": "acc/valid",
+    "lr": "lr",
+}
+
+# The lessons' "Loss_group" view: train and valid in one chart each.
+LAYOUT = {
+    "train vs valid": {
+        "loss": ["Multiline", ["loss/train", "loss/valid"]],
+        "accuracy": ["Multiline", ["acc/train", "acc/valid"]],
+    }
+}
+
+HISTOGRAM_BINS = 30  # what TensorBoard's histogram view resamples to anyway
+FLUSH_SECONDS = 5  # how stale the files on disk may get while a run goes on
+
+
+def tag(column: str) -> str:
+    return TAGS.get(column, column.replace("_", "/", 1))
+
+
+class Tracker:
+    """Records one run into `run_dir`; use as a context manager or call `close`."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        epochs: int,
+        hparams: dict,
+        metrics: list[str],
+        hist_every: int = 0,
+        start_epoch: int = 0,
+        console: Console | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.epochs, self.hist_every = epochs, hist_every
+        self.start_epoch = self.epoch = start_epoch
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] | None = None
+        self.started = time.perf_counter()
+
+        # The event file sits in the run dir itself, so TensorBoard names the run by its folder.
+        self._events = EventsWriter(str(self.run_dir / "events"))
+        if start_epoch == 0:
+            self.write(tb.custom_scalars(LAYOUT))
+            experiment, session_start, _ = tb.hparams(hparams, {TAGS[m]: 0 for m in metrics})
+            self.write(experiment)
+            self.write(session_start)
+
+        csv_path = self.run_dir / "metrics.csv"
+        self._csv_file = open(csv_path, "a" if start_epoch else "w", newline="")  # noqa: SIM115
+        self._csv = None
+
+        self.console = console or Console()
+        self._progress = None
+        if self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[losses]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(
+                "epoch", total=epochs, completed=start_epoch, losses=""
+            )
+            self._progress.start()
+        self._pending: list[tuple[int, dict[str, float]]] = []
+        self._last_update = self._last_flush = time.perf_counter()
+        self._every = max(1, epochs // 10)  # plain lines when not on a terminal
+
+    def write(self, summary: Summary, step: int = 0) -> None:
+        """Append one TensorBoard event holding `summary` at `step`."""
+        self._events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._events.flush()
+        self._csv_file.flush()
+
+    # --- per epoch -------------------------------------------------------------------------
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
+        """Record one epoch. Events and CSV rows are written in batches, ten times a second:
+        Python work between two training steps runs with cold caches and costs several
+        times what it costs in a batch."""
+        self.epoch = epoch
+        self._pending.append((epoch, metrics))
+        if self.hist_every and epoch % self.hist_every == 0:
+            self.log_histograms(model, epoch)
+        now = time.perf_counter()
+        if now - self._last_update > 0.1 or epoch == self.epochs:
+            self._last_update = now
+            self._write_pending()
+            if self._progress is not None:
+                losses = f"train {metrics['train_loss']:.4g}  valid {metrics['valid_loss']:.4g}"
+                self._progress.update(self._task, completed=epoch, losses=losses)
+            if now - self._last_flush > FLUSH_SECONDS:
+                self._last_flush = now
+                self.flush()
+
+    def _write_pending(self) -> None:
+        for epoch, metrics in self._pending:
+            self.history.append(metrics)
+            if self.best is None or metrics["valid_loss"] < self.best["valid_loss"]:
+                self.best = {"epoch": epoch, **metrics}
+            values = [Summary.Value(tag=tag(k), simple_value=v) for k, v in metrics.items()]
+            self.write(Summary(value=values), epoch)
+            if self._csv is None:
+                self._csv = csv.writer(self._csv_file)
+                if self.start_epoch == 0:
+                    self._csv.writerow(["epoch", *metrics])
+            self._csv.writerow([epoch, *metrics.values()])
+            if self._progress is None and (epoch % self._every == 0 or epoch == self.epochs):
+                log.info(
+                    "epoch %d/%d  train %.4g  valid %.4g",
+                    epoch,
+                    self.epochs,
+                    metrics["train_loss"],
+                    metrics["valid_loss"],
+                )
+        self._pending.clear()
+
+    def log_histograms(self, model: nn.Module, epoch: int) -> None:
+        """A histogram of every parameter and of its gradient, read in one device sync."""
+        tensors = {}
+        for name, p in model.named_parameters():
+            tensors[f"weights/{name}"] = p.detach()
+            if p.grad is not None:
+                tensors[f"grads/{name}"] = p.grad.detach()
+        stats = []
+        for t in tensors.values():
+            t = t.flatten().float()
+            lo, hi = torch.aminmax(t)
+            # histc with its default bounds (0, 0) spans the data's own range [lo, hi].
+            stats.append(
+                torch.cat(
+                    [
+                        torch.stack([lo, hi, t.sum(), torch.dot(t, t)]),
+                        torch.histc(t, HISTOGRAM_BINS),
+                    ]
+                )
+            )
+        bins = range(1, HISTOGRAM_BINS + 1)
+        for (name, t), s in zip(tensors.items(), torch.stack(stats).cpu().tolist(), strict=True):
+            lo, hi, total, squares, counts = s[0], s[1], s[2], s[3], s[4:]
+            edges = [lo + (hi - lo) * i / HISTOGRAM_BINS for i in bins]
+            self.write(
+                tb.histogram_raw(name, lo, hi, t.numel(), total, squares, edges, counts), epoch
+            )
+
+    # --- at the end ------------------------------------------------------------------------
+
+    def close(self, status: str, model: nn.Module | None = None, **extra) -> dict:
+        """Flush everything and write summary.json; returns the summary."""
+        self._write_pending()
+        if self._progress is not None:
+            self._progress.stop()
+        summary = {
+            "status": status,
+            "epochs": self.epoch,
+            "final": self.history[-1] if self.history else {},
+            "best": self.best or {},
+            "seconds": round(time.perf_counter() - self.started, 3),
+            **extra,
+        }
+        if model is not None:
+            summary["weight_norm"] = weight_norm(model)
+        self.write(_session_end(status))
+        self._events.close()
+        self._csv_file.close()
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def print_summary(self, summary: dict) -> None:
+        table = Table()
+        table.add_column("")
+        table.add_column("final", justify="right")
+        table.add_column(f"best (epoch {summary['best'].get('epoch', '-')})", justify="right")
+        for key, value in summary["final"].items():
+            best = summary["best"].get(key)
+            table.add_row(key, _fmt(value), _fmt(best))
+        self.console.print(table)
+        params, norm = summary.get("params", "?"), _fmt(summary.get("weight_norm"))
+        self.console.print(
+            f"status [bold]{summary['status']}[/]  epochs {summary['epochs']}  "
+            f"params {params:,}  weight norm {norm}  {summary['seconds']:.1f} s"
+        )
+        self.console.print(f"run dir {self.run_dir}", soft_wrap=True)
+
+
+def weight_norm(model: nn.Module) -> float:
+    """The L2 norm of all weights of the Linear and Conv layers (no biases, no norm layers)."""
+    with torch.no_grad():
+        return float(torch.sqrt(sum((w.float() ** 2).sum() for w in weights(model))))
+
+
+def _session_end(status: str) -> Summary:
+    """TensorBoard's HParams session-end record, with the run's real status."""
+    from tensorboardX.proto.api_pb2 import Status
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+    from tensorboardX.proto.summary_pb2 import SummaryMetadata
+
+    code = "STATUS_SUCCESS" if status == "completed" else "STATUS_FAILURE"
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code)))
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(
+            plugin_name="hparams", content=content.SerializeToString()
+        )
+    )
+    return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=meta)])
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write `obj` as JSON atomically: readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_finite(obj), indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _finite(obj):
+    """`obj` with NaN and infinities as null, which JSON can hold."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

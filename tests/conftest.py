@@ -1,0 +1,59 @@
+"""Shared helpers: run the real `regexp` command, compose configs, read TensorBoard files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny versions of the two built-in datasets: the real code paths, in well under a second.
+TINY = ["train.epochs=5", "model.hidden=[16,16]"]
+
+
+def regexp(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
+    """Run `python -m regexp ARGS` in `cwd`, as a user would; returns the CompletedProcess."""
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    environment.update(env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "regexp", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"regexp {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def read_events(run_dir: Path):
+    """The run's TensorBoard event file, loaded by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list(Path(run_dir).glob("events.out.tfevents.*"))
+    assert len(files) == 1, f"expected one event file in {run_dir}, found {files}"
+    events = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides) -> the validated config dataclasses, as `regexp train` would get."""
+    from regexp import config
+    from regexp.cli import compose as compose_train
+
+    return lambda *overrides: config.validate(compose_train(list(overrides)))

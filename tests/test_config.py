@@ -1,0 +1,78 @@
+"""The config: every group option composes against its schema; the checks refuse bad values."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from regexp import config
+
+GROUPS = ["data", "model", "norm", "init", "optim", "sched"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config.conf_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
+)
+def test_every_group_option_composes_with_its_schema(compose, group, option):
+    conf = compose(f"{group}={option}")
+    node = getattr(conf, group)
+    assert node.name == option
+    # The YAML is typed by the dataclass registered for it, not a loose dict.
+    assert type(node).__name__ != "dict" and hasattr(node, "__dataclass_fields__")
+
+
+def test_defaults_are_the_lesson_24_setup(compose):
+    conf = compose()
+    assert (conf.data.name, conf.model.name, conf.norm.name) == ("toy_regression", "mlp", "none")
+    assert conf.model.hidden == [200, 200, 200] and conf.model.activation == "relu"
+    assert (conf.optim.name, conf.optim.lr, conf.optim.momentum) == ("sgd", 0.01, 0.9)
+    assert conf.optim.weight_decay == 0.0 and conf.sched.name == "none"
+    assert conf.train.epochs == 2000 and conf.train.batch_size is None
+    assert conf.log.hist_every == 200 and conf.seed == 0 and conf.device == "auto"
+    assert conf.data.n_train == 10 and conf.data.w == 1.5
+
+
+def test_overrides_are_typed(compose):
+    conf = compose("optim.weight_decay=1e-2", "train.batch_size=4", "model.hidden=[8,4]")
+    assert conf.optim.weight_decay == pytest.approx(0.01) and conf.train.batch_size == 4
+    assert conf.model.hidden == [8, 4]
+
+
+def test_a_key_of_another_option_is_refused(compose):
+    with pytest.raises(Exception) as info:
+        compose("optim=adam", "optim.momentum=0.9")  # momentum is SGD's, not Adam's
+    assert isinstance(info.value.__cause__, (ConfigKeyError, ConfigAttributeError))
+    assert info.value.__cause__.full_key == "optim.momentum"
+
+
+def test_a_wrong_type_is_refused(compose):
+    with pytest.raises(Exception) as info:
+        compose("train.epochs=ten")
+    assert isinstance(info.value.__cause__, ValidationError)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optim.lr=0", "optim.lr"),
+        ("optim.weight_decay=-1e-3", "optim.weight_decay"),
+        ("model.dropout=1", "model.dropout"),
+        ("model.dropout=-0.1", "model.dropout"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("model.activation=relu6", "model.activation"),
+        ("device=gpu", "device"),
+        ("loss=hinge", "loss"),
+        ("data.x_range=[1,-1]", "data.x_range"),
+    ],
+)
+def test_checks_name_the_key_and_what_is_allowed(compose, override, key):
+    with pytest.raises(config.ConfigError) as info:
+        compose(override)
+    assert info.value.key == key
+    message = str(info.value)
+    assert message.startswith(f"{key}=") and "\n" not in message and "allowed" in message

@@ -1,0 +1,104 @@
+"""`regexp train` end to end, as subprocesses in a temp dir: what a run leaves behind."""
+
+from __future__ import annotations
+
+import csv
+
+from conftest import TINY, read_events, read_json, regexp
+
+
+def test_toy_regression_run_writes_tensorboard_csv_and_summary(tmp_path):
+    done = regexp("train", *TINY, "log.hist_every=2", "hydra.run.dir=run", cwd=tmp_path)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {
+        "metrics.csv",
+        "summary.json",
+        "model.txt",
+        ".hydra",
+        "train.log",
+    }
+    assert "status completed" in done.stdout
+
+    events = read_events(run)
+    tags = events.Tags()
+    for tag in ("loss/train", "loss/valid", "lr"):
+        assert [s.step for s in events.Scalars(tag)] == [1, 2, 3, 4, 5]
+    assert "acc/train" not in tags["scalars"]  # regression: no accuracy
+    assert {"weights/0.weight", "grads/0.weight"} <= set(tags["histograms"])
+    assert [h.step for h in events.Histograms("weights/0.weight")] == [2, 4]
+    plugins = set(events.PluginTagToContent("custom_scalars")) | set(
+        events.PluginTagToContent("hparams")
+    )
+    assert "custom_scalars__config__" in plugins
+    assert "_hparams_/session_start_info" in plugins and "_hparams_/experiment" in plugins
+
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert list(rows[0]) == ["epoch", "train_loss", "valid_loss", "lr"]
+    assert float(rows[-1]["valid_loss"]) == events.Scalars("loss/valid")[-1].value
+
+    summary = read_json(run / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs"] == 5
+    assert summary["final"]["valid_loss"] == float(rows[-1]["valid_loss"])
+    assert min(float(r["valid_loss"]) for r in rows) == summary["best"]["valid_loss"]
+    assert summary["params"] == 1 * 16 + 16 + 16 * 16 + 16 + 16 + 1
+    assert summary["weight_norm"] > 0 and summary["seed"] == 0 and summary["seconds"] >= 0
+    assert summary["overrides"] == [*TINY, "log.hist_every=2"]
+    assert "Total params: 321" in (run / "model.txt").read_text()
+
+
+def test_digits_run_logs_accuracy(tmp_path):
+    regexp("train", "data=digits", "train.batch_size=64", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    run = tmp_path / "run"
+    events = read_events(run)
+    for tag in ("acc/train", "acc/valid", "loss/train", "loss/valid"):
+        assert len(events.Scalars(tag)) == 5
+    summary = read_json(run / "summary.json")
+    assert 0.3 < summary["final"]["valid_acc"] <= 1  # 10 classes: well above chance
+    assert summary["params"] == 64 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
+
+
+def test_runs_go_under_outputs_date_time_by_default(tmp_path):
+    regexp("train", "train.epochs=2", cwd=tmp_path)
+    (run,) = (tmp_path / "outputs").glob("*/*")
+    assert run.parent.name.count("-") == 2 and run.name.count("-") == 2  # <date>/<time>
+    assert (run / "summary.json").exists() and list(run.glob("events.out.tfevents.*"))
+
+
+def test_a_2x2_sweep_gives_four_runs_named_by_what_was_swept(tmp_path):
+    done = regexp(
+        "train",
+        "-m",
+        *TINY,
+        "model.dropout=0,0.5",
+        "optim.weight_decay=0,1e-2",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    names = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    # Hydra's override_dirname: every override of the job, sorted, so each run's name says
+    # how it differs from the defaults.
+    fixed = "model.hidden=[16,16]"
+    assert names == [
+        f"model.dropout=0,{fixed},optim.weight_decay=0,train.epochs=5",
+        f"model.dropout=0,{fixed},optim.weight_decay=0.01,train.epochs=5",
+        f"model.dropout=0.5,{fixed},optim.weight_decay=0,train.epochs=5",
+        f"model.dropout=0.5,{fixed},optim.weight_decay=0.01,train.epochs=5",
+    ], done.stdout
+    for name in names:
+        run = tmp_path / "sweep" / name
+        assert read_json(run / "summary.json")["status"] == "completed"
+        assert len(read_events(run).Scalars("loss/valid")) == 5
+    summary = read_json(tmp_path / "sweep" / names[-1] / "summary.json")
+    assert {"model.dropout=0.5", "optim.weight_decay=0.01"} <= set(summary["overrides"])
+
+
+def test_the_same_seed_gives_the_same_numbers(tmp_path):
+    args = ["train", "data=digits", "train.batch_size=32", "model.dropout=0.3", *TINY]
+    regexp(*args, "hydra.run.dir=a", cwd=tmp_path)
+    regexp(*args, "hydra.run.dir=b", cwd=tmp_path)
+    regexp(*args, "seed=1", "hydra.run.dir=c", cwd=tmp_path)
+    a, b, c = ((tmp_path / d / "metrics.csv").read_text() for d in "abc")
+    assert a == b
+    assert a != c
