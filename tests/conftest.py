@@ -40,12 +40,11 @@ def read_json(path: Path) -> dict:
 
 
 def read_events(run_dir: Path):
-    """The run's TensorBoard event file, loaded by TensorBoard's own reader."""
+    """The run's TensorBoard events (all its event files, as TensorBoard reads a run's dir)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    files = list(Path(run_dir).glob("events.out.tfevents.*"))
-    assert len(files) == 1, f"expected one event file in {run_dir}, found {files}"
-    events = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "histograms": 0})
+    assert list(Path(run_dir).glob("events.out.tfevents.*")), f"no event file in {run_dir}"
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
     return events
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import signal
 import sys
 
 USAGE = """\
@@ -38,11 +39,35 @@ def train(args: list[str]) -> int:
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
         run.train_job
     )
-    sys.argv = ["regexp train", *args]  # Hydra parses sys.argv
+    sys.argv = ["regexp train", *resumed(args)]  # Hydra parses sys.argv
+    run.FAILED.clear(), run.STATUSES.clear()
+    run.SweepReport.failures = 0
     app()
+    if any(a in ("-m", "--multirun") for a in args):
+        return 1 if run.SweepReport.failures else 0
     if run.FAILED:
         raise run.FAILED[0]
-    return 0
+    return 1 if "diverged" in run.STATUSES else 0
+
+
+def resumed(args: list[str]) -> list[str]:
+    """`resume=DIR` continues the run in DIR: its own overrides first, then the new ones, and
+    Hydra's run dir set to DIR, so the run goes on where it was and nothing new is made."""
+    from omegaconf import OmegaConf
+
+    from regexp import config
+
+    given = [a for a in args if a.startswith("resume=")]
+    if not given:
+        return args
+    run_dir = config.checkpoint_of(given[-1].split("=", 1)[1]).parent.resolve()
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    saved = list(OmegaConf.load(saved_file)) if saved_file.exists() else []
+    keep = [o for o in saved if not o.lstrip("+~").startswith(("resume=", "hydra.run.dir="))]
+    new = [a for a in args if not a.startswith("resume=")]
+    # Quoted for Hydra's override grammar: a sweep job's dir name holds '=' and ','.
+    quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return [*keep, *new, f"resume={quoted}", f"hydra.run.dir={quoted}"]
 
 
 def summary(args: list[str]) -> int:
@@ -102,24 +127,30 @@ def main(argv: list[str] | None = None) -> int:
 
     # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR=1, in which case it
     # raises: set it, catch here, and say it in one line. A user who set it gets the traceback.
-    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    user_setting = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         return COMMANDS[name](args)
-    except KeyboardInterrupt:
-        print(f"regexp {name}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"regexp {name}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:
         message = user_error(exc)
-        if message is None or wants_traceback:
+        if message is None or user_setting == "1":
             raise
         print(f"regexp {name}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if user_setting is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_setting
 
 
 def user_error(exc: BaseException) -> str | None:
     """One line that says what the user got wrong, or None when `exc` is a bug."""
-    from hydra.errors import HydraException, MissingConfigException
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     from regexp.config import UserError
@@ -131,6 +162,11 @@ def user_error(exc: BaseException) -> str | None:
         close = difflib.get_close_matches(name, exc.options, n=1)
         hint = f"; did you mean {group}={close[0]}?" if close else ""
         return f"{group}={name}: no such option (options: {', '.join(exc.options)}){hint}"
+    if isinstance(exc, OverrideParseException):
+        reason = exc.message.split(" See https://")[0].splitlines()[0]
+        return (
+            f"{exc.override}: not an override Hydra can parse ({reason}; KEY=VALUE, lists as [a,b])"
+        )
     if not isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
     # Hydra wraps OmegaConf's error, which names the key; prefer that one.
@@ -153,7 +189,8 @@ def _omegaconf_error(exc) -> str:
         where = f"'{parent}'" if parent else "the config"
         return f"{key}: no such key in {where}{hint} (keys: {', '.join(known)})"
     message = str(exc).splitlines()[0]
-    return f"{key}: {message}"
+    value = getattr(exc, "value", None)
+    return f"{key}={value}: {message}" if value is not None else f"{key}: {message}"
 
 
 def _fields(cls) -> list[str]:

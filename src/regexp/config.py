@@ -202,6 +202,9 @@ class StepLR(Sched):
 class Train:
     epochs: int = 2000
     batch_size: Optional[int] = None  # null: full batch, as in the lessons
+    # Save checkpoint.pt every this many epochs; null: every minute of training. Always at the
+    # end and when interrupted.
+    checkpoint_every: Optional[int] = None
 
 
 @dataclass
@@ -223,6 +226,7 @@ class Config:
     log: Log = field(default_factory=Log)
     seed: int = 0
     device: str = "auto"
+    resume: Optional[str] = None  # a run dir: continue that run from its checkpoint
 
 
 _store.store(name="schema", node=Config)
@@ -322,8 +326,25 @@ def check(conf: Config) -> None:
         t.batch_size,
         "null (full batch) or an integer >= 1",
     )
+    need(
+        t.checkpoint_every is None or t.checkpoint_every >= 1,
+        "train.checkpoint_every",
+        t.checkpoint_every,
+        "null (every minute) or an integer >= 1",
+    )
+    if conf.resume is not None:
+        checkpoint_of(conf.resume)
     need(conf.log.hist_every >= 0, "log.hist_every", conf.log.hist_every, "an integer >= 0")
     need(conf.log.figure_every >= 0, "log.figure_every", conf.log.figure_every, "an integer >= 0")
+
+
+def checkpoint_of(run_dir: str) -> Path:
+    """The checkpoint of the run in `run_dir`, which `resume=` continues."""
+    checkpoint = Path(run_dir) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        what = "no such dir" if not Path(run_dir).is_dir() else "it holds no checkpoint.pt"
+        raise ConfigError("resume", run_dir, f"the dir of a run to continue ({what})")
+    return checkpoint
 
 
 # --- `regexp train --help` lists the groups of conf/ (not the schema/ groups above) ----------

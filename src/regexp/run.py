@@ -6,13 +6,21 @@ config and a run dir, so it can be called in-process too.
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 import random
+import signal
+import threading
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from regexp import config, data, init, models, optim, train
@@ -24,24 +32,103 @@ log = logging.getLogger("regexp")
 # The user errors of the jobs this process ran: the CLI reports them once Hydra is done, so
 # that they read as one clear line rather than as a failed job's traceback.
 FAILED: list[config.UserError] = []
+# The status of each job this process ran ("completed", "diverged", "failed").
+STATUSES: list[str] = []
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; the process exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, run_dir: Path | None = None, epoch: int | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.run_dir, self.epoch = signum, run_dir, epoch
 
 
 def train_job(cfg: DictConfig) -> float:
     """Train one run into Hydra's output dir; returns its best valid loss, which sweepers
-    minimize."""
+    minimize. In a sweep, a job that fails is recorded in its summary.json and the sweep goes
+    on; `SweepReport` counts the failures at the end."""
     hydra = HydraConfig.get()
     run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
     try:
-        conf = config.validate(cfg)
+        try:
+            conf = config.validate(cfg)
+        except config.UserError as exc:
+            write_json(run_dir / "summary.json", failure(exc, overrides))
+            raise
         summary = execute(conf, run_dir, overrides)
-    except config.UserError as exc:
-        write_json(
-            run_dir / "summary.json",
-            {"status": "failed", "error": str(exc), "overrides": overrides},
-        )
-        FAILED.append(exc)
+    except Exception as exc:
+        STATUSES.append("failed")
+        if hydra.mode == RunMode.MULTIRUN:
+            log.error("job failed: %s (in %s)", one_line(exc), run_dir)
+        elif isinstance(exc, config.UserError):
+            FAILED.append(exc)
+        else:
+            raise
         return float("nan")
+    STATUSES.append(summary["status"])
     return summary["best"].get("valid_loss", float("nan"))
+
+
+def failure(exc: BaseException, overrides: list[str]) -> dict:
+    """The summary of a run that failed before its tracker started."""
+    return {"status": "failed", "epochs": 0, "error": one_line(exc), "overrides": overrides}
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, config.UserError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class SweepReport(Callback):
+    """At the end of a sweep, count its jobs by status from their summary.json files (which
+    works whatever launcher ran them) and say which failed."""
+
+    failures = 0
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        summaries = {
+            p.parent.relative_to(sweep): json.loads(p.read_text())
+            for p in sorted(sweep.glob("**/summary.json"))
+        }
+        counts = Counter(s["status"] for s in summaries.values())
+        bad = {k: s for k, s in summaries.items() if s["status"] not in ("completed",)}
+        SweepReport.failures = len(bad)
+        order = ["completed", "diverged", "interrupted", "failed", *counts]
+        tally = ", ".join(f"{counts[k]} {k}" for k in dict.fromkeys(order) if counts[k])
+        log.info("sweep %s: %d jobs: %s", sweep, len(summaries), tally or "none")
+        for name, s in bad.items():
+            log.info("  %s: %s%s", name, s["status"], f": {s['error']}" if s.get("error") else "")
+
+
+@contextmanager
+def stop_on_signals():
+    """The first SIGINT or SIGTERM asks training to stop once the epoch in progress is done,
+    so that the checkpoint holds whole epochs; a second one stops at once. Yields the list of
+    signals received."""
+    received: list[int] = []
+
+    def handle(signum, frame):
+        if received:
+            raise Interrupted(signum)
+        received.append(signum)
+        log.warning(
+            "%s: stopping after this epoch to save a checkpoint (send it again to stop now)",
+            signal.Signals(signum).name,
+        )
+
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield received
+        return
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def device_of(name: str) -> torch.device:
@@ -94,55 +181,105 @@ def _number(text: str):
 
 
 def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> dict:
-    """Train the run `conf` describes, recording into `run_dir`; returns its summary."""
-    seed_everything(conf.seed)
-    device = device_of(conf.device)
-    dataset = data.load(conf.data, conf.seed, device)
-    loss_fn = optim.build_loss(conf.loss, dataset.task)
-    model = build_model(conf, dataset).to(device)
-    optimizer = optim.build_optimizer(model, conf.optim)
-    scheduler = optim.build_scheduler(optimizer, conf.sched)
+    """Train the run `conf` describes, recording into `run_dir`; returns its summary.
 
+    With `conf.resume`, `run_dir` is that run's dir: its checkpoint is loaded and its record
+    goes on from the checkpoint's epoch.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "model.txt").write_text(models.describe(model, dataset.in_shape, device) + "\n")
-    metrics = ["train_loss", "valid_loss"]
-    if dataset.task == "classification":
-        metrics += ["train_acc", "valid_acc"]
-    tracker = Tracker(
-        run_dir,
-        epochs=conf.train.epochs,
-        hparams=hparams(conf, list(overrides)),
-        metrics=metrics,
-        hist_every=conf.log.hist_every,
-    )
+    overrides = list(overrides)
+    tracker = None
     status, error = "failed", None
     try:
-        result = train.fit(
-            model,
-            optimizer,
-            loss_fn,
-            dataset,
+        seed_everything(conf.seed)
+        device = device_of(conf.device)
+        dataset = data.load(conf.data, conf.seed, device)
+        loss_fn = optim.build_loss(conf.loss, dataset.task)
+        model = build_model(conf, dataset).to(device)
+        optimizer = optim.build_optimizer(model, conf.optim)
+        scheduler = optim.build_scheduler(optimizer, conf.sched)
+        generator = torch.Generator().manual_seed(conf.seed)
+        checkpoint = run_dir / "checkpoint.pt"
+        start_epoch = 0
+        if conf.resume:
+            start_epoch = resume(checkpoint, conf, model, optimizer, scheduler, generator)
+        else:
+            table = models.describe(model, dataset.in_shape, device)
+            (run_dir / "model.txt").write_text(table + "\n")
+        metrics = ["train_loss", "valid_loss"]
+        if dataset.task == "classification":
+            metrics += ["train_acc", "valid_acc"]
+        tracker = Tracker(
+            run_dir,
             epochs=conf.train.epochs,
-            batch_size=conf.train.batch_size,
-            scheduler=scheduler,
-            tracker=tracker,
-            generator=torch.Generator().manual_seed(conf.seed),
+            hparams=hparams(conf, overrides),
+            metrics=metrics,
+            hist_every=conf.log.hist_every,
+            start_epoch=start_epoch,
         )
+        with stop_on_signals() as received:
+            result = train.fit(
+                model,
+                optimizer,
+                loss_fn,
+                dataset,
+                epochs=conf.train.epochs,
+                batch_size=conf.train.batch_size,
+                scheduler=scheduler,
+                tracker=tracker,
+                generator=generator,
+                start_epoch=start_epoch,
+                checkpoint=checkpoint,
+                checkpoint_every=conf.train.checkpoint_every,
+                stop=lambda: bool(received),
+            )
         status, error = result.status, result.error
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = one_line(exc)
+        if tracker is None and not conf.resume:  # (a resumable run keeps its own summary)
+            write_json(run_dir / "summary.json", failure(exc, overrides))
         raise
     finally:
-        summary = tracker.close(
-            status,
-            model,
-            params=models.count_params(model),
-            seed=conf.seed,
-            device=str(device),
-            overrides=list(overrides),
-            **({"error": error} if error else {}),
+        if tracker is not None:
+            summary = tracker.close(
+                status,
+                model,
+                params=models.count_params(model),
+                seed=conf.seed,
+                device=str(device),
+                overrides=overrides,
+                **({"error": error} if error else {}),
+            )
+    if status == "interrupted":
+        log.warning(
+            "interrupted after epoch %d; resume with: regexp train resume=%s",
+            summary["epochs"],
+            run_dir,
         )
+        raise Interrupted(received[0], run_dir, summary["epochs"])
     if status == "diverged":
         log.warning("diverged: %s; stopped there, everything up to it is in %s", error, run_dir)
     tracker.print_summary(summary)
     return summary
+
+
+def resume(checkpoint: Path, conf: config.Config, model, optimizer, scheduler, generator) -> int:
+    """Load `checkpoint` into the run's objects; returns the epoch it holds."""
+    try:
+        epoch = train.load_checkpoint(checkpoint, model, optimizer, scheduler, generator)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise config.UserError(
+            f"{checkpoint}: refused, not a checkpoint of this run (a safe load of tensors only "
+            f"failed: {reason[:200]})"
+        ) from exc
+    if epoch >= conf.train.epochs:
+        raise config.ConfigError(
+            "train.epochs",
+            conf.train.epochs,
+            f"more than the {epoch} epochs the run in {checkpoint.parent} has done, to resume it",
+        )
+    return epoch

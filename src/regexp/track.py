@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from tensorboardX import summary as tb
 from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 from torch import nn
 
@@ -57,7 +57,7 @@ def tag(column: str) -> str:
 
 
 class Tracker:
-    """Records one run into `run_dir`; use as a context manager or call `close`."""
+    """Records one run into `run_dir`, from `start_epoch` on; `close` ends the record."""
 
     def __init__(
         self,
@@ -79,16 +79,20 @@ class Tracker:
         self.started = time.perf_counter()
 
         # The event file sits in the run dir itself, so TensorBoard names the run by its folder.
-        self._events = EventsWriter(str(self.run_dir / "events"))
+        # A resumed run adds a file; its suffix keeps it apart from (and sorted after) one made
+        # in the same second, which would otherwise share its name.
+        suffix = f".{start_epoch}" if start_epoch else ""
+        self._events = EventsWriter(str(self.run_dir / "events"), suffix)
+        csv_path = self.run_dir / "metrics.csv"
         if start_epoch == 0:
             self.write(tb.custom_scalars(LAYOUT))
             experiment, session_start, _ = tb.hparams(hparams, {TAGS[m]: 0 for m in metrics})
             self.write(experiment)
             self.write(session_start)
-
-        csv_path = self.run_dir / "metrics.csv"
-        self._csv_file = open(csv_path, "a" if start_epoch else "w", newline="")  # noqa: SIM115
-        self._csv = None
+            self._csv_file = open(csv_path, "w", newline="")  # noqa: SIM115
+        else:
+            self._resume(csv_path, start_epoch)
+        self._csv = csv.writer(self._csv_file)
 
         self.console = console or Console()
         self._progress = None
@@ -109,6 +113,32 @@ class Tracker:
         self._pending: list[tuple[int, dict[str, float]]] = []
         self._last_update = self._last_flush = time.perf_counter()
         self._every = max(1, epochs // 10)  # plain lines when not on a terminal
+
+    def _resume(self, csv_path: Path, start_epoch: int) -> None:
+        """Go on from `start_epoch`: the epochs after it are dropped from metrics.csv, and from
+        TensorBoard by a session-start event there, since the resumed run trains them again."""
+        rows, header = [], None
+        if csv_path.exists():
+            with open(csv_path, newline="") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                rows = [r for r in reader if r and int(r[0]) <= start_epoch]
+        self._csv_file = open(csv_path, "w", newline="")  # noqa: SIM115
+        if header:
+            csv.writer(self._csv_file).writerows([header, *rows])
+            for row in rows:
+                self._remember(int(row[0]), dict(zip(header[1:], map(float, row[1:]), strict=True)))
+        restart = Event(wall_time=time.time(), step=start_epoch + 1)
+        restart.session_log.status = SessionLog.START
+        self._events.write_event(restart)
+        summary = self.run_dir / "summary.json"
+        if summary.exists():  # the time already spent counts
+            self.started -= json.loads(summary.read_text()).get("seconds") or 0
+
+    def _remember(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.history.append(metrics)
+        if self.best is None or metrics["valid_loss"] < self.best["valid_loss"]:
+            self.best = {"epoch": epoch, **metrics}
 
     def write(self, summary: Summary, step: int = 0) -> None:
         """Append one TensorBoard event holding `summary` at `step`."""
@@ -141,15 +171,11 @@ class Tracker:
 
     def _write_pending(self) -> None:
         for epoch, metrics in self._pending:
-            self.history.append(metrics)
-            if self.best is None or metrics["valid_loss"] < self.best["valid_loss"]:
-                self.best = {"epoch": epoch, **metrics}
+            self._remember(epoch, metrics)
             values = [Summary.Value(tag=tag(k), simple_value=v) for k, v in metrics.items()]
             self.write(Summary(value=values), epoch)
-            if self._csv is None:
-                self._csv = csv.writer(self._csv_file)
-                if self.start_epoch == 0:
-                    self._csv.writerow(["epoch", *metrics])
+            if self._csv_file.tell() == 0:
+                self._csv.writerow(["epoch", *metrics])
             self._csv.writerow([epoch, *metrics.values()])
             if self._progress is None and (epoch % self._every == 0 or epoch == self.epochs):
                 log.info(

@@ -1,4 +1,4 @@
-"""The training loop: train an epoch, evaluate, log, stop on divergence.
+"""The training loop: train an epoch, evaluate, log, stop on divergence, checkpoint.
 
 It takes plain objects (model, optimizer, tensors, tracker) and knows nothing of Hydra or the
 command line. The data stays on the model's device; each epoch gathers it once in the order of
@@ -9,7 +9,11 @@ read once per epoch, so nothing forces a device-to-host sync every step.
 from __future__ import annotations
 
 import math
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -18,6 +22,9 @@ from torch import nn
 from regexp.data import Dataset
 
 EVAL_CHUNK = 8192  # examples per forward pass in evaluation, to bound memory
+# With no checkpoint_every, a checkpoint whenever this many seconds of training have passed:
+# a hard kill loses at most that much, and a short run pays for one checkpoint, at its end.
+CHECKPOINT_SECONDS = 60.0
 
 
 class Tracker(Protocol):
@@ -26,7 +33,7 @@ class Tracker(Protocol):
 
 @dataclass
 class Result:
-    status: str  # "completed" or "diverged"
+    status: str  # "completed", "diverged" or "interrupted"
     epoch: int  # the last epoch that ran
     error: str | None = None
 
@@ -43,8 +50,24 @@ def fit(
     tracker: Tracker | None = None,
     generator: torch.Generator | None = None,
     start_epoch: int = 0,
+    checkpoint: Path | None = None,
+    checkpoint_every: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Result:
-    """Train from `start_epoch` + 1 to `epochs`; each epoch's metrics go to `tracker`."""
+    """Train from `start_epoch` + 1 to `epochs`; each epoch's metrics go to `tracker`.
+
+    With `checkpoint`, the state is saved there every `checkpoint_every` epochs (or every
+    CHECKPOINT_SECONDS), at the end and when `stop()` turns true, which ends the run after the
+    epoch in progress, so that a checkpoint always holds whole epochs.
+    """
+
+    def save(epoch: int) -> None:
+        nonlocal last_save
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, epoch, model, optimizer, scheduler, generator)
+            last_save = time.monotonic()
+
+    last_save = time.monotonic()
     classify = data.task == "classification"
     n, n_valid = data.x_train.shape[0], data.x_valid.shape[0]
     size = n if batch_size is None else min(batch_size, n)
@@ -76,6 +99,15 @@ def fit(
         bad = [k for k in ("train_loss", "valid_loss") if not math.isfinite(metrics[k])]
         if bad:
             return Result("diverged", epoch, f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}")
+        if stop is not None and stop():
+            save(epoch)
+            return Result("interrupted", epoch)
+        if epoch == epochs or (
+            epoch % checkpoint_every == 0
+            if checkpoint_every
+            else time.monotonic() - last_save >= CHECKPOINT_SECONDS
+        ):
+            save(epoch)
     return Result("completed", epochs)
 
 
@@ -122,3 +154,44 @@ def evaluate(model, loss_fn, x, y, classify=False):
                 correct.append((out.argmax(1) == yb).sum())
         loss = torch.stack(losses).sum() / n
         return [loss, torch.stack(correct).sum()] if classify else [loss]
+
+
+def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler=None, generator=None):
+    """Everything a resumed run needs to go on exactly as if it had not stopped, written
+    atomically (a temp file, then a rename), so a kill mid-write leaves the last one whole."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        # The random streams training draws from: dropout masks and batch order. (numpy's and
+        # Python's are used only to make the data, which a resumed run remakes from the seed.)
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "batches": generator.get_state() if generator is not None else None,
+        },
+    }
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler=None, generator=None) -> int:
+    """Restore what `save_checkpoint` saved; returns the epoch it was saved at.
+
+    weights_only=True: the file may hold tensors and plain containers, never code to run.
+    """
+    device = next(model.parameters()).device
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    if generator is not None and rng["batches"] is not None:
+        generator.set_state(rng["batches"].cpu())
+    return int(state["epoch"])

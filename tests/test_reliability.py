@@ -1,0 +1,248 @@
+"""Bad input is refused in one line; divergence, interruption and failing sweep jobs lose
+nothing; a resumed run equals an uninterrupted one, number for number."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import read_events, read_json, regexp
+
+from regexp import cli
+
+NO_CUDA = not torch.cuda.is_available()
+
+# (overrides, what the one line must say). Each is refused before any training.
+BAD_INPUT = [
+    # an unknown option of a group: the known ones are listed
+    ("norm=batchnorm", "norm=batchnorm: no such option (options: bn, none)"),
+    ("optim=adamx", "optim=adamx: no such option (options: adam, sgd)"),
+    ("data=imagenet", "data=imagenet: no such option (options: digits, toy_regression)"),
+    ("model=resnet", "model=resnet: no such option"),
+    ("sched=warmup", "sched=warmup: no such option (options: none, step)"),
+    ("init=he", "init=he: no such option"),
+    # a misspelt key: the keys nearby are named
+    ("train.epoch=3", "train.epoch: no such key in 'train'; did you mean train.epochs?"),
+    ("model.dropuot=0.5", "did you mean model.dropout?"),
+    ("optim.learning_rate=0.1", "optim.learning_rate: no such key in 'optim'"),
+    ("optim=adam optim.momentum=0.9", "optim.momentum: no such key in 'optim'"),
+    ("+foo=1", "foo=1 is not allowed: no such key"),
+    # a wrong type
+    ("train.epochs=ten", "train.epochs=ten: Value 'ten' of type 'str' could not be converted"),
+    ("optim.lr=fast", "optim.lr=fast: Value 'fast' of type 'str' could not be converted"),
+    ("train.batch_size=1.5", "train.batch_size=1.5"),
+    ("model.hidden=abc", "model.hidden=abc"),
+    ("seed=abc", "seed=abc"),
+    ("norm=bn norm.eps=small", "norm.eps=small"),
+    ("train.epochs=[1", "train.epochs=[1: not an override Hydra can parse"),
+    # out of range
+    ("optim.lr=0", "optim.lr=0.0 is not allowed: a learning rate > 0"),
+    ("optim.lr=-0.1", "optim.lr=-0.1 is not allowed"),
+    ("model.dropout=1", "model.dropout=1.0 is not allowed: a probability p with 0 <= p < 1"),
+    ("model.dropout=-0.1", "model.dropout=-0.1 is not allowed"),
+    ("optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001 is not allowed: a weight decay >= 0"),
+    ("train.epochs=0", "train.epochs=0 is not allowed: an integer >= 1"),
+    ("train.batch_size=0", "train.batch_size=0 is not allowed"),
+    ("train.checkpoint_every=0", "train.checkpoint_every=0 is not allowed"),
+    ("log.hist_every=-1", "log.hist_every=-1 is not allowed"),
+    ("model.hidden=[64,0]", "model.hidden=[64,0] is not allowed: widths >= 1"),
+    ("data.n_train=0", "data.n_train=0 is not allowed"),
+    ("data=digits data.label_noise=1.5", "data.label_noise=1.5 is not allowed: between 0 and 1"),
+    ("data=digits data.label_noise=-0.1", "data.label_noise=-0.1 is not allowed"),
+    ("data=digits data.valid_fraction=0", "data.valid_fraction=0.0 is not allowed"),
+    ("optim=adam optim.betas=[0.9]", "optim.betas=[0.9] is not allowed: [beta1, beta2]"),
+    ("sched=step sched.step_size=0", "sched.step_size=0 is not allowed"),
+    ("model.activation=relu7", "model.activation=relu7 is not allowed: one of elu, gelu"),
+    ("loss=hinge", "loss=hinge is not allowed"),
+    ("loss=ce", "loss=ce is not allowed: one that fits a regression task: mse"),
+    ("device=gpu", "device=gpu is not allowed: auto, cpu, cuda, cuda:N or mps"),
+    pytest.param(
+        "device=cuda",
+        "device=cuda is not allowed: auto or cpu: this machine has no CUDA",
+        marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA"),
+    ),
+    ("resume=no/such/run", "resume=no/such/run is not allowed: the dir of a run to continue"),
+]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    BAD_INPUT,
+    ids=[c.values[0] if hasattr(c, "values") else c[0] for c in BAD_INPUT],
+)
+def test_bad_input_is_refused_in_one_line_with_exit_2(
+    tmp_path, monkeypatch, capsys, overrides, message
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    short = [] if "epochs" in overrides else ["train.epochs=3"]
+    code = cli.main(["train", *overrides.split(), *short])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("regexp train: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("**/metrics.csv"))  # nothing was trained
+    assert not list(tmp_path.glob("**/events.out.tfevents.*"))
+
+
+def test_there_are_at_least_30_bad_input_cases():
+    assert len(BAD_INPUT) >= 30
+
+
+def test_a_dir_without_a_checkpoint_cannot_be_resumed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", "resume=empty"]) == 2
+    assert (
+        "resume=empty is not allowed: the dir of a run to continue (it holds no checkpoint.pt)"
+        in (capsys.readouterr().err)
+    )
+
+
+def test_a_diverging_run_stops_there_and_keeps_what_it_logged(tmp_path):
+    done = regexp(
+        "train", "optim.lr=1e6", "train.epochs=500", "hydra.run.dir=run", cwd=tmp_path, check=False
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stdout.splitlines() if line.startswith("diverged")]
+    assert len(lines) == 1 and "loss became" in lines[0] and "in epoch" in lines[0]
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "diverged" and summary["epochs"] < 500
+    assert "in epoch" in summary["error"]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + summary["epochs"]
+    assert len(read_events(tmp_path / "run").Scalars("loss/train")) == summary["epochs"]
+
+
+# A run long enough to be interrupted, with mini-batches and dropout, so that the batch order
+# and the dropout masks must both be restored for the resumed run to match.
+LONG = [
+    "data=digits",
+    "train.batch_size=128",
+    "model.hidden=[16]",
+    "model.dropout=0.2",
+    "train.epochs=400",
+    "train.checkpoint_every=7",
+]
+
+
+def interrupt(tmp_path, name: str, signum: int) -> subprocess.CompletedProcess:
+    """Start a real `regexp train`, send `signum` once it reports progress, wait for it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regexp", "train", *LONG, f"hydra.run.dir={name}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:  # the first progress line: training is under way
+        if line.startswith("epoch "):
+            break
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_sigint_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path):
+    done = interrupt(tmp_path, "run", signal.SIGINT)
+    assert done.returncode == 130, done.stderr
+    run = tmp_path / "run"
+    summary = read_json(run / "summary.json")
+    assert summary["status"] == "interrupted" and 40 <= summary["epochs"] < 400
+    assert f"resume with: regexp train resume={run}" in done.stdout
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == summary["epochs"]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + summary["epochs"]  # flushed: every epoch it trained
+
+    regexp("train", "resume=run", cwd=tmp_path)
+    regexp("train", *LONG, "hydra.run.dir=reference", cwd=tmp_path)
+    resumed = (run / "metrics.csv").read_text()
+    assert resumed == (tmp_path / "reference" / "metrics.csv").read_text()
+    summary = read_json(run / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs"] == 400
+    steps = [s.step for s in read_events(run).Scalars("loss/valid")]
+    assert steps == list(range(1, 401))  # appended to the same run, once each
+
+
+def test_sigterm_stops_with_143_and_resume_drops_epochs_past_the_checkpoint(tmp_path):
+    done = interrupt(tmp_path, "run", signal.SIGTERM)
+    assert done.returncode == 143, done.stderr
+    run = tmp_path / "run"
+    assert read_json(run / "summary.json")["status"] == "interrupted"
+    # As after a hard kill: the last checkpoint is behind the rows and events logged.
+    epoch = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
+    with open(run / "metrics.csv", "a") as f:
+        f.write(f"{epoch + 1},9,9,0.5,0.5,0.01\n{epoch + 2},9,9,0.5,0.5,0.01\n")
+    regexp(
+        "train", "resume=run", "train.epochs=60" if epoch < 60 else "train.epochs=400", cwd=tmp_path
+    )
+    epochs = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(1, epochs[-1] + 1))
+    assert 9.0 not in [s.value for s in read_events(run).Scalars("loss/train")]
+
+
+def test_resume_can_train_a_finished_run_longer(tmp_path):
+    regexp("train", "train.epochs=5", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
+    refused = regexp("train", "resume=run", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "train.epochs=5 is not allowed: more than the 5" in (
+        refused.stderr
+    )
+    regexp("train", "resume=run", "train.epochs=8", cwd=tmp_path)
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs"] == 8
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 8
+
+
+class Payload:
+    """Pickles as a call to os.system: what a malicious checkpoint would hold."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
+    pwned = tmp_path / "PWNED"
+    torch.save({"epoch": 1, "model": Payload(pwned)}, tmp_path / "run" / "checkpoint.pt")
+    done = regexp("train", "resume=run", "train.epochs=6", cwd=tmp_path, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "checkpoint.pt: refused" in done.stderr and done.stderr.count("\n") == 1
+    assert not pwned.exists()
+
+
+def test_a_sweep_goes_on_past_failing_jobs_and_exits_non_zero(tmp_path):
+    done = regexp(
+        "train",
+        "-m",
+        "optim.lr=0.01,1e6,-1",
+        "train.epochs=50",
+        "model.hidden=[8]",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    status = {
+        p.name: read_json(p / "summary.json")["status"]
+        for p in (tmp_path / "sweep").iterdir()
+        if p.is_dir()
+    }
+    assert status == {
+        "model.hidden=[8],optim.lr=0.01,train.epochs=50": "completed",
+        "model.hidden=[8],optim.lr=1000000.0,train.epochs=50": "diverged",
+        "model.hidden=[8],optim.lr=-1,train.epochs=50": "failed",
+    }
+    failed = read_json(
+        tmp_path / "sweep" / "model.hidden=[8],optim.lr=-1,train.epochs=50" / "summary.json"
+    )
+    assert failed["error"] == "optim.lr=-1.0 is not allowed: a learning rate > 0"
+    assert "3 jobs: 1 completed, 1 diverged, 1 failed" in done.stdout
