@@ -47,22 +47,7 @@ def test_hydra_flags_pass_through(tmp_path):
     assert "hydra/launcher" in out
 
 
-@pytest.mark.parametrize(
-    "override,expected",
-    [
-        ("norm=batchnorm", "norm=batchnorm: no such option (options: bn, none)"),
-        ("train.epoch=3", "train.epoch: no such key in 'train'; did you mean train.epochs?"),
-        ("train.epochs=ten", "train.epochs: Value 'ten' of type 'str' could not be converted"),
-        ("optim.lr=-1", "optim.lr=-1.0 is not allowed: a learning rate > 0"),
-        ("optim=adam optim.momentum=0.9", "optim.momentum: no such key in 'optim'"),
-    ],
-)
-def test_a_bad_value_is_one_line_exit_2_and_no_traceback(tmp_path, override, expected):
-    done = regexp("train", *override.split(), "train.epochs=1", cwd=tmp_path, check=False)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert expected in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
+# The table of bad inputs and their one-line errors is in test_reliability.py.
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path):
