@@ -179,6 +179,9 @@ class GroupNorm(Norm):
 @dataclass
 class Init:
     name: str = MISSING
+    layers: str = "all"  # whose weights: all (Linear and Conv), linear or conv
+    bias: str = "default"  # default (PyTorch's), zeros, ones or constant (init.bias_value)
+    bias_value: float = 0.0
 
 
 @option("init")
@@ -187,6 +190,74 @@ class DefaultInit(Init):
     """PyTorch's own initialization of each layer."""
 
     name: str = "default"
+
+
+@dataclass
+class Kaiming(Init):
+    a: float = 0.0  # the negative slope of a leaky_relu
+    mode: str = "fan_in"
+    nonlinearity: str = "relu"
+
+
+@option("init")
+@dataclass
+class KaimingNormal(Kaiming):
+    name: str = "kaiming_normal"
+
+
+@option("init")
+@dataclass
+class KaimingUniform(Kaiming):
+    name: str = "kaiming_uniform"
+
+
+@option("init")
+@dataclass
+class XavierNormal(Init):
+    name: str = "xavier_normal"
+    gain: float = 1.0
+
+
+@option("init")
+@dataclass
+class XavierUniform(Init):
+    name: str = "xavier_uniform"
+    gain: float = 1.0
+
+
+@option("init")
+@dataclass
+class Normal(Init):
+    name: str = "normal"
+    mean: float = 0.0
+    std: float = 0.01
+
+
+@option("init")
+@dataclass
+class Uniform(Init):
+    name: str = "uniform"
+    low: Optional[float] = None  # both null: (-1/sqrt(fan_in), 1/sqrt(fan_in))
+    high: Optional[float] = None
+
+
+@option("init")
+@dataclass
+class Zeros(Init):
+    name: str = "zeros"
+
+
+@option("init")
+@dataclass
+class Ones(Init):
+    name: str = "ones"
+
+
+@option("init")
+@dataclass
+class Constant(Init):
+    name: str = "constant"
+    value: float = 0.1
 
 
 # --- optim and sched (optim.py) ----------------------------------------------------------
@@ -352,6 +423,22 @@ def check(conf: Config) -> None:
     need(momentum is None or 0 <= momentum <= 1, "norm.momentum", momentum, "null or in [0, 1]")
     if isinstance(n, GroupNorm):
         need(n.groups >= 1, "norm.groups", n.groups, "a number of groups >= 1")
+
+    i = conf.init
+    known("init.layers", i.layers, init.LAYERS)
+    known("init.bias", i.bias, init.BIASES)
+    if isinstance(i, Kaiming):
+        known("init.mode", i.mode, ["fan_in", "fan_out"])
+        known("init.nonlinearity", i.nonlinearity, init.NONLINEARITIES)
+    if isinstance(i, Normal):
+        need(i.std >= 0, "init.std", i.std, "a standard deviation >= 0")
+    if isinstance(i, Uniform):
+        need(
+            (i.low is None and i.high is None) or (None not in (i.low, i.high) and i.low < i.high),
+            "init.low",
+            i.low,
+            "init.low < init.high, or both null for (-1/sqrt(fan_in), 1/sqrt(fan_in))",
+        )
 
     o = conf.optim
     need(o.lr > 0, "optim.lr", o.lr, "a learning rate > 0")
