@@ -18,12 +18,12 @@ NO_CUDA = not torch.cuda.is_available()
 # (overrides, what the one line must say). Each is refused before any training.
 BAD_INPUT = [
     # an unknown option of a group: the known ones are listed
-    ("norm=batchnorm", "norm=batchnorm: no such option (options: bn, none)"),
+    ("norm=batchnorm", "norm=batchnorm: no such option (options: bn, gn, in, ln, none)"),
     ("optim=adamx", "optim=adamx: no such option (options: adam, sgd)"),
     ("data=imagenet", "data=imagenet: no such option (options: digits, toy_regression)"),
     ("model=resnet", "model=resnet: no such option"),
     ("sched=warmup", "sched=warmup: no such option (options: none, step)"),
-    ("init=he", "init=he: no such option"),
+    ("init=he", "init=he: no such option (options: constant, default, kaiming_normal"),
     # a misspelt key: the keys nearby are named
     ("train.epoch=3", "train.epoch: no such key in 'train'; did you mean train.epochs?"),
     ("model.dropuot=0.5", "did you mean model.dropout?"),

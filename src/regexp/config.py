@@ -100,6 +100,7 @@ class Model:
     name: str = MISSING
     activation: str = "relu"
     dropout: float = 0.0  # p, the probability that a unit is zeroed in training
+    bias: bool = True  # the Linear and Conv layers' biases
 
 
 @option("model")
@@ -107,7 +108,21 @@ class Model:
 class MLP(Model):
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [200, 200, 200])
-    bias: bool = True
+
+
+@option("model")
+@dataclass
+class CNN(Model):
+    """LeNet-style: (conv, norm, activation, max-pool) per channel count, then an MLP head."""
+
+    name: str = "cnn"
+    channels: list[int] = field(default_factory=lambda: [6, 16])
+    kernel: int = 5
+    padding: Optional[int] = None  # null: 0 where the input is large enough, else kernel // 2
+    pool: int = 2  # max-pool size and stride; 1: no pooling
+    head: list[int] = field(default_factory=lambda: [120, 84])
+    dropout2d: float = 0.0  # p of Dropout2d after each conv block (whole channels zeroed)
+    head_norm_layers: Optional[int] = None  # the first n hidden head layers get the norm; null: all
 
 
 @dataclass
@@ -126,9 +141,36 @@ class NoNorm(Norm):
 class BatchNorm(Norm):
     name: str = "bn"
     eps: float = 1e-5
-    momentum: float = 0.1
+    momentum: Optional[float] = 0.1  # null: a cumulative average
     affine: bool = True
     track_running_stats: bool = True
+
+
+@option("norm")
+@dataclass
+class LayerNorm(Norm):
+    name: str = "ln"
+    eps: float = 1e-5
+    affine: bool = True
+
+
+@option("norm")
+@dataclass
+class InstanceNorm(Norm):
+    name: str = "in"
+    eps: float = 1e-5
+    momentum: Optional[float] = 0.1
+    affine: bool = False
+    track_running_stats: bool = False
+
+
+@option("norm")
+@dataclass
+class GroupNorm(Norm):
+    name: str = "gn"
+    groups: int = 2  # must divide every normalized layer's channels
+    eps: float = 1e-5
+    affine: bool = True
 
 
 # --- init (init.py) -----------------------------------------------------------------------
@@ -137,6 +179,9 @@ class BatchNorm(Norm):
 @dataclass
 class Init:
     name: str = MISSING
+    layers: str = "all"  # whose weights: all (Linear and Conv), linear or conv
+    bias: str = "default"  # default (PyTorch's), zeros, ones or constant (init.bias_value)
+    bias_value: float = 0.0
 
 
 @option("init")
@@ -145,6 +190,74 @@ class DefaultInit(Init):
     """PyTorch's own initialization of each layer."""
 
     name: str = "default"
+
+
+@dataclass
+class Kaiming(Init):
+    a: float = 0.0  # the negative slope of a leaky_relu
+    mode: str = "fan_in"
+    nonlinearity: str = "relu"
+
+
+@option("init")
+@dataclass
+class KaimingNormal(Kaiming):
+    name: str = "kaiming_normal"
+
+
+@option("init")
+@dataclass
+class KaimingUniform(Kaiming):
+    name: str = "kaiming_uniform"
+
+
+@option("init")
+@dataclass
+class XavierNormal(Init):
+    name: str = "xavier_normal"
+    gain: float = 1.0
+
+
+@option("init")
+@dataclass
+class XavierUniform(Init):
+    name: str = "xavier_uniform"
+    gain: float = 1.0
+
+
+@option("init")
+@dataclass
+class Normal(Init):
+    name: str = "normal"
+    mean: float = 0.0
+    std: float = 0.01
+
+
+@option("init")
+@dataclass
+class Uniform(Init):
+    name: str = "uniform"
+    low: Optional[float] = None  # both null: (-1/sqrt(fan_in), 1/sqrt(fan_in))
+    high: Optional[float] = None
+
+
+@option("init")
+@dataclass
+class Zeros(Init):
+    name: str = "zeros"
+
+
+@option("init")
+@dataclass
+class Ones(Init):
+    name: str = "ones"
+
+
+@option("init")
+@dataclass
+class Constant(Init):
+    name: str = "constant"
+    value: float = 0.1
 
 
 # --- optim and sched (optim.py) ----------------------------------------------------------
@@ -294,6 +407,42 @@ def check(conf: Config) -> None:
     need(0 <= m.dropout < 1, "model.dropout", m.dropout, "a probability p with 0 <= p < 1")
     if isinstance(m, MLP):
         need(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden, "widths >= 1")
+    if isinstance(m, CNN):
+        need(m.channels and min(m.channels) >= 1, "model.channels", m.channels, "counts >= 1")
+        need(all(h >= 1 for h in m.head), "model.head", m.head, "widths >= 1")
+        need(m.kernel >= 1, "model.kernel", m.kernel, "a kernel size >= 1")
+        need(m.pool >= 1, "model.pool", m.pool, "a pool size >= 1 (1: no pooling)")
+        need(m.padding is None or m.padding >= 0, "model.padding", m.padding, "null or >= 0")
+        need(0 <= m.dropout2d < 1, "model.dropout2d", m.dropout2d, "a probability 0 <= p < 1")
+        need(
+            m.head_norm_layers is None or 0 <= m.head_norm_layers <= len(m.head),
+            "model.head_norm_layers",
+            m.head_norm_layers,
+            f"null (all) or 0 to {len(m.head)}, the number of model.head layers",
+        )
+
+    n = conf.norm
+    need(getattr(n, "eps", 1) > 0, "norm.eps", getattr(n, "eps", None), "an epsilon > 0")
+    momentum = getattr(n, "momentum", None)
+    need(momentum is None or 0 <= momentum <= 1, "norm.momentum", momentum, "null or in [0, 1]")
+    if isinstance(n, GroupNorm):
+        need(n.groups >= 1, "norm.groups", n.groups, "a number of groups >= 1")
+
+    i = conf.init
+    known("init.layers", i.layers, init.LAYERS)
+    known("init.bias", i.bias, init.BIASES)
+    if isinstance(i, Kaiming):
+        known("init.mode", i.mode, ["fan_in", "fan_out"])
+        known("init.nonlinearity", i.nonlinearity, init.NONLINEARITIES)
+    if isinstance(i, Normal):
+        need(i.std >= 0, "init.std", i.std, "a standard deviation >= 0")
+    if isinstance(i, Uniform):
+        need(
+            (i.low is None and i.high is None) or (None not in (i.low, i.high) and i.low < i.high),
+            "init.low",
+            i.low,
+            "init.low < init.high, or both null for (-1/sqrt(fan_in), 1/sqrt(fan_in))",
+        )
 
     o = conf.optim
     need(o.lr > 0, "optim.lr", o.lr, "a learning rate > 0")
