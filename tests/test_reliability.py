@@ -58,6 +58,11 @@ BAD_INPUT = [
     ("model.activation=relu7", "model.activation=relu7 is not allowed: one of elu, gelu"),
     ("loss=hinge", "loss=hinge is not allowed"),
     ("loss=ce", "loss=ce is not allowed: one that fits a regression task: mse"),
+    ("norm=in", "norm=in is not allowed"),
+    ("model=cnn data=digits norm=gn norm.groups=4", "norm.groups=4 is not allowed"),
+    ("norm=gn norm.groups=0", "norm.groups=0 is not allowed"),
+    ("model=cnn", "model=cnn is not allowed"),
+    ("norm=bn data.n_train=9 train.batch_size=4", "train.batch_size=4 is not allowed: one that"),
     ("device=gpu", "device=gpu is not allowed: auto, cpu, cuda, cuda:N or mps"),
     pytest.param(
         "device=cuda",

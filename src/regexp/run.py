@@ -152,6 +152,21 @@ def build_model(conf: config.Config, dataset: data.Dataset) -> torch.nn.Module:
     return init.apply(model, conf.init)
 
 
+def check_batches(model: torch.nn.Module, n: int, batch_size: int | None) -> None:
+    """Refuse a batch size that leaves a last batch of one example when the model has batch
+    norm, which cannot normalize a batch of one (PyTorch stops with an error mid-epoch)."""
+    size = min(batch_size or n, n)
+    last = n % size or size
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if last == 1 and batch_norm:
+        raise config.ConfigError(
+            "train.batch_size",
+            batch_size,
+            f"one that leaves no last batch of a single example ({n} training examples): "
+            "batch norm cannot normalize a batch of one",
+        )
+
+
 def hparams(conf: config.Config, overrides: list[str]) -> dict:
     """What TensorBoard's HParams tab shows for the run: the main choices and every override."""
     values = {
@@ -196,6 +211,7 @@ def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> di
         dataset = data.load(conf.data, conf.seed, device)
         loss_fn = optim.build_loss(conf.loss, dataset.task)
         model = build_model(conf, dataset).to(device)
+        check_batches(model, len(dataset.x_train), conf.train.batch_size)
         optimizer = optim.build_optimizer(model, conf.optim)
         scheduler = optim.build_scheduler(optimizer, conf.sched)
         generator = torch.Generator().manual_seed(conf.seed)
