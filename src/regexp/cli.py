@@ -19,11 +19,13 @@ Train models and watch regularization work: Hydra configs in, TensorBoard curves
 commands:
   train [KEY=VALUE ...]      one training run (Hydra app: --help lists every group and key)
   train -m [KEY=V1,V2 ...]   a sweep, one run per combination
+  report DIR...              a table (sorted by valid loss) and figures from runs or a sweep
   summary [KEY=VALUE ...]    the composed model's layers and parameter counts, no training
 
 examples:
   regexp train norm=bn optim.weight_decay=1e-2
   regexp train -m model.dropout=0,0.2,0.5 optim.weight_decay=0,1e-3,1e-2
+  regexp report outputs/multirun/<date>/<time>
   tensorboard --logdir outputs
 
 `regexp COMMAND --help` says more. `python -m regexp` is the same command.
@@ -41,9 +43,9 @@ def train(args: list[str]) -> int:
     )
     sys.argv = ["regexp train", *resumed(args)]  # Hydra parses sys.argv
     run.FAILED.clear(), run.STATUSES.clear()
-    run.SweepReport.failures = 0
+    run.SweepReport.ran, run.SweepReport.failures = False, 0
     app()
-    if any(a in ("-m", "--multirun") for a in args):
+    if run.SweepReport.ran:
         return 1 if run.SweepReport.failures else 0
     if run.FAILED:
         raise run.FAILED[0]
@@ -101,7 +103,14 @@ def compose(overrides: list[str]):
         return hydra_compose("train", overrides=overrides)
 
 
-COMMANDS = {"train": train, "summary": summary}
+def report(args: list[str]) -> int:
+    """`regexp report DIR...`: a table and figures from run dirs (reads files only)."""
+    from regexp.report import main as report_main
+
+    return report_main(args)
+
+
+COMMANDS = {"train": train, "report": report, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

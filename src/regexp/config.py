@@ -340,6 +340,9 @@ class Config:
     seed: int = 0
     device: str = "auto"
     resume: Optional[str] = None  # a run dir: continue that run from its checkpoint
+    # torch's CPU threads; null: torch's default in a single run, the cores shared out among
+    # the jobs a parallel launcher runs at once
+    threads: Optional[int] = None
 
 
 _store.store(name="schema", node=Config)
@@ -480,6 +483,12 @@ def check(conf: Config) -> None:
         "train.checkpoint_every",
         t.checkpoint_every,
         "null (every minute) or an integer >= 1",
+    )
+    need(
+        conf.threads is None or conf.threads >= 1,
+        "threads",
+        conf.threads,
+        "null (automatic) or an integer >= 1",
     )
     if conf.resume is not None:
         checkpoint_of(conf.resume)

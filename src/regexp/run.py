@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import random
 import signal
@@ -56,6 +57,9 @@ def train_job(cfg: DictConfig) -> float:
         except config.UserError as exc:
             write_json(run_dir / "summary.json", failure(exc, overrides))
             raise
+        threads = conf.threads or threads_per_job(hydra.launcher)
+        if threads:
+            torch.set_num_threads(threads)
         summary = execute(conf, run_dir, overrides)
     except Exception as exc:
         STATUSES.append("failed")
@@ -68,6 +72,16 @@ def train_job(cfg: DictConfig) -> float:
         return float("nan")
     STATUSES.append(summary["status"])
     return summary["best"].get("valid_loss", float("nan"))
+
+
+def threads_per_job(launcher: DictConfig) -> int | None:
+    """torch's threads for a job of `launcher`: the cores shared out among the jobs a joblib
+    launcher runs at once, or the CPUs a submitit job was given; None leaves torch's default."""
+    cores = os.cpu_count() or 1
+    if launcher.get("n_jobs") is not None:  # joblib: -1 is one job per core
+        jobs = cores if launcher.n_jobs < 0 else min(launcher.n_jobs, cores)
+        return max(1, cores // jobs)
+    return launcher.get("cpus_per_task")
 
 
 def failure(exc: BaseException, overrides: list[str]) -> dict:
@@ -86,9 +100,11 @@ class SweepReport(Callback):
     """At the end of a sweep, count its jobs by status from their summary.json files (which
     works whatever launcher ran them) and say which failed."""
 
+    ran = False
     failures = 0
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        SweepReport.ran = True
         sweep = Path(config.hydra.sweep.dir)
         summaries = {
             p.parent.relative_to(sweep): json.loads(p.read_text())
@@ -266,6 +282,7 @@ def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> di
                 params=models.count_params(model),
                 seed=conf.seed,
                 device=str(device),
+                threads=torch.get_num_threads(),
                 overrides=overrides,
                 **({"error": error} if error else {}),
             )

@@ -1,0 +1,236 @@
+"""`regexp report DIR...`: a table and figures from run dirs, finished, failed or running.
+
+It reads only what runs leave on disk (summary.json, metrics.csv, .hydra/overrides.yaml) and
+never imports the training code, so it starts fast and works on a sweep still in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from regexp.config import UserError
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str  # completed, diverged, interrupted, failed, or running (no summary.json yet)
+    overrides: dict[str, object]
+    summary: dict = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)  # metrics.csv, by column
+
+    def final(self, key: str) -> float | None:
+        value = self.summary.get("final", {}).get(key)
+        if value is None and self.curves.get(key):
+            value = self.curves[key][-1]
+        return value
+
+    def best(self, key: str) -> float | None:
+        return self.summary.get("best", {}).get(key)
+
+    @property
+    def gap(self) -> float | None:
+        """The generalization gap: final valid loss minus final train loss."""
+        train, valid = self.final("train_loss"), self.final("valid_loss")
+        return None if train is None or valid is None else valid - train
+
+
+def is_run(path: Path) -> bool:
+    return (path / ".hydra").is_dir() or (path / "summary.json").is_file()
+
+
+def find_runs(dirs: list[Path]) -> list[Path]:
+    """The run dirs given, and those under each sweep dir given."""
+    found = []
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"{d}: no such dir (give run dirs or a sweep dir)")
+        if is_run(d):
+            found.append(d)
+        else:
+            found += sorted(
+                p.parent for p in d.glob("**/.hydra") if not p.parent.name.startswith(".")
+            )
+    if not found:
+        raise UserError(f"{', '.join(map(str, dirs))}: no runs there (no .hydra/ or summary.json)")
+    return found
+
+
+def load(path: Path) -> Run:
+    summary = _read_json(path / "summary.json")
+    curves: dict[str, list[float]] = {}
+    if (path / "metrics.csv").is_file():
+        with open(path / "metrics.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    if key and value not in (None, ""):
+                        curves.setdefault(key, []).append(float(value))
+    overrides = summary.get("overrides")
+    if overrides is None:
+        overrides = _read_overrides(path / ".hydra" / "overrides.yaml")
+    status = summary.get("status") or ("running" if curves else "started")
+    return Run(path, status, _parse(overrides), summary, curves)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_overrides(path: Path) -> list[str]:
+    """Hydra's overrides.yaml: a YAML list of strings, one per line as `- key=value`."""
+    if not path.is_file():
+        return []
+    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+
+
+def _parse(overrides: list[str]) -> dict[str, object]:
+    values = {}
+    for override in overrides:
+        key, _, text = override.lstrip("+~").partition("=")
+        if key.startswith("hydra") or key in ("resume", "hparams_search"):
+            continue
+        values[key] = _value(text.strip("'\""))
+    return values
+
+
+def _value(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """The override keys whose values differ between the runs: what the sweep varied."""
+    keys = dict.fromkeys(k for r in runs for k in r.overrides)
+    return [k for k in keys if len({str(r.overrides.get(k)) for r in runs}) > 1]
+
+
+COLUMNS = [  # (header, how to get it from a run)
+    ("status", lambda r: r.status),
+    ("epochs", lambda r: r.summary.get("epochs", len(r.curves.get("epoch", [])))),
+    ("train loss", lambda r: r.final("train_loss")),
+    ("valid loss", lambda r: r.final("valid_loss")),
+    ("best valid", lambda r: r.best("valid_loss")),
+    ("best epoch", lambda r: r.best("epoch")),
+    ("gap", lambda r: r.gap),
+    ("train acc", lambda r: r.final("train_acc")),
+    ("valid acc", lambda r: r.final("valid_acc")),
+    ("weight norm", lambda r: r.summary.get("weight_norm")),
+]
+
+
+def rows(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list]]:
+    """The report's header and rows, sorted by final valid loss (runs without one last)."""
+    columns = [c for c in COLUMNS if any(c[1](r) is not None for r in runs)]
+    header = ["run", *keys, *(name for name, _ in columns)]
+
+    def order(run: Run) -> float:
+        valid = run.final("valid_loss")
+        return valid if valid is not None and math.isfinite(valid) else math.inf
+
+    table = []
+    for run in sorted(runs, key=order):
+        row = [run.path.name, *(run.overrides.get(k) for k in keys)]
+        table.append(row + [get(run) for _, get in columns])
+    return header, table
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == int(value) and abs(value) < 1e6:
+            return str(int(value))
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_markdown(path: Path, header: list[str], table: list[list]) -> None:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(path: Path, header: list[str], table: list[list]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in row] for row in table])
+
+
+def report(dirs: list[Path], out: Path | None = None, console: Console | None = None) -> Path:
+    """Tabulate and plot the runs in `dirs`; writes report.md, report.csv and PNGs into
+    `out` (by default the one dir given, or the dirs' common parent); returns `out`."""
+    from regexp import plots
+
+    runs = [load(p) for p in find_runs(dirs)]
+    keys = swept_keys(runs)
+    header, table = rows(runs, keys)
+    if out is None:
+        out = dirs[0] if len(dirs) == 1 else Path(_common_parent(dirs))
+    out.mkdir(parents=True, exist_ok=True)
+    write_markdown(out / "report.md", header, table)
+    write_csv(out / "report.csv", header, table)
+    figures = plots.report_figures(runs, keys, out)
+
+    # Piped into a file or a CI log, the table is not cut to 80 columns.
+    console = console or (Console() if Console().is_terminal else Console(width=200))
+    # On the console, the swept values name each run (the dir name says the same at length).
+    skip = 1 if keys else 0
+    view = Table(
+        title=f"{len(runs)} runs in {out}, sorted by valid loss",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for name in header[skip:]:
+        short = name.rsplit(".", 1)[-1]
+        view.add_column(short, justify="left" if name in ("run", "status") else "right")
+    for row in table:
+        view.add_row(*(fmt(v) for v in row[skip:]))
+    console.print(view)
+    written = ["report.md", "report.csv", *(f.name for f in figures)]
+    console.print(f"wrote {', '.join(written)} in {out}", soft_wrap=True)
+    return out
+
+
+def _common_parent(dirs: list[Path]) -> str:
+    import os
+
+    return os.path.commonpath([str(d.resolve()) for d in dirs])
+
+
+def main(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="regexp report",
+        description="A table of runs (sorted by valid loss) and figures: the valid-loss curves, "
+        "the losses against each swept parameter, and a heatmap when two were swept.",
+    )
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="a sweep dir (outputs/multirun/<date>/<time>) or run dirs",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write report.md, report.csv and the "
+        "figures (default: the dir given, or the dirs' common parent)",
+    )
+    parsed = parser.parse_args(args)
+    report(parsed.dirs, parsed.out)
+    return 0

@@ -1,0 +1,126 @@
+"""Sweeps through Hydra's launcher and sweeper plugins, and `regexp report` on their dirs."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from conftest import read_events, read_json, regexp
+
+TINY = ["train.epochs=8", "model.hidden=[8]"]
+
+
+def job_dirs(sweep):
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_a_2x2_sweep_runs_in_parallel_with_joblib(tmp_path):
+    done = regexp(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *TINY,
+        "model.dropout=0,0.5",
+        "optim.weight_decay=0,1e-2",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert "Joblib.Parallel" in done.stdout or "joblib" in done.stdout.lower()
+    runs = job_dirs(tmp_path / "sweep")
+    assert len(runs) == 4
+    for run in runs:
+        summary = read_json(run / "summary.json")
+        assert summary["status"] == "completed"
+        # Two jobs at once share the cores: no oversubscription.
+        assert summary["threads"] == max(1, (os.cpu_count() or 1) // 2)
+        assert len(read_events(run).Scalars("loss/valid")) == 8
+
+
+def test_a_2_job_sweep_runs_with_submitit_local(tmp_path):
+    regexp(
+        "train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        *TINY,
+        "seed=0,1",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    runs = job_dirs(tmp_path / "sweep")
+    assert [r.name for r in runs] == [
+        "model.hidden=[8],seed=0,train.epochs=8",
+        "model.hidden=[8],seed=1,train.epochs=8",
+    ]
+    assert all(read_json(r / "summary.json")["status"] == "completed" for r in runs)
+
+
+def test_an_optuna_search_of_3_trials_minimizes_the_valid_loss(tmp_path):
+    regexp(
+        "train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        *TINY,
+        "hydra.sweep.dir=search",
+        cwd=tmp_path,
+    )
+    runs = job_dirs(tmp_path / "search")
+    assert len(runs) == 3
+    best = min(read_json(r / "summary.json")["best"]["valid_loss"] for r in runs)
+    results = (tmp_path / "search" / "optimization_results.yaml").read_text()
+    assert f"best_value: {best}" in results
+    for key in ("optim.lr", "optim.weight_decay", "model.dropout"):
+        assert key in results and all(key in r.name for r in runs)
+
+
+def test_report_tables_and_plots_a_sweep_with_a_failed_job(tmp_path):
+    regexp(
+        "train",
+        "-m",
+        *TINY,
+        "model.dropout=0,0.5",
+        "optim.weight_decay=0,1e-2,-1",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        check=False,
+    )
+    done = regexp("report", "sweep", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    with open(sweep / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert [r["status"] for r in rows].count("failed") == 2
+    valid = [float(r["valid loss"]) for r in rows if r["status"] == "completed"]
+    assert valid == sorted(valid) and len(valid) == 4  # sorted by valid loss, failed last
+    assert [r["status"] for r in rows[-2:]] == ["failed", "failed"]
+    for row in rows[:4]:
+        assert float(row["gap"]) == float(row["valid loss"]) - float(row["train loss"])
+        assert float(row["weight norm"]) > 0
+    assert {"model.dropout", "optim.weight_decay"} <= set(rows[0])
+    markdown = (sweep / "report.md").read_text().splitlines()
+    assert len(markdown) == 2 + 6 and markdown[0].startswith("| run | model.dropout")
+    for png in (
+        "curves.png",
+        "loss_vs_model.dropout.png",
+        "loss_vs_optim.weight_decay.png",
+        "heatmap.png",
+    ):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert (sweep / png).stat().st_size > 5000
+    assert "6 runs" in done.stdout and "failed" in done.stdout
+
+
+def test_report_works_on_a_run_still_in_progress_and_on_single_runs(tmp_path):
+    regexp("train", *TINY, "hydra.run.dir=a", cwd=tmp_path)
+    regexp("train", *TINY, "optim.lr=0.1", "hydra.run.dir=b", cwd=tmp_path)
+    (tmp_path / "b" / "summary.json").unlink()  # as while it is still training
+    regexp("report", "a", "b", "--out", "rep", cwd=tmp_path)
+    with open(tmp_path / "rep" / "report.csv", newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["a"]["status"] == "completed" and rows["b"]["status"] == "running"
+    assert rows["b"]["optim.lr"] == "0.1" and rows["b"]["valid loss"]
+
+
+def test_report_refuses_a_dir_without_runs(tmp_path):
+    done = regexp("report", ".", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "no runs there" in done.stderr
