@@ -20,6 +20,7 @@ commands:
   train [KEY=VALUE ...]      one training run (Hydra app: --help lists every group and key)
   train -m [KEY=V1,V2 ...]   a sweep, one run per combination
   report DIR...              a table (sorted by valid loss) and figures from runs or a sweep
+  probe NAME [KEY=VALUE ...] a lesson's demonstration, no training: dropout, norm, depth
   summary [KEY=VALUE ...]    the composed model's layers and parameter counts, no training
 
 examples:
@@ -92,6 +93,14 @@ def summary(args: list[str]) -> int:
     return 0
 
 
+def console():
+    """The console commands print to: a terminal's own width, and wide tables when the output
+    goes to a file or a CI log (rich would cut them to 80 columns)."""
+    from rich.console import Console
+
+    return Console() if Console().is_terminal else Console(width=160)
+
+
 def compose(overrides: list[str]):
     """The train config with `overrides`, composed without running an app (no output dir)."""
     from hydra import compose as hydra_compose
@@ -110,7 +119,14 @@ def report(args: list[str]) -> int:
     return report_main(args)
 
 
-COMMANDS = {"train": train, "report": report, "summary": summary}
+def probe(args: list[str]) -> int:
+    """`regexp probe NAME`: the lessons' demonstrations that need no training."""
+    from regexp.probes import main as probe_main
+
+    return probe_main(args)
+
+
+COMMANDS = {"train": train, "report": report, "probe": probe, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,3 +131,55 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def probe_figure(name: str, data: dict, path: Path) -> Path:
+    """The figure of `regexp probe NAME`."""
+    plt = _pyplot()
+    return _save(PROBE_FIGURES[name](plt, data), path)
+
+
+def _probe_dropout(plt, data):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for p, outputs in data["outputs"].items():
+        ax.hist(outputs, bins=40, alpha=0.6, label=f"train mode, p={p:g}")
+    ax.axvline(data["eval"], color="k", linestyle="--", label="eval mode (any p)")
+    ax.set(
+        xlabel="output of Linear(10000 -> 1) on ones",
+        ylabel="draws",
+        title="dropout keeps the expected output: survivors are scaled by 1/(1-p)",
+    )
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _probe_norm(plt, data):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for layer, (means, variances) in data["trajectories"].items():
+        ax.plot(means, "o-", label=f"{layer} running_mean")
+        ax.plot(variances, "s--", label=f"{layer} running_var")
+    ax.set(
+        xlabel="forward passes",
+        ylabel="value (channel holding 2)",
+        title=f"BatchNorm running statistics, momentum {data['momentum']}",
+    )
+    ax.legend(fontsize="x-small")
+    return fig
+
+
+def _probe_depth(plt, data):
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    for label, (forward, backward) in data["curves"].items():
+        layers = range(1, len(forward) + 1)
+        top.plot(layers, forward, label=label)
+        bottom.plot(layers, backward, label=label)
+    for ax, what in ((top, "output"), (bottom, "gradient")):
+        ax.set_yscale("log")
+        ax.set(ylabel=f"std of each layer's {what}")
+    top.set_title("a 100-layer ReLU net: the signal under each init (NaN: off the chart)")
+    bottom.set(xlabel="layer")
+    top.legend(fontsize="small")
+    return fig
+
+
+PROBE_FIGURES = {"dropout": _probe_dropout, "norm": _probe_norm, "depth": _probe_depth}

@@ -17,6 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from regexp import cli
 from regexp.config import UserError
 
 
@@ -186,8 +187,7 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     write_csv(out / "report.csv", header, table)
     figures = plots.report_figures(runs, keys, out)
 
-    # Piped into a file or a CI log, the table is not cut to 80 columns.
-    console = console or (Console() if Console().is_terminal else Console(width=200))
+    console = console or cli.console()
     # On the console, the swept values name each run (the dir name says the same at length).
     skip = 1 if keys else 0
     view = Table(

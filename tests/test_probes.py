@@ -1,0 +1,70 @@
+"""`regexp probe`: the lessons' demonstrations give the lessons' numbers."""
+
+from __future__ import annotations
+
+import math
+
+from conftest import regexp
+
+from regexp import probes
+
+
+def probe(compose, name, *overrides):
+    given = {o.split("=", 1)[0] for o in overrides}
+    return probes.PROBES[name](compose(*overrides), given)
+
+
+def test_dropout_keeps_the_expected_output_in_train_mode_and_is_off_in_eval(compose):
+    result = probe(compose, "dropout")
+    for p, outputs in result.figure["outputs"].items():
+        mean = sum(outputs) / len(outputs)
+        assert abs(mean - 10000) < 0.02 * 10000, p  # about (1-p) survive, scaled by 1/(1-p)
+        assert len(set(outputs)) > 1  # a new mask each draw
+    rows = result.tables[0].columns[-1]._cells
+    assert set(rows) == {"10000.0"}  # eval mode: exactly the input sum
+    only = probe(compose, "dropout", "model.dropout=0.3")
+    assert list(only.figure["outputs"]) == [0.3]
+
+
+def test_norm_running_statistics_follow_the_momentum(compose):
+    result = probe(compose, "norm")
+    for layer in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
+        means, variances = result.figure["trajectories"][layer]
+        assert [round(m, 4) for m in means] == [0.0, 0.6, 1.02]
+        assert [round(v, 4) for v in variances] == [1.0, 0.7, 0.49]
+    shapes = dict(
+        zip(result.tables[1].columns[0]._cells, result.tables[1].columns[2]._cells, strict=True)
+    )
+    assert shapes["LayerNorm([6, 3, 4])"] == "(6, 3, 4)"
+    assert shapes["GroupNorm(3, 6)"] == "(6,)" and shapes["BatchNorm2d(6)"] == "(6,)"
+    assert shapes["GroupNorm(4, 6)"] == "-"  # 6 channels do not divide into 4 groups
+    tuned = probe(compose, "norm", "norm=bn", "norm.momentum=0.5")
+    assert [round(m, 4) for m in tuned.figure["trajectories"]["BatchNorm1d"][0]] == [0, 1, 1.5]
+
+
+def test_depth_the_signal_vanishes_explodes_or_holds_as_the_lesson_says(compose):
+    curves = probe(compose, "depth").figure["curves"]
+    default, normal, kaiming = (
+        curves[k][0] for k in ("default", "normal(std=1)", "kaiming_normal")
+    )
+    assert default[-1] < 1e-20 * default[0]  # vanishes
+    nan_at = next(i for i, s in enumerate(normal) if not math.isfinite(s))
+    assert 10 < nan_at < 100 and normal[nan_at - 1] > 1e20  # explodes, then NaN
+    assert all(0.1 < s < 2 for s in kaiming)  # roughly constant
+    for label in ("default + bn", "normal(std=1) + bn", "kaiming_normal + bn"):
+        stds = curves[label][0]
+        assert max(stds) / min(stds) < 1.2  # constant whatever the init
+
+
+def test_depth_takes_an_init_override(compose):
+    curves = probe(compose, "depth", "init=xavier_normal", "norm=none").figure["curves"]
+    assert list(curves) == ["xavier_normal"]
+
+
+def test_probe_command_prints_a_table_and_writes_a_png(tmp_path):
+    done = regexp("probe", "norm", cwd=tmp_path)
+    assert "1.02" in done.stdout and "0.49" in done.stdout
+    png = tmp_path / "outputs" / "probes" / "norm.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    refused = regexp("probe", "nope", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "invalid choice: 'nope'" in refused.stderr
