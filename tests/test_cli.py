@@ -28,7 +28,7 @@ def test_train_help_is_hydras_with_the_groups_and_their_options(tmp_path):
     out = regexp("train", "--help", cwd=tmp_path).stdout
     assert "norm: bn, gn, in, ln, none" in out
     assert "optim: adam, sgd" in out
-    assert "data: digits, toy_regression" in out
+    assert "data: cifar10, circles, digits, fashion_mnist, gauss, mnist, moons, spiral, " in out
     assert "schema" not in out  # the typing machinery is not an option to choose
     assert "weight_decay: 0.0" in out  # the composed config
     assert not (tmp_path / "outputs").exists()

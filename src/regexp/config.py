@@ -63,33 +63,109 @@ def option(group: str):
 @dataclass
 class Data:
     name: str = MISSING
-    # Subsample the training set to this many examples (stratified), to provoke overfitting.
+    # Subsample the training set to this many examples (stratified), to provoke overfitting;
+    # the generated datasets make this many.
     n_train: Optional[int] = None
+    # Inputs to mean 0 and std 1 per feature (or image channel), with the training statistics.
+    standardize: bool = False
+
+
+@dataclass
+class ClassificationData(Data):
+    label_noise: float = 0.0  # share of training labels replaced at random by another class
 
 
 @option("data")
 @dataclass
 class ToyRegression(Data):
-    """The lesson-24 data: y = w*x + noise on x = linspace(x_range)."""
+    """The lesson-24 data: y = w*f(x) + noise on x = linspace(x_range)."""
 
     name: str = "toy_regression"
-    n_train: Optional[int] = 10
+    n_train: int = 10
     n_valid: int = 10
     w: float = 1.5
+    function: str = "linear"  # f: linear (x), sin (sin(pi*x)) or cubic (x^3)
     noise_train: float = 0.5
     noise_valid: float = 0.3
     x_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
 
 
+@dataclass
+class Toy2D(ClassificationData):
+    """A 2-D two-class toy (TensorFlow Playground's shapes), in about [-1, 1]^2."""
+
+    n_train: int = 200
+    n_valid: int = 1000
+    noise: float = 0.1  # the std of the Gaussian jitter added to each coordinate
+
+
 @option("data")
 @dataclass
-class Digits(Data):
+class Moons(Toy2D):
+    name: str = "moons"
+    noise: float = 0.2
+
+
+@option("data")
+@dataclass
+class Circles(Toy2D):
+    name: str = "circles"
+
+
+@option("data")
+@dataclass
+class Spiral(Toy2D):
+    name: str = "spiral"
+    noise: float = 0.05
+
+
+@option("data")
+@dataclass
+class Xor(Toy2D):
+    name: str = "xor"
+
+
+@option("data")
+@dataclass
+class Gauss(Toy2D):
+    name: str = "gauss"
+
+
+@option("data")
+@dataclass
+class Digits(ClassificationData):
     """scikit-learn's bundled 8x8 digits, split into train and valid by stratified sampling."""
 
     name: str = "digits"
     valid_fraction: float = 0.2
-    label_noise: float = 0.0
     standardize: bool = True
+
+
+@dataclass
+class FileData(ClassificationData):
+    """An image set read from its published files in `root` (train and test split fixed)."""
+
+    root: str = "data"
+    download: bool = False  # fetch missing files from the usual mirrors, checksums verified
+    standardize: bool = True
+
+
+@option("data")
+@dataclass
+class MNIST(FileData):
+    name: str = "mnist"
+
+
+@option("data")
+@dataclass
+class FashionMNIST(FileData):
+    name: str = "fashion_mnist"
+
+
+@option("data")
+@dataclass
+class CIFAR10(FileData):
+    name: str = "cifar10"
 
 
 # --- model and norm (models.py) ----------------------------------------------------------
@@ -323,6 +399,8 @@ class Train:
 @dataclass
 class Log:
     hist_every: int = 200  # weight and gradient histograms every this many epochs; 0: never
+    # The fit (1-D regression) or decision boundary (2-D data) every this many epochs and at
+    # the end, as TensorBoard images and a PNG in the run dir; 0: never.
     figure_every: int = 200
 
 
@@ -394,11 +472,19 @@ def check(conf: Config) -> None:
 
     d = conf.data
     need(d.n_train is None or d.n_train >= 1, "data.n_train", d.n_train, "null or an integer >= 1")
+    if isinstance(d, ClassificationData):
+        need(0 <= d.label_noise <= 1, "data.label_noise", d.label_noise, "between 0 and 1")
     if isinstance(d, Digits):
         need(0 < d.valid_fraction < 1, "data.valid_fraction", d.valid_fraction, "between 0 and 1")
-        need(0 <= d.label_noise <= 1, "data.label_noise", d.label_noise, "between 0 and 1")
-    if isinstance(d, ToyRegression):
+    if isinstance(d, (ToyRegression, Toy2D)):
         need(d.n_valid >= 1, "data.n_valid", d.n_valid, "an integer >= 1")
+    if isinstance(d, Toy2D):
+        need(d.noise >= 0, "data.noise", d.noise, "a standard deviation >= 0")
+    if isinstance(d, ToyRegression):
+        known("data.function", d.function, data.FUNCTIONS)
+        for key in ("noise_train", "noise_valid"):
+            value = getattr(d, key)
+            need(value >= 0, f"data.{key}", value, "a standard deviation >= 0")
         need(
             len(d.x_range) == 2 and d.x_range[0] < d.x_range[1],
             "data.x_range",

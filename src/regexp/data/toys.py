@@ -1,0 +1,92 @@
+"""The generated datasets: the lessons' 1-D regression and the 2-D classification toys.
+
+The 2-D toys are TensorFlow Playground's shapes (circles, xor, gauss, spiral) and
+scikit-learn's moons, scaled to about [-1, 1]^2, two classes of equal size, with Gaussian
+jitter of std `noise` on each coordinate. Train and valid points come from two random
+streams of the run's seed, so the valid set stays the same when n_train changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from regexp import config
+from regexp.data.base import Dataset, classification, inputs
+
+# f in the toy regression y = w*f(x) + noise
+FUNCTIONS = {
+    "linear": lambda x: x,
+    "sin": lambda x: torch.sin(math.pi * x),
+    "cubic": lambda x: x**3,
+}
+
+
+def toy_regression(cfg: config.ToyRegression, seed: int, device: torch.device) -> Dataset:
+    """The lesson-24 data: train and valid on the same x grid, y = w*f(x) plus their own noise."""
+    g = torch.Generator().manual_seed(seed)
+    f = FUNCTIONS[cfg.function]
+
+    def points(n: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.linspace(*cfg.x_range, n).unsqueeze(1)
+        return x, cfg.w * f(x) + noise * torch.randn(x.shape, generator=g)
+
+    x_train, y_train = points(cfg.n_train, cfg.noise_train)
+    x_valid, y_valid = points(cfg.n_valid, cfg.noise_valid)
+    x_train, x_valid = inputs(x_train, x_valid, device, standardize=cfg.standardize)
+    return Dataset(x_train, y_train.to(device), x_valid, y_valid.to(device), "regression", (1,), 1)
+
+
+# Each shape: (class, count, rng) -> that many points of the class, before the jitter.
+
+
+def _moons(c: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    t = math.pi * rng.random(k)
+    if c == 0:
+        x, y = np.cos(t), np.sin(t)
+    else:
+        x, y = 1 - np.cos(t), 0.5 - np.sin(t)
+    return np.stack([x - 0.5, y - 0.25], 1)  # centred
+
+
+def _circles(c: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    r = 0.5 * rng.random(k) if c == 0 else 0.7 + 0.3 * rng.random(k)  # a disc inside a ring
+    t = 2 * math.pi * rng.random(k)
+    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+
+
+def _spiral(c: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    r = rng.random(k)
+    t = 1.75 * 2 * math.pi * r + math.pi * c  # two arms, half a turn apart
+    return np.stack([r * np.sin(t), r * np.cos(t)], 1)
+
+
+def _xor(c: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    a = 0.05 + 0.95 * rng.random((k, 2))  # |x| and |y|, kept off the axes
+    sx = rng.choice([-1.0, 1.0], k)
+    sy = sx if c == 0 else -sx  # class 0 where x*y > 0
+    return a * np.stack([sx, sy], 1)
+
+
+def _gauss(c: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    return (-0.4 if c == 0 else 0.4) + 0.15 * rng.standard_normal((k, 2))
+
+
+SHAPES = {"moons": _moons, "circles": _circles, "spiral": _spiral, "xor": _xor, "gauss": _gauss}
+
+
+def points_2d(shape: str, n: int, noise: float, rng: np.random.Generator):
+    """n points of `shape` (float32, (n, 2)) and their classes: n//2 of class 1, the rest 0."""
+    sizes = (n - n // 2, n // 2)
+    x = np.concatenate([SHAPES[shape](c, k, rng) for c, k in enumerate(sizes)])
+    x += noise * rng.standard_normal((n, 2))
+    return x.astype(np.float32), np.repeat([0, 1], sizes)
+
+
+def toy_2d(cfg: config.Toy2D, seed: int, device: torch.device) -> Dataset:
+    x_train, y_train = points_2d(cfg.name, cfg.n_train, cfg.noise, np.random.default_rng([seed, 0]))
+    x_valid, y_valid = points_2d(cfg.name, cfg.n_valid, cfg.noise, np.random.default_rng([seed, 1]))
+    rng = np.random.default_rng([seed, 2])  # label noise
+    return classification(x_train, y_train, x_valid, y_valid, cfg, rng, device, n_classes=2)
