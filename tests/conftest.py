@@ -44,7 +44,9 @@ def read_events(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert list(Path(run_dir).glob("events.out.tfevents.*")), f"no event file in {run_dir}"
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    events = EventAccumulator(
+        str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0}
+    )
     events.Reload()
     return events
 

@@ -1,9 +1,213 @@
-"""Figures (matplotlib, drawn off-screen): what people would rather look at than read."""
+"""Figures (matplotlib, drawn off-screen): what people would rather look at than read.
+
+Training figures: the fitted curve of a 1-D regression and the decision boundary on 2-D
+data. Each is taken in two steps, so that the training loop pays next to nothing for it:
+`snapshot(model)` copies the model's state on its device (tens of microseconds); `render`
+later loads a snapshot into a copy of the model, runs it in eval mode on a fixed grid of
+inputs and draws the result into PNG bytes (tens of milliseconds). One Figure is reused and
+only what changes between epochs (the curve, the class map) is redrawn.
+
+Report figures: curves and comparisons across the runs of a sweep (`regexp report`).
+
+matplotlib, torch and numpy are imported only where they are used: `regexp report` never
+imports torch.
+"""
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from regexp.data import Dataset
+
+# --- training figures ---------------------------------------------------------------------
+
+SIZE, DPI = (5.0, 4.0), 100  # 500 x 400 pixels
+GRID_1D, GRID_2D = 200, 64  # points on the x axis; per side of the 2-D grid
+MARGIN = 0.1  # of the data's extent, on each side
+
+
+class Plot:
+    """One kind of figure of one dataset; `name` is its TensorBoard tag and PNG file name."""
+
+    name = ""
+
+    def __init__(self, data: Dataset, grid: torch.Tensor):
+        self.grid = grid.to(data.x_train.device)
+        # The points, on the CPU once: (x, y) of train and valid.
+        self.points = [
+            (x.cpu().numpy(), y.cpu().numpy())
+            for x, y in ((data.x_train, data.y_train), (data.x_valid, data.y_valid))
+        ]
+        self._figure = self._copy = None
+
+    @staticmethod
+    def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's parameters and buffers, copied where they are."""
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def predict(self, model: nn.Module, state: dict | None = None) -> np.ndarray:
+        """The model's outputs on the grid in eval mode (no dropout, BN's running statistics),
+        with `state` loaded into a copy of it; the model itself is left as it was."""
+        import torch
+
+        if state is not None:
+            if self._copy is None:
+                self._copy = copy.deepcopy(model)
+            self._copy.load_state_dict(state)
+            model = self._copy
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                return self.outputs(model(self.grid)).float().cpu().numpy()
+        finally:
+            model.train(was_training)
+
+    def outputs(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def render(self, model: nn.Module, state: dict | None, epoch: int) -> tuple[bytes, int, int]:
+        """The figure of `model` with `state` at `epoch`: PNG bytes, width, height."""
+        values = self.predict(model, state)
+        if self._figure is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            self._figure = Figure(figsize=SIZE, dpi=DPI)
+            FigureCanvasAgg(self._figure)  # Agg, whatever backend pyplot would pick
+            self._figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
+            self.ax = self._figure.add_subplot()
+            self.setup(self.ax)
+            self.ax.legend(loc="best", fontsize="small")
+        self.update(values)
+        self.ax.set_title(f"{self.name.replace('_', ' ')}, epoch {epoch}")
+        buffer = io.BytesIO()
+        self._figure.savefig(buffer, format="png")
+        width, height = self._figure.canvas.get_width_height()
+        return buffer.getvalue(), width, height
+
+    def setup(self, ax) -> None:
+        """Draw what stays: the points, the axes."""
+        raise NotImplementedError
+
+    def update(self, values: np.ndarray) -> None:
+        """Draw what the model predicts."""
+        raise NotImplementedError
+
+
+class FitPlot(Plot):
+    """The lessons' plot: the fitted curve over the train and valid points."""
+
+    name = "fit"
+
+    def __init__(self, data: Dataset):
+        import torch
+
+        lo, hi = _extent(torch.cat([data.x_train, data.x_valid]))
+        super().__init__(data, torch.linspace(lo[0], hi[0], GRID_1D).unsqueeze(1))
+
+    def setup(self, ax):
+        import numpy as np
+
+        (xt, yt), (xv, yv) = self.points
+        ax.scatter(xt[:, 0], yt[:, 0], s=30, c="tab:blue", label="train", zorder=3)
+        ax.scatter(xv[:, 0], yv[:, 0], s=30, c="tab:orange", marker="s", label="valid", zorder=3)
+        x = self.grid[:, 0].cpu().numpy()
+        (self.curve,) = ax.plot(x, np.zeros_like(x), c="black", lw=2, label="model")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+
+    def update(self, values):
+        self.curve.set_ydata(values[:, 0])
+        self.ax.relim()
+        self.ax.autoscale_view()
+
+
+class BoundaryPlot(Plot):
+    """The classes the model predicts over the plane, under the train and valid points."""
+
+    name = "decision_boundary"
+
+    def __init__(self, data: Dataset):
+        import torch
+
+        self.n_classes = data.n_outputs
+        lo, hi = _extent(torch.cat([data.x_train, data.x_valid]))
+        self.extent = (lo[0], hi[0], lo[1], hi[1])
+        axes = [torch.linspace(lo[i], hi[i], GRID_2D) for i in (0, 1)]
+        xx, yy = torch.meshgrid(*axes, indexing="xy")  # rows go along y, as the image's
+        self.xx, self.yy = xx.numpy(), yy.numpy()
+        super().__init__(data, torch.stack([xx.flatten(), yy.flatten()], 1))
+        self.contour = None
+
+    def outputs(self, out):
+        import torch
+
+        # The probability of each class (one output: a sigmoid's, for class 1).
+        if out.shape[1] == 1:
+            p = torch.sigmoid(out)
+            return torch.cat([1 - p, p], 1)
+        return torch.softmax(out.float(), 1)
+
+    def setup(self, ax):
+        import numpy as np
+
+        # Two classes: P(class 1) from blue to red; more: the predicted class.
+        self.cmap = "RdBu_r" if self.n_classes == 2 else "tab10"
+        top = 1 if self.n_classes == 2 else 9
+        self.image = ax.imshow(
+            np.zeros(self.xx.shape), extent=self.extent, origin="lower", aspect="auto",
+            cmap=self.cmap, vmin=0, vmax=top, alpha=0.6, zorder=0,
+            interpolation="bilinear" if self.n_classes == 2 else "nearest",
+        )  # fmt: skip
+        (xt, yt), (xv, yv) = self.points
+        colour = {"cmap": self.cmap, "vmin": 0, "vmax": top}
+        ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **colour)
+        ax.scatter(*xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **colour)
+
+    def update(self, values):
+        shape = self.xx.shape
+        if self.n_classes == 2:
+            p = values[:, 1].reshape(shape)
+            self.image.set_data(p)
+            if self.contour is not None:
+                self.contour.remove()
+                self.contour = None
+            if p.min() < 0.5 < p.max():  # the boundary, where there is one
+                self.contour = self.ax.contour(
+                    self.xx, self.yy, p, levels=[0.5], colors="black", linewidths=1
+                )
+        else:
+            self.image.set_data(values.argmax(1).reshape(shape))
+
+
+def for_dataset(data: Dataset) -> Plot | None:
+    """The figure that suits `data`: the fit for 1-D regression, the boundary for 2-D
+    classification; None for the rest."""
+    if data.task == "regression" and data.in_shape == (1,) and data.n_outputs == 1:
+        return FitPlot(data)
+    if data.task == "classification" and data.in_shape == (2,):
+        return BoundaryPlot(data)
+    return None
+
+
+def _extent(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-column low and high of `x`, widened by MARGIN."""
+    lo, hi = x.min(0).values, x.max(0).values
+    pad = (hi - lo).clamp_min(1e-6) * MARGIN
+    return (lo - pad).tolist(), (hi + pad).tolist()
+
+
+# --- report figures -----------------------------------------------------------------------
 
 
 def _pyplot():

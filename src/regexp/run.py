@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from regexp import config, data, init, models, optim, train
+from regexp import config, data, init, models, optim, plots, train
 from regexp.track import Tracker, write_json
 
 log = logging.getLogger("regexp")
@@ -247,6 +247,8 @@ def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> di
             hparams=hparams(conf, overrides),
             metrics=metrics,
             hist_every=conf.log.hist_every,
+            figure=plots.for_dataset(dataset) if conf.log.figure_every else None,
+            figure_every=conf.log.figure_every,
             start_epoch=start_epoch,
         )
         with stop_on_signals() as received:

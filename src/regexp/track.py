@@ -1,11 +1,15 @@
 """Everything a run records: TensorBoard events, metrics.csv, summary.json, the console.
 
 Each epoch costs one TensorBoard event (all its scalars together), one CSV row and, at most
-ten times a second, a console update; histograms come every `hist_every` epochs. A lesson-24
+ten times a second, a console update; histograms come every `hist_every` epochs, and a
+figure's snapshot (a copy of the model's state) every `figure_every`. A lesson-24
 epoch takes well under a millisecond, so the recording is where the loop's speed is decided:
 events are written synchronously into a buffered file, with tensorboardX's record writer
 (whose CRC is in C with the crc32c package), and flushed every few seconds. A SummaryWriter
 would hand each event to a background process queue, which costs more than the epoch.
+Figures take tens of milliseconds to draw, so the snapshots are drawn after the loop, when the
+run closes (after its `seconds` are counted), into TensorBoard images at their epochs, and the
+last one into a PNG in the run dir.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -28,6 +33,9 @@ from tensorboardX.proto.summary_pb2 import Summary
 from torch import nn
 
 from regexp.models import weights
+
+if TYPE_CHECKING:
+    from regexp.plots import Plot
 
 log = logging.getLogger("regexp")
 
@@ -48,6 +56,8 @@ LAYOUT = {
     }
 }
 
+# The model states kept for figures, in values; beyond, they are drawn in the loop.
+MAX_SNAPSHOT_VALUES = 50_000_000
 HISTOGRAM_BINS = 30  # what TensorBoard's histogram view resamples to anyway
 FLUSH_SECONDS = 5  # how stale the files on disk may get while a run goes on
 
@@ -67,12 +77,17 @@ class Tracker:
         hparams: dict,
         metrics: list[str],
         hist_every: int = 0,
+        figure: Plot | None = None,
+        figure_every: int = 0,
         start_epoch: int = 0,
         console: Console | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.epochs, self.hist_every = epochs, hist_every
+        self.figure, self.figure_every = figure, figure_every
+        self._snapshots: list[tuple[int, dict]] = []  # (epoch, the model's state then)
+        self._snapshot_epoch, self._last_png = None, b""
         self.start_epoch = self.epoch = start_epoch
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
@@ -158,6 +173,12 @@ class Tracker:
         self._pending.append((epoch, metrics))
         if self.hist_every and epoch % self.hist_every == 0:
             self.log_histograms(model, epoch)
+        if self.figure is not None and self.figure_every and epoch % self.figure_every == 0:
+            self._snapshots.append((epoch, self.figure.snapshot(model)))
+            self._snapshot_epoch = epoch
+            kept = sum(t.numel() for _, state in self._snapshots for t in state.values())
+            if kept > MAX_SNAPSHOT_VALUES:
+                self.log_figures(model)
         now = time.perf_counter()
         if now - self._last_update > 0.1 or epoch == self.epochs:
             self._last_update = now
@@ -215,10 +236,22 @@ class Tracker:
                 tb.histogram_raw(name, lo, hi, t.numel(), total, squares, edges, counts), epoch
             )
 
+    def log_image(self, tag: str, png: bytes, width: int, height: int, step: int) -> None:
+        """One PNG image into TensorBoard's Images tab at `step`."""
+        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+        self.write(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+    def log_figures(self, model: nn.Module) -> None:
+        """Draw the pending snapshots of `model` into TensorBoard images."""
+        for epoch, state in self._snapshots:
+            self._last_png, width, height = self.figure.render(model, state, epoch)
+            self.log_image(f"figures/{self.figure.name}", self._last_png, width, height, epoch)
+        self._snapshots.clear()
+
     # --- at the end ------------------------------------------------------------------------
 
     def close(self, status: str, model: nn.Module | None = None, **extra) -> dict:
-        """Flush everything and write summary.json; returns the summary."""
+        """Flush everything, write summary.json, then draw the figures; returns the summary."""
         self._write_pending()
         if self._progress is not None:
             self._progress.stop()
@@ -232,11 +265,24 @@ class Tracker:
         }
         if model is not None:
             summary["weight_norm"] = weight_norm(model)
+        self._csv_file.close()
+        self._events.flush()
+        write_json(self.run_dir / "summary.json", summary)
+        # The figures come last, as they take a while: the record above is whole even if the
+        # drawing is cut short (a second Ctrl-C).
+        if self.figure is not None and self.figure_every and model is not None:
+            if status != "failed" and self.epoch > self.start_epoch:
+                self._final_figure(model)
         self.write(_session_end(status))
         self._events.close()
-        self._csv_file.close()
-        write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def _final_figure(self, model: nn.Module) -> None:
+        """The figure of the last epoch into TensorBoard (unless it is there) and as a PNG."""
+        if self._snapshot_epoch != self.epoch:
+            self._snapshots.append((self.epoch, self.figure.snapshot(model)))
+        self.log_figures(model)
+        (self.run_dir / f"{self.figure.name}.png").write_bytes(self._last_png)
 
     def print_summary(self, summary: dict) -> None:
         table = Table()
