@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import regexp
 
 from regexp import config, data
 from regexp.data import files
@@ -242,23 +241,6 @@ def test_download_unpacks_cifar10s_archive(compose, tmp_path, monkeypatch):
     d = load(compose, "cifar10", tmp_path / "root", "data.download=true")
     assert d.x_train.shape == (30, 3, 32, 32)
     assert (tmp_path / "root" / "cifar-10-batches-py" / "test_batch").is_file()
-
-
-@pytest.mark.parametrize(
-    "overrides,expected",
-    [
-        (["data=mnist"], "data.root=data: MNIST's train-images-idx3-ubyte"),
-        (["data=digits", "data.label_noise=1.5"], "data.label_noise=1.5 is not allowed"),
-        (["data=digits", "data.n_train=2000"], "data.n_train=2000 is not allowed: at most 1438"),
-    ],
-)
-def test_a_data_error_fails_the_run_in_one_line_with_exit_2(tmp_path, overrides, expected):
-    done = regexp("train", *overrides, "hydra.run.dir=run", cwd=tmp_path, check=False)
-    assert done.returncode == 2, done.stdout + done.stderr
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith(f"regexp train: error: {expected}")
-    assert "Traceback" not in done.stdout + done.stderr
-    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))  # refused before training
 
 
 MEMORY_PROBE = """

@@ -20,7 +20,7 @@ BAD_INPUT = [
     # an unknown option of a group: the known ones are listed
     ("norm=batchnorm", "norm=batchnorm: no such option (options: bn, gn, in, ln, none)"),
     ("optim=adamx", "optim=adamx: no such option (options: adam, sgd)"),
-    ("data=imagenet", "data=imagenet: no such option (options: digits, toy_regression)"),
+    ("data=imagenet", "data=imagenet: no such option (options: cifar10, circles, digits, fashion"),
     ("model=resnet", "model=resnet: no such option"),
     ("sched=warmup", "sched=warmup: no such option (options: none, step)"),
     ("init=he", "init=he: no such option (options: constant, default, kaiming_normal"),
@@ -53,6 +53,16 @@ BAD_INPUT = [
     ("data=digits data.label_noise=1.5", "data.label_noise=1.5 is not allowed: between 0 and 1"),
     ("data=digits data.label_noise=-0.1", "data.label_noise=-0.1 is not allowed"),
     ("data=digits data.valid_fraction=0", "data.valid_fraction=0.0 is not allowed"),
+    ("data=digits data.n_train=2000", "data.n_train=2000 is not allowed: at most 1438, the size"),
+    ("data=moons data.noise=-0.1", "data.noise=-0.1 is not allowed: a standard deviation >= 0"),
+    ("data.function=quartic", "data.function=quartic is not allowed: one of cubic, linear, sin"),
+    # a dataset's files missing (or truncated, or of another format: tests/test_files.py)
+    (
+        "data=mnist data.root=nowhere",
+        "data.root=nowhere: MNIST's train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or .gz) not found in nowhere or "
+        "nowhere/MNIST/raw; put MNIST's published files there, or set data.download=true",
+    ),
     ("optim=adam optim.betas=[0.9]", "optim.betas=[0.9] is not allowed: [beta1, beta2]"),
     ("sched=step sched.step_size=0", "sched.step_size=0 is not allowed"),
     ("model.activation=relu7", "model.activation=relu7 is not allowed: one of elu, gelu"),
