@@ -8,6 +8,7 @@ inputs and draws the result into PNG bytes (tens of milliseconds). One Figure is
 only what changes between epochs (the curve, the class map) is redrawn.
 
 Report figures: curves and comparisons across the runs of a sweep (`regexp report`).
+Probe figures: the lessons' demonstrations that need no training (`regexp probe`).
 
 matplotlib, torch and numpy are imported only where they are used: `regexp report` never
 imports torch.
