@@ -153,7 +153,7 @@ def fmt(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value == int(value) and abs(value) < 1e6:
+        if math.isfinite(value) and value == int(value) and abs(value) < 1e6:
             return str(int(value))
         return f"{value:.4g}"
     return str(value)
