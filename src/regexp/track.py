@@ -38,6 +38,7 @@ TAGS = {
     "train_acc": "acc/train",
     "valid_acc": "acc/valid",
     "lr": "lr",
+    "penalty": "loss/penalty",  # the reg.l1/reg.l2 term added to the training objective
 }
 
 # The lessons' "Loss_group" view: train and valid in one chart each.
@@ -89,6 +90,7 @@ class Tracker:
         csv_path = self.run_dir / "metrics.csv"
         self._csv_file = open(csv_path, "a" if start_epoch else "w", newline="")  # noqa: SIM115
         self._csv = None
+        self._columns: list[str] = []  # fixed by the first row written
 
         self.console = console or Console()
         self._progress = None
@@ -148,9 +150,11 @@ class Tracker:
             self.write(Summary(value=values), epoch)
             if self._csv is None:
                 self._csv = csv.writer(self._csv_file)
+                self._columns = list(metrics)
                 if self.start_epoch == 0:
-                    self._csv.writerow(["epoch", *metrics])
-            self._csv.writerow([epoch, *metrics.values()])
+                    self._csv.writerow(["epoch", *self._columns])
+            # By column: an epoch without some metrics (weight stats) leaves those cells empty.
+            self._csv.writerow([epoch, *(metrics.get(k, "") for k in self._columns)])
             if self._progress is None and (epoch % self._every == 0 or epoch == self.epochs):
                 log.info(
                     "epoch %d/%d  train %.4g  valid %.4g",
