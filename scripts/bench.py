@@ -45,7 +45,7 @@ def setup(conf: config.Config):
     dataset = data.load(conf.data, conf.seed)
     model = run.build_model(conf, dataset)
     optimizer = optim.build_optimizer(model, conf.optim)
-    loss_fn = optim.build_loss(conf.loss, dataset.task)
+    loss_fn = optim.build_loss(conf.loss, dataset.task, dataset.n_outputs)
     return dataset, model, optimizer, loss_fn
 
 

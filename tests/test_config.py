@@ -67,12 +67,24 @@ def test_a_wrong_type_is_refused(compose):
         ("model.activation=relu6", "model.activation"),
         ("device=gpu", "device"),
         ("loss=hinge", "loss"),
+        ("reg.l1=-1", "reg.l1"),
+        ("reg.l2=-0.1", "reg.l2"),
+        ("train.clip_grad_norm=0", "train.clip_grad_norm"),
+        ("log.weight_stats_every=-1", "log.weight_stats_every"),
+        ("optim=rmsprop optim.alpha=1", "optim.alpha"),
+        ("optim=adagrad optim.lr_decay=-1", "optim.lr_decay"),
+        ("optim=adamw optim.eps=0", "optim.eps"),
+        ("sched=multistep sched.milestones=[]", "sched.milestones"),
+        ("sched=plateau sched.factor=1", "sched.factor"),
+        ("sched=plateau sched.mode=up", "sched.mode"),
+        ("sched=cosine sched.T_max=0", "sched.T_max"),
+        ("sched=exponential sched.gamma=0", "sched.gamma"),
         ("data.x_range=[1,-1]", "data.x_range"),
     ],
 )
 def test_checks_name_the_key_and_what_is_allowed(compose, override, key):
     with pytest.raises(config.ConfigError) as info:
-        compose(override)
+        compose(*override.split())
     assert info.value.key == key
     message = str(info.value)
     assert message.startswith(f"{key}=") and "\n" not in message and "allowed" in message

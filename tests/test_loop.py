@@ -53,7 +53,8 @@ def test_full_batch_trains_in_train_mode_and_evaluates_in_eval_mode():
     assert [mode for mode, _ in model.calls] == [True, False] * 3
     assert all(x.shape[0] == 12 for mode, x in model.calls if mode)  # full batch
     assert [e for e, _ in tracker.epochs] == [1, 2, 3]
-    assert set(tracker.epochs[0][1]) == {"train_loss", "valid_loss", "lr"}
+    stats = {"weights_l2_norm", "weights_l1_norm", "weights_sparsity"}
+    assert set(tracker.epochs[0][1]) == {"train_loss", "valid_loss", "lr", *stats}
 
 
 def test_mini_batches_cover_the_data_in_a_new_seeded_order_each_epoch():

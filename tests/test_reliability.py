@@ -19,10 +19,10 @@ NO_CUDA = not torch.cuda.is_available()
 BAD_INPUT = [
     # an unknown option of a group: the known ones are listed
     ("norm=batchnorm", "norm=batchnorm: no such option (options: bn, gn, in, ln, none)"),
-    ("optim=adamx", "optim=adamx: no such option (options: adam, sgd)"),
+    ("optim=adamx", "optim=adamx: no such option (options: adagrad, adam, adamw, rmsprop, sgd)"),
     ("data=imagenet", "data=imagenet: no such option (options: cifar10, circles, digits, fashion"),
     ("model=resnet", "model=resnet: no such option"),
-    ("sched=warmup", "sched=warmup: no such option (options: none, step)"),
+    ("sched=warmup", "sched=warmup: no such option (options: cosine, exponential, multistep"),
     ("init=he", "init=he: no such option (options: constant, default, kaiming_normal"),
     # a misspelt key: the keys nearby are named
     ("train.epoch=3", "train.epoch: no such key in 'train'; did you mean train.epochs?"),

@@ -35,7 +35,8 @@ def test_toy_regression_run_writes_tensorboard_csv_and_summary(tmp_path):
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
-    assert list(rows[0]) == ["epoch", "train_loss", "valid_loss", "lr"]
+    stats = ["weights_l2_norm", "weights_l1_norm", "weights_sparsity"]
+    assert list(rows[0]) == ["epoch", "train_loss", "valid_loss", "lr", *stats]
     assert float(rows[-1]["valid_loss"]) == events.Scalars("loss/valid")[-1].value
 
     summary = read_json(run / "summary.json")

@@ -343,7 +343,11 @@ class Constant(Init):
 class Optim:
     name: str = MISSING
     lr: float = 0.01
-    weight_decay: float = 0.0  # lambda
+    # lambda, with PyTorch's meaning: coupled L2 (added to the gradient) in sgd, adam, rmsprop
+    # and adagrad; decoupled (the weights shrink directly) in adamw.
+    weight_decay: float = 0.0
+    # false: biases and norm-layer parameters go into a param group with no decay.
+    decay_norm_and_bias: bool = True
 
 
 @option("optim")
@@ -365,6 +369,32 @@ class Adam(Optim):
     amsgrad: bool = False
 
 
+@option("optim")
+@dataclass
+class AdamW(Adam):
+    name: str = "adamw"
+    weight_decay: float = 0.01  # PyTorch's default for AdamW
+
+
+@option("optim")
+@dataclass
+class RMSprop(Optim):
+    name: str = "rmsprop"
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    centered: bool = False
+
+
+@option("optim")
+@dataclass
+class Adagrad(Optim):
+    name: str = "adagrad"
+    lr_decay: float = 0.0
+    eps: float = 1e-10
+    initial_accumulator_value: float = 0.0
+
+
 @dataclass
 class Sched:
     name: str = MISSING
@@ -380,11 +410,54 @@ class NoSched(Sched):
 @dataclass
 class StepLR(Sched):
     name: str = "step"
-    step_size: int = 30
-    gamma: float = 0.1
+    step_size: int = 20
+    gamma: float = 0.8
+
+
+@option("sched")
+@dataclass
+class MultiStepLR(Sched):
+    name: str = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [20, 60, 90, 135, 180])
+    gamma: float = 0.8
+
+
+@option("sched")
+@dataclass
+class ExponentialLR(Sched):
+    name: str = "exponential"
+    gamma: float = 0.8
+
+
+@option("sched")
+@dataclass
+class CosineAnnealingLR(Sched):
+    name: str = "cosine"
+    T_max: Optional[int] = None  # null: train.epochs
+    eta_min: float = 0.0
+
+
+@option("sched")
+@dataclass
+class ReduceLROnPlateau(Sched):
+    """Stepped with the valid loss of each epoch."""
+
+    name: str = "plateau"
+    mode: str = "min"
+    factor: float = 0.1
+    patience: int = 10
 
 
 # --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Reg:
+    """Explicit penalties added to the training objective (not to the logged data loss)."""
+
+    l1: float = 0.0  # l1 * sum |w|
+    l2: float = 0.0  # (l2 / 2) * sum w^2
+    include_bias: bool = False  # also penalize biases and norm-layer parameters
 
 
 @dataclass
@@ -394,6 +467,7 @@ class Train:
     # Save checkpoint.pt every this many epochs; null: every minute of training. Always at the
     # end and when interrupted.
     checkpoint_every: Optional[int] = None
+    clip_grad_norm: Optional[float] = None  # max total gradient norm; null: no clipping
 
 
 @dataclass
@@ -402,6 +476,9 @@ class Log:
     # The fit (1-D regression) or decision boundary (2-D data) every this many epochs and at
     # the end, as TensorBoard images and a PNG in the run dir; 0: never.
     figure_every: int = 200
+    # weights/l2_norm, l1_norm, sparsity every this many epochs, and in the first and last;
+    # null: about 50 times a run (every train.epochs/50); 0: never
+    weight_stats_every: Optional[int] = None
 
 
 @dataclass
@@ -413,6 +490,7 @@ class Config:
     optim: Optim = MISSING
     sched: Sched = MISSING
     loss: str = "auto"
+    reg: Reg = field(default_factory=Reg)
     train: Train = field(default_factory=Train)
     log: Log = field(default_factory=Log)
     seed: int = 0
@@ -533,28 +611,11 @@ def check(conf: Config) -> None:
             "init.low < init.high, or both null for (-1/sqrt(fan_in), 1/sqrt(fan_in))",
         )
 
-    o = conf.optim
-    need(o.lr > 0, "optim.lr", o.lr, "a learning rate > 0")
-    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a weight decay >= 0")
-    if isinstance(o, SGD):
-        need(o.momentum >= 0, "optim.momentum", o.momentum, "a momentum >= 0")
-        need(
-            not o.nesterov or (o.momentum > 0 and o.dampening == 0),
-            "optim.nesterov",
-            o.nesterov,
-            "true only with optim.momentum > 0 and optim.dampening=0",
-        )
-    if isinstance(o, Adam):
-        need(
-            len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
-            "optim.betas",
-            o.betas,
-            "[beta1, beta2], each in [0, 1)",
-        )
-
-    if isinstance(conf.sched, StepLR):
-        need(conf.sched.step_size >= 1, "sched.step_size", conf.sched.step_size, "an integer >= 1")
-        need(conf.sched.gamma > 0, "sched.gamma", conf.sched.gamma, "a factor > 0")
+    _check_optim(conf.optim, need)
+    _check_sched(conf.sched, need)
+    r = conf.reg
+    need(r.l1 >= 0, "reg.l1", r.l1, "a penalty strength >= 0")
+    need(r.l2 >= 0, "reg.l2", r.l2, "a penalty strength >= 0")
 
     t = conf.train
     need(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
@@ -564,6 +625,12 @@ def check(conf: Config) -> None:
         t.batch_size,
         "null (full batch) or an integer >= 1",
     )
+    need(conf.log.hist_every >= 0, "log.hist_every", conf.log.hist_every, "an integer >= 0")
+    need(conf.log.figure_every >= 0, "log.figure_every", conf.log.figure_every, "an integer >= 0")
+    every = conf.log.weight_stats_every
+    need(every is None or every >= 0, "log.weight_stats_every", every, "null or an integer >= 0")
+    clip = t.clip_grad_norm
+    need(clip is None or clip > 0, "train.clip_grad_norm", clip, "null (off) or a norm > 0")
     need(
         t.checkpoint_every is None or t.checkpoint_every >= 1,
         "train.checkpoint_every",
@@ -578,8 +645,61 @@ def check(conf: Config) -> None:
     )
     if conf.resume is not None:
         checkpoint_of(conf.resume)
-    need(conf.log.hist_every >= 0, "log.hist_every", conf.log.hist_every, "an integer >= 0")
-    need(conf.log.figure_every >= 0, "log.figure_every", conf.log.figure_every, "an integer >= 0")
+
+
+def _check_optim(o: Optim, need) -> None:
+    """The values PyTorch's optimizers would refuse with a traceback, refused in one line."""
+    need(o.lr > 0, "optim.lr", o.lr, "a learning rate > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a weight decay >= 0")
+    if isinstance(o, (SGD, RMSprop)):
+        need(o.momentum >= 0, "optim.momentum", o.momentum, "a momentum >= 0")
+    if isinstance(o, (Adam, RMSprop, Adagrad)):
+        need(o.eps > 0, "optim.eps", o.eps, "an epsilon > 0")
+    if isinstance(o, SGD):
+        need(
+            not o.nesterov or (o.momentum > 0 and o.dampening == 0),
+            "optim.nesterov",
+            o.nesterov,
+            "true only with optim.momentum > 0 and optim.dampening=0",
+        )
+    if isinstance(o, Adam):
+        need(
+            len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+            "optim.betas",
+            o.betas,
+            "[beta1, beta2], each in [0, 1)",
+        )
+    if isinstance(o, RMSprop):
+        need(0 <= o.alpha < 1, "optim.alpha", o.alpha, "a smoothing constant in [0, 1)")
+    if isinstance(o, Adagrad):
+        need(o.lr_decay >= 0, "optim.lr_decay", o.lr_decay, "a decay >= 0")
+        need(
+            o.initial_accumulator_value >= 0,
+            "optim.initial_accumulator_value",
+            o.initial_accumulator_value,
+            "a value >= 0",
+        )
+
+
+def _check_sched(s: Sched, need) -> None:
+    if isinstance(s, (StepLR, MultiStepLR, ExponentialLR)):
+        need(s.gamma > 0, "sched.gamma", s.gamma, "a factor > 0")
+    if isinstance(s, StepLR):
+        need(s.step_size >= 1, "sched.step_size", s.step_size, "an integer >= 1")
+    if isinstance(s, MultiStepLR):
+        need(
+            len(s.milestones) > 0 and all(m >= 1 for m in s.milestones),
+            "sched.milestones",
+            s.milestones,
+            "a list of epochs >= 1, e.g. [20,60,90]",
+        )
+    if isinstance(s, CosineAnnealingLR):
+        need(s.T_max is None or s.T_max >= 1, "sched.T_max", s.T_max, "null or an integer >= 1")
+        need(s.eta_min >= 0, "sched.eta_min", s.eta_min, "a learning rate >= 0")
+    if isinstance(s, ReduceLROnPlateau):
+        need(s.mode in ("min", "max"), "sched.mode", s.mode, "min or max")
+        need(0 < s.factor < 1, "sched.factor", s.factor, "a factor in (0, 1)")
+        need(s.patience >= 0, "sched.patience", s.patience, "an integer >= 0")
 
 
 def checkpoint_of(run_dir: str) -> Path:

@@ -164,7 +164,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(conf: config.Config, dataset: data.Dataset) -> torch.nn.Module:
-    model = models.build(conf.model, conf.norm, dataset.in_shape, dataset.n_outputs)
+    outputs = optim.model_outputs(conf.loss, dataset.task, dataset.n_outputs)  # bce: one logit
+    model = models.build(conf.model, conf.norm, dataset.in_shape, outputs)
     return init.apply(model, conf.init)
 
 
@@ -194,6 +195,9 @@ def hparams(conf: config.Config, overrides: list[str]) -> dict:
         "sched": conf.sched.name,
         "optim.lr": conf.optim.lr,
         "optim.weight_decay": conf.optim.weight_decay,
+        "loss": conf.loss,
+        "reg.l1": conf.reg.l1,
+        "reg.l2": conf.reg.l2,
         "model.dropout": conf.model.dropout,
         "train.batch_size": conf.train.batch_size or 0,
         "seed": conf.seed,
@@ -225,11 +229,12 @@ def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> di
         seed_everything(conf.seed)
         device = device_of(conf.device)
         dataset = data.load(conf.data, conf.seed, device)
-        loss_fn = optim.build_loss(conf.loss, dataset.task)
+        loss_fn = optim.build_loss(conf.loss, dataset.task, dataset.n_outputs)
         model = build_model(conf, dataset).to(device)
         check_batches(model, len(dataset.x_train), conf.train.batch_size)
         optimizer = optim.build_optimizer(model, conf.optim)
-        scheduler = optim.build_scheduler(optimizer, conf.sched)
+        scheduler = optim.build_scheduler(optimizer, conf.sched, conf.train.epochs)
+        penalty = optim.build_penalty(model, conf.reg)
         generator = torch.Generator().manual_seed(conf.seed)
         checkpoint = run_dir / "checkpoint.pt"
         start_epoch = 0
@@ -266,6 +271,9 @@ def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> di
                 checkpoint=checkpoint,
                 checkpoint_every=conf.train.checkpoint_every,
                 stop=lambda: bool(received),
+                penalty=penalty,
+                clip_grad_norm=conf.train.clip_grad_norm,
+                weight_stats_every=conf.log.weight_stats_every,
             )
         status, error = result.status, result.error
     except KeyboardInterrupt:

@@ -46,6 +46,7 @@ TAGS = {
     "train_acc": "acc/train",
     "valid_acc": "acc/valid",
     "lr": "lr",
+    "penalty": "loss/penalty",  # the reg.l1/reg.l2 term added to the training objective
 }
 
 # The lessons' "Loss_group" view: train and valid in one chart each.
@@ -99,6 +100,7 @@ class Tracker:
         suffix = f".{start_epoch}" if start_epoch else ""
         self._events = EventsWriter(str(self.run_dir / "events"), suffix)
         csv_path = self.run_dir / "metrics.csv"
+        self._columns: list[str] = []  # metrics.csv's, fixed by its header
         if start_epoch == 0:
             self.write(tb.custom_scalars(LAYOUT))
             experiment, session_start, _ = tb.hparams(hparams, {TAGS[m]: 0 for m in metrics})
@@ -141,8 +143,10 @@ class Tracker:
         self._csv_file = open(csv_path, "w", newline="")  # noqa: SIM115
         if header:
             csv.writer(self._csv_file).writerows([header, *rows])
+            self._columns = header[1:]
             for row in rows:
-                self._remember(int(row[0]), dict(zip(header[1:], map(float, row[1:]), strict=True)))
+                cells = zip(header[1:], row[1:], strict=True)
+                self._remember(int(row[0]), {k: float(v) for k, v in cells if v != ""})
         restart = Event(wall_time=time.time(), step=start_epoch + 1)
         restart.session_log.status = SessionLog.START
         self._events.write_event(restart)
@@ -195,9 +199,11 @@ class Tracker:
             self._remember(epoch, metrics)
             values = [Summary.Value(tag=tag(k), simple_value=v) for k, v in metrics.items()]
             self.write(Summary(value=values), epoch)
-            if self._csv_file.tell() == 0:
-                self._csv.writerow(["epoch", *metrics])
-            self._csv.writerow([epoch, *metrics.values()])
+            if not self._columns:
+                self._columns = list(metrics)
+                self._csv.writerow(["epoch", *self._columns])
+            # By column: an epoch without some metrics (weight stats) leaves those cells empty.
+            self._csv.writerow([epoch, *(metrics.get(k, "") for k in self._columns)])
             if self._progress is None and (epoch % self._every == 0 or epoch == self.epochs):
                 log.info(
                     "epoch %d/%d  train %.4g  valid %.4g",

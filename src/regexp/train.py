@@ -20,11 +20,16 @@ import torch
 from torch import nn
 
 from regexp.data import Dataset
+from regexp.models import weights
 
 EVAL_CHUNK = 8192  # examples per forward pass in evaluation, to bound memory
 # With no checkpoint_every, a checkpoint whenever this many seconds of training have passed:
 # a hard kill loses at most that much, and a short run pays for one checkpoint, at its end.
 CHECKPOINT_SECONDS = 60.0
+SPARSE_BELOW = 1e-3  # a weight with |w| under this counts as zero in weights/sparsity
+# Weight statistics by default about this many times a run: each costs a few tenths of a
+# lesson-24 epoch, so every epoch would slow that run down by a quarter.
+WEIGHT_STATS_POINTS = 50
 
 
 class Tracker(Protocol):
@@ -53,12 +58,19 @@ def fit(
     checkpoint: Path | None = None,
     checkpoint_every: int | None = None,
     stop: Callable[[], bool] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    clip_grad_norm: float | None = None,
+    weight_stats_every: int | None = None,
 ) -> Result:
     """Train from `start_epoch` + 1 to `epochs`; each epoch's metrics go to `tracker`.
 
-    With `checkpoint`, the state is saved there every `checkpoint_every` epochs (or every
-    CHECKPOINT_SECONDS), at the end and when `stop()` turns true, which ends the run after the
-    epoch in progress, so that a checkpoint always holds whole epochs.
+    `penalty()` is added to each step's loss (the logged train loss stays the data loss);
+    gradients are clipped to a total norm of `clip_grad_norm`; the weight statistics are
+    taken every `weight_stats_every` epochs (None: WEIGHT_STATS_POINTS times a run; 0: never)
+    and in the first and last. With `checkpoint`, the state is saved there every
+    `checkpoint_every` epochs (or every CHECKPOINT_SECONDS), at the end and when `stop()`
+    turns true, which ends the run after the epoch in progress, so that a checkpoint always
+    holds whole epochs.
     """
 
     def save(epoch: int) -> None:
@@ -71,12 +83,28 @@ def fit(
     classify = data.task == "classification"
     n, n_valid = data.x_train.shape[0], data.x_valid.shape[0]
     size = n if batch_size is None else min(batch_size, n)
+    every = weight_stats_every
+    if every is None:
+        every = max(1, epochs // WEIGHT_STATS_POINTS)
+    stats = WeightStats(model) if every else None
     for epoch in range(start_epoch + 1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        train_stats = _train_epoch(
-            model, optimizer, loss_fn, data.x_train, data.y_train, size, generator, classify
+        train_stats, penalty_mean = _train_epoch(
+            model,
+            optimizer,
+            loss_fn,
+            data.x_train,
+            data.y_train,
+            size,
+            generator,
+            classify,
+            penalty,
+            clip_grad_norm,
         )
         valid_stats = evaluate(model, loss_fn, data.x_valid, data.y_valid, classify)
+        weight_stats = None
+        if stats and (epoch % every == 0 or epoch in (1, epochs)):
+            weight_stats = stats()
         # The device-to-host reads of the epoch: a handful of numbers, once.
         values = [v.item() for v in (*train_stats, *valid_stats)]
         if classify:
@@ -89,6 +117,10 @@ def fit(
         else:
             metrics = {"train_loss": values[0], "valid_loss": values[1]}
         metrics["lr"] = lr
+        if penalty_mean is not None:
+            metrics["penalty"] = penalty_mean.item()
+        if weight_stats is not None:
+            metrics.update(stats.read(weight_stats))
         if scheduler is not None:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(metrics["valid_loss"])
@@ -111,30 +143,47 @@ def fit(
     return Result("completed", epochs)
 
 
-def _train_epoch(model, optimizer, loss_fn, x, y, size, generator, classify):
+def _train_epoch(model, optimizer, loss_fn, x, y, size, generator, classify, penalty, clip):
     """One pass over (x, y) in batches of `size`: the mean batch loss and, when classifying,
-    the count of correct predictions as the model trained, as device tensors."""
+    the count of correct predictions as the model trained, as device tensors; and the mean
+    penalty, or None without one."""
     model.train()
     n = x.shape[0]  # (len() on a tensor is a slow Python call)
     if size < n:
         # One gather per epoch, then contiguous slices: cheaper than a gather per step.
         order = torch.randperm(n, generator=generator).to(x.device)
         x, y = x[order], y[order]
-    losses, outputs = [], []
+    params = [p for p in model.parameters() if p.requires_grad] if clip is not None else None
+    losses, outputs, terms = [], [], []
     for start in range(0, n, size):
         xb, yb = (x, y) if size == n else (x[start : start + size], y[start : start + size])
         optimizer.zero_grad(set_to_none=True)
         out = model(xb)
         loss = loss_fn(out, yb)
-        loss.backward()
+        if penalty is None:
+            loss.backward()
+        else:
+            term = penalty()
+            (loss + term).backward()  # the objective; the data loss alone is what is logged
+            terms.append(term.detach())
+        if clip is not None:
+            nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         losses.append(loss.detach())
         if classify:
             outputs.append(out.detach())  # scored once per epoch, not per step
     loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+    term = (terms[0] if len(terms) == 1 else torch.stack(terms).mean()) if terms else None
     if not classify:
-        return [loss]
-    return [loss, (torch.cat(outputs).argmax(1) == y).sum()]
+        return [loss], term
+    return [loss, correct(torch.cat(outputs), y)], term
+
+
+def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many of the outputs `out` predict the class `y`: the top class, or with one logit
+    (binary cross-entropy) class 1 where the logit is > 0."""
+    predicted = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).long()
+    return (predicted == y).sum()
 
 
 def evaluate(model, loss_fn, x, y, classify=False):
@@ -144,16 +193,16 @@ def evaluate(model, loss_fn, x, y, classify=False):
     with torch.inference_mode():
         if n <= EVAL_CHUNK:
             out = model(x)
-            return [loss_fn(out, y), (out.argmax(1) == y).sum()] if classify else [loss_fn(out, y)]
-        losses, correct = [], []
+            return [loss_fn(out, y), correct(out, y)] if classify else [loss_fn(out, y)]
+        losses, right = [], []
         for i in range(0, n, EVAL_CHUNK):
             xb, yb = x[i : i + EVAL_CHUNK], y[i : i + EVAL_CHUNK]
             out = model(xb)
             losses.append(loss_fn(out, yb) * xb.shape[0])
             if classify:
-                correct.append((out.argmax(1) == yb).sum())
+                right.append(correct(out, yb))
         loss = torch.stack(losses).sum() / n
-        return [loss, torch.stack(correct).sum()] if classify else [loss]
+        return [loss, torch.stack(right).sum()] if classify else [loss]
 
 
 def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler=None, generator=None):
@@ -195,3 +244,37 @@ def load_checkpoint(path: Path, model, optimizer, scheduler=None, generator=None
     if generator is not None and rng["batches"] is not None:
         generator.set_state(rng["batches"].cpu())
     return int(state["epoch"])
+
+
+class WeightStats:
+    """The L2 norm, the L1 norm and the share of near-zero entries (|w| < SPARSE_BELOW) of the
+    model's weights (Linear and Conv weights: no biases, no norm layers), taken on the device
+    in a few ops over one flat copy."""
+
+    def __init__(self, model: nn.Module):
+        # Detached views, made once: they follow the optimizer's in-place updates.
+        self.views = [w.detach().view(-1) for w in weights(model)]
+        self.count = sum(v.numel() for v in self.views)
+        # One buffer, made once and worked in place: the less memory the statistics touch,
+        # the less of the training step's data they push out of the cache.
+        like = self.views[0] if self.views else torch.empty(0)
+        self.flat = like.new_empty(self.count)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __call__(self) -> torch.Tensor:
+        a = torch.cat(self.views, out=self.flat).abs_()
+        l2, l1 = torch.dot(a, a).sqrt(), a.sum()
+        # Minus the count of |w| < t, in float ops (several times faster on a CPU than a
+        # comparison into a bool tensor): min(|w| - t, 0) has the sign -1 below t, 0 from t on.
+        below = a.sub_(SPARSE_BELOW).clamp_(max=0).sign_().sum()
+        return torch.stack([l2, l1, below])
+
+    def read(self, stats: torch.Tensor) -> dict[str, float]:
+        l2, l1, minus_below = stats.tolist()
+        return {
+            "weights_l2_norm": l2,
+            "weights_l1_norm": l1,
+            "weights_sparsity": -minus_below / self.count,
+        }
