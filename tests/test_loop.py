@@ -121,3 +121,25 @@ def test_a_loss_that_becomes_nan_stops_the_run_at_that_epoch():
 def test_resuming_from_an_epoch_continues_the_numbering():
     _, tracker = fit(nn.Linear(3, 1), regression(), epochs=5, start_epoch=3)
     assert [e for e, _ in tracker.epochs] == [4, 5]
+
+
+def test_modes_are_switched_only_for_models_whose_modes_matter():
+    from regexp import config, models
+
+    plain = models.mlp(config.MLP(hidden=[8]), config.NoNorm(), (3,), 1)
+    assert not train.modes_matter(plain)
+    with_dropout = models.mlp(config.MLP(hidden=[8, 8], dropout=0.5), config.NoNorm(), (3,), 1)
+    with_bn = models.mlp(config.MLP(hidden=[8]), config.BatchNorm(), (3,), 1)
+    assert train.modes_matter(with_dropout) and train.modes_matter(with_bn)
+    assert train.modes_matter(Recorder())  # unknown modules may read self.training
+
+    # Dropout is on while training and off in evaluation (lr 0: the weights stay).
+    data = regression()
+    _, tracker = fit(with_dropout, data, epochs=2, lr=0.0)
+    with torch.no_grad():
+        with_dropout.eval()
+        valid = nn.functional.mse_loss(with_dropout(data.x_valid), data.y_valid).item()
+        train_eval = nn.functional.mse_loss(with_dropout(data.x_train), data.y_train).item()
+    last = tracker.epochs[-1][1]
+    assert last["valid_loss"] == pytest.approx(valid, rel=1e-6)
+    assert last["train_loss"] != pytest.approx(train_eval, rel=1e-3)  # masks were drawn
