@@ -5,8 +5,9 @@ batch, then the valid loss of each epoch, read as a float. regexp runs with its 
 logging on (TensorBoard scalars and histograms, metrics.csv, summary.json, console lines).
 It prints epochs/s for both and their ratio (regexp / hand-written; the target is >= 0.95).
 
-    python scripts/bench.py            # both cases, best of 5 repeats each
+    python scripts/bench.py            # both loop cases, best of 5 repeats each
     python scripts/bench.py --repeats 3 --case digits
+    python scripts/bench.py --case sweep   # an 8-job sweep: joblib launcher vs sequential
 
 A benchmark, not a test: nothing here asserts a time.
 """
@@ -17,7 +18,10 @@ import argparse
 import contextlib
 import io
 import logging
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,12 +87,62 @@ def regexp_loop(conf: config.Config, run_dir: Path) -> float:
         return run.execute(conf, run_dir)["seconds"]
 
 
+SWEEP = ["seed=0,1,2,3,4,5,6,7"]  # 8 jobs of the default experiment
+
+
+def sweep_seconds(launcher: list[str], repeats: int) -> float:
+    """Wall time of `regexp train -m` over SWEEP, as a user runs it (best of `repeats`)."""
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "regexp",
+                    "train",
+                    "-m",
+                    *SWEEP,
+                    *launcher,
+                    f"hydra.sweep.dir={tmp}/sweep",
+                ],
+                check=True,
+                capture_output=True,
+                cwd=tmp,
+            )
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sweep(repeats: int) -> None:
+    sequential = sweep_seconds([], repeats)
+    parallel = sweep_seconds(["hydra/launcher=joblib"], repeats)
+    table = Table(title=f"8-job sweep of the default experiment, wall seconds, best of {repeats}")
+    for column in ("launcher", "seconds", "ratio"):
+        table.add_column(column, justify="right")
+    table.add_row("basic (sequential)", f"{sequential:.1f}", "1.000")
+    table.add_row(
+        f"joblib ({os.cpu_count()} jobs)", f"{parallel:.1f}", f"{parallel / sequential:.3f}"
+    )
+    Console().print(table)
+    print(f"regexp train -m {' '.join(SWEEP)} [hydra/launcher=joblib]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
-    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument(
+        "--case",
+        choices=[*CASES, "sweep", "all"],
+        default="all",
+        help="all: the two loop cases (the sweep takes a minute more)",
+    )
     args = parser.parse_args()
     logging.getLogger("regexp").setLevel(logging.WARNING)
+    if args.case == "sweep":
+        sweep(min(args.repeats, 3))
+        return
 
     table = Table(title=f"training loop, epochs/s, best of {args.repeats}")
     for column in ("case", "epochs", "hand-written", "regexp", "ratio"):

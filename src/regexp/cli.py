@@ -37,20 +37,33 @@ def train(args: list[str]) -> int:
     """`regexp train`: Hydra's own command line, every flag passed through."""
     import hydra
 
-    from regexp import config, run
+    from regexp import config, report
 
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
-        run.train_job
+        train_job
     )
     sys.argv = ["regexp train", *resumed(args)]  # Hydra parses sys.argv
-    run.FAILED.clear(), run.STATUSES.clear()
-    run.SweepReport.ran, run.SweepReport.failures = False, 0
+    report.SweepReport.ran, report.SweepReport.failures = False, 0
+    if "regexp.run" in sys.modules:  # an earlier call in this process (tests) ran jobs
+        sys.modules["regexp.run"].FAILED.clear()
+        sys.modules["regexp.run"].STATUSES.clear()
     app()
-    if run.SweepReport.ran:
-        return 1 if run.SweepReport.failures else 0
+    if report.SweepReport.ran:
+        return 1 if report.SweepReport.failures else 0
+    run = sys.modules.get("regexp.run")  # imported only where a job ran in this process
+    if run is None:
+        return 0
     if run.FAILED:
         raise run.FAILED[0]
     return 1 if "diverged" in run.STATUSES else 0
+
+
+def train_job(cfg) -> float:
+    """Hydra's task function. torch and the training code are imported only here, where a
+    job runs: a parallel launcher's main process never needs them, and starts faster."""
+    from regexp import run
+
+    return run.train_job(cfg)
 
 
 def resumed(args: list[str]) -> list[str]:

@@ -6,21 +6,18 @@ config and a run dir, so it can be called in-process too.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
 import random
 import signal
 import threading
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -48,7 +45,7 @@ class Interrupted(KeyboardInterrupt):
 def train_job(cfg: DictConfig) -> float:
     """Train one run into Hydra's output dir; returns its best valid loss, which sweepers
     minimize. In a sweep, a job that fails is recorded in its summary.json and the sweep goes
-    on; `SweepReport` counts the failures at the end."""
+    on; `report.SweepReport` counts the failures at the end."""
     hydra = HydraConfig.get()
     run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
     try:
@@ -94,30 +91,6 @@ def one_line(exc: BaseException) -> str:
         return str(exc)
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class SweepReport(Callback):
-    """At the end of a sweep, count its jobs by status from their summary.json files (which
-    works whatever launcher ran them) and say which failed."""
-
-    ran = False
-    failures = 0
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        SweepReport.ran = True
-        sweep = Path(config.hydra.sweep.dir)
-        summaries = {
-            p.parent.relative_to(sweep): json.loads(p.read_text())
-            for p in sorted(sweep.glob("**/summary.json"))
-        }
-        counts = Counter(s["status"] for s in summaries.values())
-        bad = {k: s for k, s in summaries.items() if s["status"] not in ("completed",)}
-        SweepReport.failures = len(bad)
-        order = ["completed", "diverged", "interrupted", "failed", *counts]
-        tally = ", ".join(f"{counts[k]} {k}" for k in dict.fromkeys(order) if counts[k])
-        log.info("sweep %s: %d jobs: %s", sweep, len(summaries), tally or "none")
-        for name, s in bad.items():
-            log.info("  %s: %s%s", name, s["status"], f": {s['error']}" if s.get("error") else "")
 
 
 @contextmanager
