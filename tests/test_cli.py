@@ -27,7 +27,7 @@ def test_an_unknown_command_is_refused_with_a_suggestion(tmp_path):
 def test_train_help_is_hydras_with_the_groups_and_their_options(tmp_path):
     out = regexp("train", "--help", cwd=tmp_path).stdout
     assert "norm: bn, gn, in, ln, none" in out
-    assert "optim: adagrad, adam, adamw, rmsprop, sgd" in out
+    assert "optim: adagrad, adam, adamw, gd, rmsprop, sgd" in out
     assert "data: cifar10, circles, digits, fashion_mnist, gauss, mnist, moons, spiral, " in out
     assert "schema" not in out  # the typing machinery is not an option to choose
     assert "weight_decay: 0.0" in out  # the composed config

@@ -68,3 +68,29 @@ def test_probe_command_prints_a_table_and_writes_a_png(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     refused = regexp("probe", "nope", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "invalid choice: 'nope'" in refused.stderr
+
+
+def test_optim_first_steps_are_the_lessons(compose, capsys):
+    paths = probe(compose, "optim").figure["paths"]
+    assert [round(w, 4) for w in paths["SGD lr 0.01"][1:3]] == [0.99, 0.9801]
+    assert [round(w, 4) for w in paths["SGD lr 0.01 momentum 0.9"][1:3]] == [0.99, 0.9711]
+    assert round(paths["Adagrad lr 0.01"][1], 4) == 0.99
+    assert round(paths["RMSprop lr 0.01 alpha 0.9"][1], 4) == 0.0684
+    only = probe(compose, "optim", "optim=adam", "optim.lr=0.1").figure["paths"]
+    assert list(only) == ["adam"] and round(only["adam"][1], 4) == 0.9  # Adam's first step: lr
+
+
+def test_lr_schedules_are_the_lessons(compose):
+    curves = probe(compose, "lr").figure["curves"]
+    step, multistep, exponential = curves.values()
+    assert len(step) == 200 and step[0] == 0.1
+    assert step[19] == 0.1 and round(step[20], 6) == 0.08 and round(step[40], 6) == 0.064
+    assert round(multistep[59], 6) == 0.08 and round(multistep[60], 6) == 0.064
+    assert round(exponential[1], 6) == 0.08 and round(exponential[2], 6) == 0.064
+    cosine = probe(compose, "lr", "sched=cosine", "train.epochs=10").figure["curves"]
+    assert list(cosine) == ["cosine"] and len(cosine["cosine"]) == 10
+
+
+def test_probe_optim_prints_the_lessons_numbers(tmp_path):
+    out = regexp("probe", "optim", cwd=tmp_path).stdout
+    assert "0.9711" in out and "0.0684" in out and "0.9801" in out

@@ -19,7 +19,10 @@ NO_CUDA = not torch.cuda.is_available()
 BAD_INPUT = [
     # an unknown option of a group: the known ones are listed
     ("norm=batchnorm", "norm=batchnorm: no such option (options: bn, gn, in, ln, none)"),
-    ("optim=adamx", "optim=adamx: no such option (options: adagrad, adam, adamw, rmsprop, sgd)"),
+    (
+        "optim=adamx",
+        "optim=adamx: no such option (options: adagrad, adam, adamw, gd, rmsprop, sgd)",
+    ),
     ("data=imagenet", "data=imagenet: no such option (options: cifar10, circles, digits, fashion"),
     ("model=resnet", "model=resnet: no such option"),
     ("sched=warmup", "sched=warmup: no such option (options: cosine, exponential, multistep"),
@@ -73,6 +76,12 @@ BAD_INPUT = [
     ("norm=gn norm.groups=0", "norm.groups=0 is not allowed"),
     ("model=cnn", "model=cnn is not allowed"),
     ("norm=bn data.n_train=9 train.batch_size=4", "train.batch_size=4 is not allowed: one that"),
+    ("+experiment=nope", "experiment=nope: no such option (options: bn_cnn, dropout, l1_vs_l2"),
+    ("reg.l1=-1e-4", "reg.l1=-0.0001 is not allowed: a penalty strength >= 0"),
+    ("reg.l2=-1", "reg.l2=-1.0 is not allowed"),
+    ("train.clip_grad_norm=0", "train.clip_grad_norm=0.0 is not allowed"),
+    ("sched=multistep sched.milestones=[]", "sched.milestones=[] is not allowed"),
+    ("loss=bce data=digits", "loss=bce is not allowed: a loss for 10 classes: ce"),
     ("device=gpu", "device=gpu is not allowed: auto, cpu, cuda, cuda:N or mps"),
     pytest.param(
         "device=cuda",

@@ -361,6 +361,14 @@ class SGD(Optim):
 
 @option("optim")
 @dataclass
+class GD(SGD):
+    """Plain (stochastic) gradient descent: torch.optim.SGD without momentum."""
+
+    name: str = "gd"
+
+
+@option("optim")
+@dataclass
 class Adam(Optim):
     name: str = "adam"
     lr: float = 0.001

@@ -14,6 +14,7 @@ from regexp.models import weights
 # Optimizer classes; their knobs are the config's fields under their PyTorch names.
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
+    "gd": torch.optim.SGD,  # the same without momentum: the lessons' plain gradient descent
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "rmsprop": torch.optim.RMSprop,

@@ -387,4 +387,28 @@ def _probe_depth(plt, data):
     return fig
 
 
-PROBE_FIGURES = {"dropout": _probe_dropout, "norm": _probe_norm, "depth": _probe_depth}
+def _probe_lr(plt, data):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rates in data["curves"].items():
+        ax.plot(range(1, len(rates) + 1), rates, label=name)
+    ax.set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedules")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _probe_optim(plt, data):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, path in data["paths"].items():
+        ax.plot(range(len(path)), [w / path[0] for w in path], "o-", label=name)
+    ax.set(xlabel="step", ylabel="w / w0", title="first steps on loss = w^2 / 2")
+    ax.legend(fontsize="small")
+    return fig
+
+
+PROBE_FIGURES = {
+    "dropout": _probe_dropout,
+    "norm": _probe_norm,
+    "depth": _probe_depth,
+    "lr": _probe_lr,
+    "optim": _probe_optim,
+}

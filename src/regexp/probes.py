@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from regexp import config, init, models, plots
+from regexp import config, init, models, optim, plots
 
 
 @dataclass
@@ -273,7 +273,105 @@ def _depth_stds(init_cfg, norm_cfg, x, seed) -> tuple[list[float], list[float]]:
     return forward, backward
 
 
-PROBES = {"dropout": dropout, "norm": norm, "depth": depth}
+# --- lr: experiment 9 --------------------------------------------------------------------
+
+LESSON_SCHEDULES = {  # lr 0.1 for 200 epochs
+    "StepLR(20, 0.8)": config.StepLR(step_size=20, gamma=0.8),
+    "MultiStepLR([20,60,90,135,180], 0.8)": config.MultiStepLR(
+        milestones=[20, 60, 90, 135, 180], gamma=0.8
+    ),
+    "ExponentialLR(0.8)": config.ExponentialLR(gamma=0.8),
+}
+
+
+def lr(conf: config.Config, given: set[str]) -> Probe:
+    """The learning rate of every epoch under a schedule, stepped once per epoch as training
+    does (plateau: with a valid loss that never improves): the lessons' three by default."""
+    chosen = any(k.startswith("sched") for k in given)
+    schedules = {conf.sched.name: conf.sched} if chosen else LESSON_SCHEDULES
+    base = conf.optim.lr if "optim.lr" in given else 0.1
+    epochs = conf.train.epochs if "train.epochs" in given else 200
+    curves = {}
+    for name, sched in schedules.items():
+        weight = nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([weight], lr=base)
+        scheduler = optim.build_scheduler(optimizer, sched, epochs)
+        rates = []
+        for _ in range(epochs):
+            rates.append(optimizer.param_groups[0]["lr"])
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(1.0)
+            elif scheduler is not None:
+                optimizer.step()  # (PyTorch wants the optimizer stepped first)
+                scheduler.step()
+        curves[name] = rates
+    marks = sorted({e for e in (1, 20, 21, 60, 61, 90, 135, 180, epochs) if e <= epochs})
+    table = _table(f"lr per epoch, from lr {base:g}", "schedule", *(f"epoch {e}" for e in marks))
+    for name, rates in curves.items():
+        table.add_row(name, *(f"{rates[e - 1]:.3g}" for e in marks))
+    return Probe(
+        "lr",
+        [table],
+        {"curves": curves},
+        [
+            "StepLR multiplies by gamma every step_size epochs, MultiStepLR at each "
+            "milestone, ExponentialLR every epoch"
+        ],
+    )
+
+
+# --- optim: experiment 8 -----------------------------------------------------------------
+
+LESSON_OPTIMIZERS = {  # name: (config, starting w)
+    "SGD lr 0.01": (config.GD(lr=0.01), 1.0),
+    "SGD lr 0.01 momentum 0.9": (config.SGD(lr=0.01, momentum=0.9), 1.0),
+    "Adagrad lr 0.01": (config.Adagrad(lr=0.01), 1.0),
+    "RMSprop lr 0.01 alpha 0.9": (config.RMSprop(lr=0.01, alpha=0.9), 0.1),
+    "Adam lr 0.01": (config.Adam(lr=0.01), 1.0),
+}
+STEPS = 5
+
+
+class _Scalar(nn.Module):
+    def __init__(self, w: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([w]))
+
+
+def optimizers(conf: config.Config, given: set[str]) -> Probe:
+    """The first steps of each optimizer on loss = w^2 / 2, whose gradient is w itself."""
+    chosen = any(k.startswith("optim") for k in given)
+    runs = {conf.optim.name: (conf.optim, 1.0)} if chosen else LESSON_OPTIMIZERS
+    table = _table(
+        "w over the first steps on loss = w^2 / 2 (gradient w)",
+        "optimizer",
+        "w0",
+        *(f"step {i}" for i in range(1, STEPS + 1)),
+    )
+    paths = {}
+    for name, (cfg, w0) in runs.items():
+        scalar = _Scalar(w0)
+        optimizer = optim.build_optimizer(scalar, cfg)
+        path = [w0]
+        for _ in range(STEPS):
+            optimizer.zero_grad()
+            (scalar.w.pow(2).sum() / 2).backward()
+            optimizer.step()
+            path.append(scalar.w.item())
+        paths[name] = path
+        table.add_row(name, f"{w0:g}", *(f"{w:.4f}" for w in path[1:]))
+    return Probe(
+        "optim",
+        [table],
+        {"paths": paths},
+        [
+            "momentum carries the last step on (0.99, then 0.9711 against 0.9801); "
+            "the adaptive methods divide by a running size of the gradient"
+        ],
+    )
+
+
+PROBES = {"dropout": dropout, "norm": norm, "depth": depth, "lr": lr, "optim": optimizers}
 
 
 def run(name: str, overrides: list[str], out: Path, console: Console | None = None) -> Probe:

@@ -137,6 +137,7 @@ COLUMNS = [  # (header, how to get it from a run)
     ("train acc", lambda r: r.final("train_acc")),
     ("valid acc", lambda r: r.final("valid_acc")),
     ("weight norm", lambda r: r.summary.get("weight_norm")),
+    ("sparsity", lambda r: r.final("weights_sparsity")),
 ]
 
 
