@@ -243,15 +243,32 @@ def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
     if with_curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for run in with_curves:
-            ax.plot(
-                run.curves["epoch"], run.curves["valid_loss"], label=_label(run.overrides, keys)
-            )
-        if all(v > 0 for r in with_curves for v in r.curves["valid_loss"] if math.isfinite(v)):
+            epochs = run.curves["epoch"]
+            (line,) = ax.plot(epochs, run.curves["valid_loss"], label=_label(run.overrides, keys))
+            if len(with_curves) <= 6:  # the gap to the train loss, where it stays readable
+                ax.plot(epochs, run.curves["train_loss"], "--", color=line.get_color(), lw=1)
+        losses = [
+            v
+            for r in with_curves
+            for k in ("valid_loss", "train_loss")
+            for v in r.curves.get(k, [])
+            if math.isfinite(v)
+        ]
+        if losses and min(losses) > 0:
             ax.set_yscale("log")
-        ax.set(xlabel="epoch", ylabel="valid loss", title="valid loss of every run")
+        title = "valid loss (solid) and train loss (dashed) of every run"
+        ax.set(
+            xlabel="epoch",
+            ylabel="loss",
+            title=title if len(with_curves) <= 6 else "valid loss of every run",
+        )
         if len(with_curves) <= 12:
             ax.legend(fontsize="small")
         written.append(_save(fig, out / "curves.png"))
+
+    with_weights = [r for r in runs if r.curves.get("weights_l2_norm")]
+    if with_weights and len(with_weights) <= 12:
+        written.append(_weights(plt, with_weights, keys, out / "weights.png"))
 
     done = [r for r in runs if _finite([r.final("train_loss"), r.final("valid_loss")])]
     for key in keys:
@@ -278,6 +295,30 @@ def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
     if len(keys) == 2 and done:
         written += _heatmap(plt, done, keys, out / "heatmap.png")
     return written
+
+
+def _weights(plt, runs, keys, path: Path) -> Path:
+    """The weights' L2 norm and sparsity over the epochs: L2's shrinkage, L1's zeros."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for run in runs:
+        points = [
+            (e, n, z)
+            for e, n, z in zip(
+                run.curves["epoch"],
+                run.curves["weights_l2_norm"],
+                run.curves["weights_sparsity"],
+                strict=True,
+            )
+            if math.isfinite(n)
+        ]
+        epochs, norms, zeros = zip(*points, strict=True)
+        label = _label(run.overrides, keys)
+        left.plot(epochs, norms, label=label)
+        right.plot(epochs, zeros, label=label)
+    left.set(xlabel="epoch", ylabel="L2 norm of the weights", title="weight norm")
+    right.set(xlabel="epoch", ylabel="share of |w| < 1e-3", title="sparsity")
+    right.legend(fontsize="small")
+    return _save(fig, path)
 
 
 def _heatmap(plt, runs, keys, path: Path) -> list[Path]:

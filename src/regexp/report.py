@@ -40,7 +40,7 @@ class Run:
         value = self.summary.get("final", {}).get(key)
         if value is None and self.curves.get(key):
             value = self.curves[key][-1]
-        return value
+        return None if value is None or value != value else value  # (NaN: not logged then)
 
     def best(self, key: str) -> float | None:
         return self.summary.get("best", {}).get(key)
@@ -79,9 +79,9 @@ def load(path: Path) -> Run:
     if (path / "metrics.csv").is_file():
         with open(path / "metrics.csv", newline="") as f:
             for row in csv.DictReader(f):
-                for key, value in row.items():
-                    if key and value not in (None, ""):
-                        curves.setdefault(key, []).append(float(value))
+                for key, value in row.items():  # aligned by epoch: NaN where a cell is empty
+                    if key:
+                        curves.setdefault(key, []).append(float(value) if value else math.nan)
     overrides = summary.get("overrides")
     if overrides is None:
         overrides = _read_overrides(path / ".hydra" / "overrides.yaml")
@@ -167,8 +167,68 @@ def fmt(value) -> str:
     return str(value)
 
 
-def write_markdown(path: Path, header: list[str], table: list[list]) -> None:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def verdict(runs: list[Run], keys: list[str]) -> str:
+    """What the sweep shows, in one line computed from its numbers. Numeric sweeps compare
+    each setting with the one of smallest values (e.g. lambda 0); others rank by valid loss."""
+    done = [r for r in runs if _finite(r.final("valid_loss"), r.final("train_loss"))]
+    lost = [f"{_setting(r, keys)} {r.status}" for r in runs if r not in done]
+    if not keys or len(done) < 2:
+        return "; ".join(lost) or "nothing to compare: one run"
+    numeric = all(isinstance(r.overrides.get(k), float) for r in done for k in keys)
+    if numeric:
+        base = min(done, key=lambda r: [r.overrides[k] for k in keys])
+        parts = [_compare(base, r, keys) for r in done if r is not base]
+    else:
+        ranked = sorted(done, key=lambda r: r.final("valid_loss"))
+        parts = [
+            "by valid loss: "
+            + ", ".join(
+                f"{_setting(r, keys)} {_num(r.final('valid_loss'))}"
+                + (f" (acc {r.final('valid_acc'):.1%})" if r.final("valid_acc") is not None else "")
+                for r in ranked
+            )
+        ]
+    for r in done:
+        final, best = r.final("valid_loss"), r.best("valid_loss")
+        if best is not None and final > 1.1 * best:
+            parts.append(
+                f"{_setting(r, keys)}: the valid loss turned up after epoch "
+                f"{r.best('epoch')} ({_num(best)} -> {_num(final)})"
+            )
+    return "; ".join(parts + lost)
+
+
+def _compare(base: Run, run: Run, keys: list[str]) -> str:
+    changed = [k for k in keys if run.overrides[k] != base.overrides[k]]
+    what = ", ".join(
+        f"{k.rsplit('.', 1)[-1]} {fmt(base.overrides[k])} -> {fmt(run.overrides[k])}"
+        for k in changed
+    )
+    pairs = [
+        ("train loss", base.final("train_loss"), run.final("train_loss")),
+        ("valid loss", base.final("valid_loss"), run.final("valid_loss")),
+        ("valid acc", base.final("valid_acc"), run.final("valid_acc")),
+        ("weight norm", base.summary.get("weight_norm"), run.summary.get("weight_norm")),
+        ("sparsity", base.final("weights_sparsity"), run.final("weights_sparsity")),
+    ]
+    shown = [f"{name} {_num(a)} -> {_num(b)}" for name, a, b in pairs if _finite(a, b)]
+    return f"{what}: " + ", ".join(shown)
+
+
+def _setting(run: Run, keys: list[str]) -> str:
+    return ",".join(fmt(run.overrides.get(k)) for k in keys) or run.path.name
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _num(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1 else f"{value:.3g}"
+
+
+def write_markdown(path: Path, header: list[str], table: list[list], summary: str) -> None:
+    lines = [summary, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
     path.write_text("\n".join(lines) + "\n")
 
@@ -191,7 +251,8 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     if out is None:
         out = dirs[0] if len(dirs) == 1 else Path(_common_parent(dirs))
     out.mkdir(parents=True, exist_ok=True)
-    write_markdown(out / "report.md", header, table)
+    line = verdict(runs, keys)
+    write_markdown(out / "report.md", header, table, line)
     write_csv(out / "report.csv", header, table)
     figures = plots.report_figures(runs, keys, out)
 
@@ -209,6 +270,7 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     for row in table:
         view.add_row(*(fmt(v) for v in row[skip:]))
     console.print(view)
+    console.print(f"[bold]verdict[/]: {line}", soft_wrap=True)
     written = ["report.md", "report.csv", *(f.name for f in figures)]
     console.print(f"wrote {', '.join(written)} in {out}", soft_wrap=True)
     return out
