@@ -314,5 +314,5 @@ class WeightStats:
         return {
             "weights_l2_norm": l2,
             "weights_l1_norm": l1,
-            "weights_sparsity": -minus_below / self.count,
+            "weights_sparsity": abs(minus_below) / self.count,
         }
