@@ -143,3 +143,31 @@ def test_modes_are_switched_only_for_models_whose_modes_matter():
     last = tracker.epochs[-1][1]
     assert last["valid_loss"] == pytest.approx(valid, rel=1e-6)
     assert last["train_loss"] != pytest.approx(train_eval, rel=1e-3)  # masks were drawn
+
+
+def test_a_large_set_is_gathered_batch_by_batch_in_the_same_order(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 2, generator=g)
+    y = (x[:, 0] > 0).long()
+    data = Dataset(x, y, x, y, "classification", (2,), 2)
+
+    def run():
+        torch.manual_seed(0)
+        model = nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        tracker = Metrics()
+        train.fit(
+            model,
+            optimizer,
+            nn.CrossEntropyLoss(),
+            data,
+            epochs=3,
+            batch_size=8,
+            tracker=tracker,
+            generator=torch.Generator().manual_seed(1),
+        )
+        return [m for _, m in tracker.epochs]
+
+    once = run()
+    monkeypatch.setattr(train, "GATHER_ONCE_BYTES", 0)
+    assert run() == once  # same batches, same numbers, accuracy included

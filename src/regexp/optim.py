@@ -105,7 +105,7 @@ def build_penalty(model: nn.Module, cfg: config.Reg) -> Callable[[], torch.Tenso
 
     def penalty() -> torch.Tensor:
         # One flat tensor: a few ops per step, whatever the number of layers.
-        flat = torch.cat([p.view(-1) for p in params])
+        flat = torch.cat([p.reshape(-1) for p in params])
         if l1 == 0:
             return half_l2 * torch.dot(flat, flat)
         if half_l2 == 0:

@@ -2,8 +2,9 @@
 
 It takes plain objects (model, optimizer, tensors, tracker) and knows nothing of Hydra or the
 command line. The data stays on the model's device; each epoch gathers it once in the order of
-a seeded permutation, and a batch is a slice of that. The losses stay on the device and are
-read once per epoch, so nothing forces a device-to-host sync every step.
+a seeded permutation, and a batch is a slice of that (a large set is gathered batch by batch).
+The losses stay on the device and are read once per epoch, so nothing forces a device-to-host
+sync every step.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ EVAL_CHUNK = 8192  # examples per forward pass in evaluation, to bound memory
 # With no checkpoint_every, a checkpoint whenever this many seconds of training have passed:
 # a hard kill loses at most that much, and a short run pays for one checkpoint, at its end.
 CHECKPOINT_SECONDS = 60.0
+# A training set up to this size is gathered in its shuffled order once per epoch (a copy);
+# a larger one (MNIST's 188 MB, CIFAR-10's 614 MB) batch by batch, to keep one copy only.
+GATHER_ONCE_BYTES = 64 * 2**20
 SPARSE_BELOW = 1e-3  # a weight with |w| under this counts as zero in weights/sparsity
 # Weight statistics by default about this many times a run: each costs a few tenths of a
 # lesson-24 epoch, so every epoch would slow that run down by a quarter.
@@ -185,14 +189,20 @@ def _train_epoch(
     if switch:
         model.train()
     n = x.shape[0]  # (len() on a tensor is a slow Python call)
+    order = None
     if size < n:
-        # One gather per epoch, then contiguous slices: cheaper than a gather per step.
         order = torch.randperm(n, generator=generator).to(x.device)
-        x, y = x[order], y[order]
+        if x.element_size() * x.numel() <= GATHER_ONCE_BYTES:
+            # One gather per epoch, then contiguous slices: cheaper than a gather per step.
+            x, y, order = x[order], y[order], None
     params = [p for p in model.parameters() if p.requires_grad] if clip is not None else None
     losses, outputs, terms = [], [], []
     for start in range(0, n, size):
-        xb, yb = (x, y) if size == n else (x[start : start + size], y[start : start + size])
+        if order is not None:  # a large set: a gather per step, no second copy of it
+            idx = order[start : start + size]
+            xb, yb = x[idx], y[idx]
+        else:
+            xb, yb = (x, y) if size == n else (x[start : start + size], y[start : start + size])
         optimizer.zero_grad(set_to_none=True)
         out = model(xb)
         loss = loss_fn(out, yb)
@@ -212,7 +222,8 @@ def _train_epoch(
     term = (terms[0] if len(terms) == 1 else torch.stack(terms).mean()) if terms else None
     if not classify:
         return [loss], term
-    return [loss, correct(torch.cat(outputs), y)], term
+    labels = y if order is None else y[order]  # in the order the outputs came
+    return [loss, correct(torch.cat(outputs), labels)], term
 
 
 def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
