@@ -100,7 +100,8 @@ def test_report_tables_and_plots_a_sweep_with_a_failed_job(tmp_path):
     markdown = (sweep / "report.md").read_text().splitlines()
     verdict = markdown[0]  # then the table
     assert "weight_decay 0 -> 0.01: train loss" in verdict and "dropout 0 -> 0.5" in verdict
-    assert "0,-1 failed" in verdict and "0.5,-1 failed" in verdict
+    assert "dropout=0 weight_decay=-1 failed" in verdict
+    assert "dropout=0.5 weight_decay=-1 failed" in verdict
     assert len(markdown) == 2 + 2 + 6 and markdown[2].startswith("| run | model.dropout")
     for png in (
         "curves.png",

@@ -216,7 +216,10 @@ def _compare(base: Run, run: Run, keys: list[str]) -> str:
 
 
 def _setting(run: Run, keys: list[str]) -> str:
-    return ",".join(fmt(run.overrides.get(k)) for k in keys) or run.path.name
+    """A run's name in the verdict: the swept values it set, by their keys' last parts."""
+    values = [(k, run.overrides.get(k)) for k in keys]
+    named = [f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in values if v is not None]
+    return " ".join(named) or ("defaults" if keys else run.path.name)
 
 
 def _finite(*values) -> bool:
