@@ -183,6 +183,18 @@ def test_weight_stats_are_the_norms_and_share_of_near_zero_weights(compose):
     assert values["weights_sparsity"] == pytest.approx(4 / 16)  # |w| < threshold, strictly
 
 
+def test_weight_stats_follow_updates_of_channels_last_conv_weights():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 6, 6))
+    model = model.to(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    stats = train.WeightStats(model)
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)  # an optimizer's in-place update, after the stats were set up
+    w = torch.cat([p.detach().flatten() for p in weights(model)])
+    assert stats.read(stats())["weights_l2_norm"] == pytest.approx(w.norm().item(), rel=1e-6)
+
+
 def test_weight_stats_come_every_n_epochs_and_in_the_first_and_last(compose):
     _, _, metrics = fit(compose(SMALL, "log.weight_stats_every=4"), epochs=10)
     with_stats = [i + 1 for i, m in enumerate(metrics) if "weights_sparsity" in m]

@@ -301,8 +301,8 @@ class WeightStats:
     in a few ops over one flat copy."""
 
     def __init__(self, model: nn.Module):
-        # Detached views, made once: they follow the optimizer's in-place updates.
-        self.views = [w.detach().view(-1) for w in weights(model)]
+        # Detached, made once: they follow the optimizer's in-place updates.
+        self.views = [w.detach() for w in weights(model)]
         self.count = sum(v.numel() for v in self.views)
         # One buffer, made once and worked in place: the less memory the statistics touch,
         # the less of the training step's data they push out of the cache.
@@ -313,7 +313,8 @@ class WeightStats:
         return self.count > 0
 
     def __call__(self) -> torch.Tensor:
-        a = torch.cat(self.views, out=self.flat).abs_()
+        # reshape is a view for contiguous weights, a copy for others (channels_last convs).
+        a = torch.cat([v.reshape(-1) for v in self.views], out=self.flat).abs_()
         l2, l1 = torch.dot(a, a).sqrt(), a.sum()
         # Minus the count of |w| < t, in float ops (several times faster on a CPU than a
         # comparison into a bool tensor): min(|w| - t, 0) has the sign -1 below t, 0 from t on.
