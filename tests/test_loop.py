@@ -72,12 +72,13 @@ def test_mini_batches_cover_the_data_in_a_new_seeded_order_each_epoch():
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(model.calls, again.calls, strict=True))
 
 
-def test_train_loss_is_the_mean_of_the_batch_losses_and_valid_loss_is_exact():
+@pytest.mark.parametrize("batch_size", [8, 4, 3])  # one batch; even batches; 3, 3 and 2
+def test_train_loss_is_the_mean_over_the_examples_and_valid_loss_is_exact(batch_size):
     dataset = regression(n=8, n_valid=5)
     model = nn.Linear(3, 1)
     before = nn.Linear(3, 1)
     before.load_state_dict(model.state_dict())
-    _, tracker = fit(model, dataset, epochs=1, batch_size=8, lr=0.0)  # lr 0: weights stay
+    _, tracker = fit(model, dataset, epochs=1, batch_size=batch_size, lr=0.0)  # weights stay
     metrics = tracker.epochs[0][1]
     with torch.no_grad():
         expected_train = nn.functional.mse_loss(before(dataset.x_train), dataset.y_train)

@@ -183,7 +183,7 @@ def fit(
 def _train_epoch(
     model, optimizer, loss_fn, x, y, size, generator, classify, penalty, clip, switch=True
 ):
-    """One pass over (x, y) in batches of `size`: the mean batch loss and, when classifying,
+    """One pass over (x, y) in batches of `size`: the mean loss per example and, when classifying,
     the count of correct predictions as the model trained, as device tensors; and the mean
     penalty, or None without one."""
     if switch:
@@ -218,12 +218,26 @@ def _train_epoch(
         losses.append(loss.detach())
         if classify:
             outputs.append(out.detach())  # scored once per epoch, not per step
-    loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+    loss = example_mean(losses, n, size)
     term = (terms[0] if len(terms) == 1 else torch.stack(terms).mean()) if terms else None
     if not classify:
         return [loss], term
     labels = y if order is None else y[order]  # in the order the outputs came
     return [loss, correct(torch.cat(outputs), labels)], term
+
+
+def example_mean(losses: list[torch.Tensor], n: int, size: int) -> torch.Tensor:
+    """The mean over the epoch's n examples of per-batch mean losses: a short last batch
+    weighs by its size, not as much as a full one."""
+    if len(losses) == 1:
+        return losses[0]
+    stacked = torch.stack(losses)
+    last = n - (len(losses) - 1) * size
+    if last == size:
+        return stacked.mean()
+    weights = torch.full_like(stacked, size)
+    weights[-1] = last
+    return (stacked * weights).sum() / n
 
 
 def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
