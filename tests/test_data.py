@@ -79,6 +79,13 @@ def test_digits_are_1x8x8_images_standardized_with_training_statistics(compose):
     assert not torch.equal(d.y_train, load(compose, "data=digits", seed=1).y_train)
 
 
+@pytest.mark.parametrize("name", ["toy_regression", "moons", "digits"])
+def test_one_training_example_standardizes_to_finite_inputs(compose, name):
+    d = load(compose, f"data={name}", "data.n_train=1", "data.standardize=true")
+    assert d.x_train.shape[0] == 1
+    assert torch.isfinite(d.x_train).all() and torch.isfinite(d.x_valid).all()
+
+
 def test_n_train_is_an_exact_stratified_subsample(compose):
     full = load(compose, "data=digits", "data.standardize=false")
     d = load(compose, "data=digits", "data.standardize=false", "data.n_train=100")

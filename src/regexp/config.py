@@ -556,6 +556,8 @@ def check(conf: Config) -> None:
         "auto, cpu, cuda, cuda:N or mps",
     )
 
+    need(0 <= conf.seed < 2**32, "seed", conf.seed, "an integer from 0 to 2**32 - 1")
+
     d = conf.data
     need(d.n_train is None or d.n_train >= 1, "data.n_train", d.n_train, "null or an integer >= 1")
     if isinstance(d, ClassificationData):
@@ -609,6 +611,8 @@ def check(conf: Config) -> None:
     if isinstance(i, Kaiming):
         known("init.mode", i.mode, ["fan_in", "fan_out"])
         known("init.nonlinearity", i.nonlinearity, init.NONLINEARITIES)
+    if isinstance(i, (XavierNormal, XavierUniform)):
+        need(i.gain > 0, "init.gain", i.gain, "a gain > 0")
     if isinstance(i, Normal):
         need(i.std >= 0, "init.std", i.std, "a standard deviation >= 0")
     if isinstance(i, Uniform):

@@ -77,8 +77,9 @@ def inputs(x_train, x_valid, device, scale: float = 1.0, standardize: bool = Fal
             x.div_(scale)
     if standardize:
         dims = [0, *range(2, xs[0].ndim)]  # all but the feature/channel dim
-        std, mean = torch.std_mean(xs[0], dim=dims, keepdim=True)
-        std[std == 0] = 1  # a constant feature (a border pixel) stays at 0
+        count = xs[0].numel() // xs[0].shape[1]  # values per feature (one example: no spread)
+        std, mean = torch.std_mean(xs[0], dim=dims, correction=int(count > 1), keepdim=True)
+        std[std == 0] = 1  # a constant feature (a border pixel), or one example, stays at 0
         for x in xs:
             x.sub_(mean).div_(std)
     return xs

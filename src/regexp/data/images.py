@@ -23,6 +23,13 @@ from regexp.data.base import Dataset, classification, stratified_split
 def digits(cfg: config.Digits, seed: int, device: torch.device) -> Dataset:
     """scikit-learn's bundled 8x8 digits as 1x8x8 images, split into train and valid."""
     x, y = _digits_arrays()
+    if not 1 <= round(cfg.valid_fraction * len(y)) <= len(y) - 1:
+        raise config.ConfigError(
+            "data.valid_fraction",
+            cfg.valid_fraction,
+            f"a share of the {len(y)} digits that leaves examples on both sides "
+            f"(from {1 / len(y):.4f} to {1 - 1 / len(y):.4f})",
+        )
     rng = np.random.default_rng(seed)
     train, valid = stratified_split(y, cfg.valid_fraction, rng)
     return classification(
