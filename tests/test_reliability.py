@@ -226,6 +226,33 @@ def test_resume_can_train_a_finished_run_longer(tmp_path):
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 8
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.dropout=2", "model.dropout=2.0 is not allowed: a probability"),
+        ("optim=adam", "optim=adam is not allowed with resume="),
+        ("model.hidden=[10]", "model.hidden=[10] is not allowed with resume="),
+    ],
+)
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, override, message):
+    regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    refused = regexp("train", "resume=run", "train.epochs=6", override, cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    regexp("train", "resume=run", "train.epochs=6", cwd=tmp_path)  # the plain resume still works
+    assert read_json(run / "summary.json")["epochs"] == 6
+
+
+def test_a_cosine_schedule_over_the_runs_epochs_is_not_extended(tmp_path):
+    args = ["train.epochs=3", "model.hidden=[8]", "sched=cosine"]
+    regexp("train", *args, "hydra.run.dir=run", cwd=tmp_path)
+    refused = regexp("train", "resume=run", "train.epochs=6", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "spans the run's 3 epochs" in refused.stderr
+
+
 class Payload:
     """Pickles as a call to os.system: what a malicious checkpoint would hold."""
 

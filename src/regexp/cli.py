@@ -81,9 +81,61 @@ def resumed(args: list[str]) -> list[str]:
     saved = list(OmegaConf.load(saved_file)) if saved_file.exists() else []
     keep = [o for o in saved if not o.lstrip("+~").startswith(("resume=", "hydra.run.dir="))]
     new = [a for a in args if not a.startswith("resume=")]
+    if not any(a.startswith("-") for a in new):  # (Hydra's flags: --cfg, --help, ...)
+        refuse_changes(run_dir, keep, new)
     # Quoted for Hydra's override grammar: a sweep job's dir name holds '=' and ','.
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return [*keep, *new, f"resume={quoted}", f"hydra.run.dir={quoted}"]
+
+
+# What may change when a run goes on; anything else would make it another run.
+RESUME_MAY_CHANGE = ("train.epochs", "train.checkpoint_every", "device", "threads", "log.")
+
+
+def refuse_changes(run_dir, keep: list[str], new: list[str]) -> None:
+    """Check a resume before Hydra rewrites anything in `run_dir`: the run's config with the
+    `new` overrides must pass every check and differ from the run's own only where
+    RESUME_MAY_CHANGE allows; a cosine schedule spanning the run's epochs can't be extended."""
+    from omegaconf import OmegaConf
+
+    from regexp import config
+
+    def plain(overrides):
+        return [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+
+    before = flat(OmegaConf.to_container(compose(plain(keep))))
+    after_cfg = compose(plain(keep + new))
+    conf = config.validate(after_cfg)
+    after = flat(OmegaConf.to_container(after_cfg))
+    changed = [
+        k
+        for k in dict.fromkeys([*before, *after])
+        if before.get(k) != after.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+    ]
+    if changed:
+        key = changed[0]
+        given = [o for o in plain(new) if f"{key}.".startswith(o.lstrip("+~").split("=")[0] + ".")]
+        raise config.UserError(
+            f"{given[0] if given else key} is not allowed with resume={run_dir}: the run goes on "
+            f"with its own config ({key}={before.get(key)}); only "
+            f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)} may change"
+        )
+    epochs = before["train.epochs"]
+    if conf.sched.name == "cosine" and conf.sched.T_max is None and conf.train.epochs != epochs:
+        raise config.ConfigError(
+            "train.epochs",
+            conf.train.epochs,
+            f"{epochs} with resume={run_dir}: its cosine schedule spans the run's {epochs} epochs "
+            "(sched.T_max=null) and would climb back past them; to extend runs later, start them "
+            "with sched.T_max set",
+        )
+
+
+def flat(tree, prefix: str = "") -> dict:
+    """A nested config as {dotted key: leaf value}."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
 
 def summary(args: list[str]) -> int:

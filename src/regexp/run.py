@@ -52,7 +52,8 @@ def train_job(cfg: DictConfig) -> float:
         try:
             conf = config.validate(cfg)
         except config.UserError as exc:
-            write_json(run_dir / "summary.json", failure(exc, overrides))
+            if cfg.get("resume") is None:  # a resumed run keeps its own summary
+                write_json(run_dir / "summary.json", failure(exc, overrides))
             raise
         threads = conf.threads or threads_per_job(hydra.launcher)
         if threads:
