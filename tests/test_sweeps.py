@@ -128,3 +128,13 @@ def test_report_works_on_a_run_still_in_progress_and_on_single_runs(tmp_path):
 def test_report_refuses_a_dir_without_runs(tmp_path):
     done = regexp("report", ".", cwd=tmp_path, check=False)
     assert done.returncode == 2 and "no runs there" in done.stderr
+
+
+def test_a_sweep_over_a_key_left_out_of_job_dir_names_is_refused(tmp_path):
+    done = regexp(
+        "train", "-m", "+experiment=dropout,weight_decay", "hydra.sweep.dir=sweep",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "a sweep can't vary experiment" in done.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -42,6 +42,8 @@ def train(args: list[str]) -> int:
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
         train_job
     )
+    if {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args):
+        refuse_same_dirs(args)
     sys.argv = ["regexp train", *resumed(args)]  # Hydra parses sys.argv
     report.SweepReport.ran, report.SweepReport.failures = False, 0
     if "regexp.run" in sys.modules:  # an earlier call in this process (tests) ran jobs
@@ -64,6 +66,30 @@ def train_job(cfg) -> float:
     from regexp import run
 
     return run.train_job(cfg)
+
+
+def refuse_same_dirs(args: list[str]) -> None:
+    """A sweep job's dir is named by its overrides less the keys conf/train.yaml excludes
+    (experiment, device, ...): a sweep over one of those would write every job to one dir."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from regexp import config
+
+    train_yaml = OmegaConf.load(config.conf_dir() / "train.yaml")
+    excluded = set(train_yaml.hydra.job.config.override_dirname.exclude_keys)
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            override = parser.parse_override(arg)
+        except HydraException:
+            continue  # not an override; Hydra says what it is
+        if override.key_or_group in excluded and override.is_sweep_override():
+            raise config.UserError(
+                f"{arg}: a sweep can't vary {override.key_or_group}, since its jobs' dirs are "
+                f"named without it and would be one dir; run one sweep per value"
+            )
 
 
 def resumed(args: list[str]) -> list[str]:
