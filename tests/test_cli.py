@@ -47,6 +47,12 @@ def test_hydra_flags_pass_through(tmp_path):
     assert "hydra/launcher" in out
 
 
+def test_two_hydra_modes_at_once_are_refused_in_one_line(tmp_path):
+    done = regexp("train", "-m", "--cfg", "job", "model.dropout=0,0.5", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "Only one of --run, --multirun, --cfg" in done.stderr
+
+
 # The table of bad inputs and their one-line errors is in test_reliability.py.
 
 

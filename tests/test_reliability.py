@@ -58,6 +58,11 @@ BAD_INPUT = [
     ("data=digits data.valid_fraction=0", "data.valid_fraction=0.0 is not allowed"),
     ("data=digits data.valid_fraction=1e-4", "data.valid_fraction=0.0001 is not allowed: a share"),
     ("data=digits data.valid_fraction=0.9999", "data.valid_fraction=0.9999 is not allowed"),
+    ("norm=bn data.n_train=1", "data.n_train=1 is not allowed: at least 2 with norm=bn"),
+    (
+        "norm=bn norm.track_running_stats=false data.n_valid=1",
+        "norm.track_running_stats=false is not allowed: true with 1 valid examples",
+    ),
     ("seed=-1", "seed=-1 is not allowed: an integer from 0 to 2**32 - 1"),
     ("seed=4294967296", "seed=4294967296 is not allowed"),
     ("init=xavier_normal init.gain=-1", "init.gain=-1.0 is not allowed: a gain > 0"),

@@ -273,6 +273,8 @@ def user_error(exc: BaseException) -> str | None:
 
     if isinstance(exc, UserError):
         return str(exc)
+    if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
+        return f"{exc} (--cfg job shows one job's config: give it without -m)"  # Hydra's usage
     if isinstance(exc, MissingConfigException) and exc.options:
         group, _, name = (exc.missing_cfg_file or "").rpartition("/")
         close = difflib.get_close_matches(name, exc.options, n=1)

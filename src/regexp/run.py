@@ -143,18 +143,30 @@ def build_model(conf: config.Config, dataset: data.Dataset) -> torch.nn.Module:
     return init.apply(model, conf.init)
 
 
-def check_batches(model: torch.nn.Module, n: int, batch_size: int | None) -> None:
-    """Refuse a batch size that leaves a last batch of one example when the model has batch
-    norm, which cannot normalize a batch of one (PyTorch stops with an error mid-epoch)."""
+def check_batches(model: torch.nn.Module, n: int, n_valid: int, batch_size: int | None) -> None:
+    """Refuse batches of one example where the model has batch norm, which cannot normalize
+    them (PyTorch stops with an error mid-epoch): a last training batch of one, and, for batch
+    norm without running statistics (it normalizes by the batch in eval mode too), a last
+    evaluation chunk of one."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    why = "batch norm cannot normalize a batch of one"
+    if n == 1:
+        raise config.ConfigError("data.n_train", n, f"at least 2 with norm=bn: {why}")
     size = min(batch_size or n, n)
-    last = n % size or size
-    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if last == 1 and batch_norm:
+    if (n % size or size) == 1:
         raise config.ConfigError(
             "train.batch_size",
             batch_size,
-            f"one that leaves no last batch of a single example ({n} training examples): "
-            "batch norm cannot normalize a batch of one",
+            f"one that leaves no last batch of a single example ({n} training examples): {why}",
+        )
+    if not all(m.track_running_stats for m in norms) and (n_valid % train.EVAL_CHUNK) == 1:
+        raise config.ConfigError(
+            "norm.track_running_stats",
+            "false",
+            f"true with {n_valid} valid examples: without running statistics batch norm "
+            f"normalizes the valid set by its own batches, and {why}",
         )
 
 
@@ -205,7 +217,7 @@ def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> di
         dataset = data.load(conf.data, conf.seed, device)
         loss_fn = optim.build_loss(conf.loss, dataset.task, dataset.n_outputs)
         model = build_model(conf, dataset).to(device)
-        check_batches(model, len(dataset.x_train), conf.train.batch_size)
+        check_batches(model, len(dataset.x_train), len(dataset.x_valid), conf.train.batch_size)
         optimizer = optim.build_optimizer(model, conf.optim)
         scheduler = optim.build_scheduler(optimizer, conf.sched, conf.train.epochs)
         penalty = optim.build_penalty(model, conf.reg)
