@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from conftest import regexp
 
-from regexp import probes
+from regexp import cli, probes
 
 
 def probe(compose, name, *overrides):
@@ -68,6 +69,20 @@ def test_probe_command_prints_a_table_and_writes_a_png(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     refused = regexp("probe", "nope", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "invalid choice: 'nope'" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["dropout", "init=normal"], "init=normal: probe dropout does not use init"),
+        (["norm", "norm=gn"], "norm=gn is not allowed: bn"),
+    ],
+)
+def test_a_probe_refuses_overrides_it_would_ignore(tmp_path, capsys, args, message):
+    assert cli.main(["probe", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
 
 
 def test_optim_first_steps_are_the_lessons(compose, capsys):

@@ -63,6 +63,11 @@ BAD_INPUT = [
         "norm=bn norm.track_running_stats=false data.n_valid=1",
         "norm.track_running_stats=false is not allowed: true with 1 valid examples",
     ),
+    (
+        "init=normal init.layers=conv",
+        "init.layers=conv is not allowed: all or linear with model=mlp",
+    ),
+    ("optim=gd optim.momentum=0.9", "optim.momentum=0.9 is not allowed: 0 with optim=gd"),
     ("seed=-1", "seed=-1 is not allowed: an integer from 0 to 2**32 - 1"),
     ("seed=4294967296", "seed=4294967296 is not allowed"),
     ("init=xavier_normal init.gain=-1", "init.gain=-1.0 is not allowed: a gain > 0"),

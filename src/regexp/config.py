@@ -608,6 +608,12 @@ def check(conf: Config) -> None:
     i = conf.init
     known("init.layers", i.layers, init.LAYERS)
     known("init.bias", i.bias, init.BIASES)
+    need(
+        not (i.layers == "conv" and isinstance(m, MLP)),
+        "init.layers",
+        i.layers,
+        "all or linear with model=mlp, which has no conv layers",
+    )
     if isinstance(i, Kaiming):
         known("init.mode", i.mode, ["fan_in", "fan_out"])
         known("init.nonlinearity", i.nonlinearity, init.NONLINEARITIES)
@@ -665,6 +671,8 @@ def _check_optim(o: Optim, need) -> None:
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a weight decay >= 0")
     if isinstance(o, (SGD, RMSprop)):
         need(o.momentum >= 0, "optim.momentum", o.momentum, "a momentum >= 0")
+    if isinstance(o, GD):
+        need(o.momentum == 0, "optim.momentum", o.momentum, "0 with optim=gd; optim=sgd has one")
     if isinstance(o, (Adam, RMSprop, Adagrad)):
         need(o.eps > 0, "optim.eps", o.eps, "an epsilon > 0")
     if isinstance(o, SGD):

@@ -373,6 +373,22 @@ def optimizers(conf: config.Config, given: set[str]) -> Probe:
 
 PROBES = {"dropout": dropout, "norm": norm, "depth": depth, "lr": lr, "optim": optimizers}
 
+# For `regexp probe --help`: what each shows, in a line, and the keys it reads.
+SUMMARIES = {
+    "dropout": "Dropout(p) then Linear(10000 -> 1) on ones, in train and in eval mode",
+    "norm": "batch norm's running statistics over two passes; BN/LN/IN/GN parameter shapes",
+    "depth": "each layer's output std in a 100-layer ReLU net under each init, with and without BN",
+    "lr": "the learning rate of every epoch under each schedule",
+    "optim": "the first steps of each optimizer on w^2 / 2",
+}
+TAKES = {
+    "dropout": ("model.dropout",),
+    "norm": ("norm",),  # batch norm only: its running statistics are what the probe shows
+    "depth": ("init", "norm", "seed"),
+    "lr": ("sched", "optim.lr", "train.epochs"),
+    "optim": ("optim",),
+}
+
 
 def run(name: str, overrides: list[str], out: Path, console: Console | None = None) -> Probe:
     """Run probe `name` with train-style `overrides`; print it and write `out`/<name>.png."""
@@ -380,6 +396,14 @@ def run(name: str, overrides: list[str], out: Path, console: Console | None = No
 
     conf = config.validate(cli.compose(overrides))
     given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if not any(key == k or key.startswith(f"{k}.") for k in TAKES[name]):
+            raise config.UserError(
+                f"{override}: probe {name} does not use {key} (it takes {_takes(name)})"
+            )
+    if name == "norm" and "norm" in given and not isinstance(conf.norm, config.BatchNorm):
+        raise config.ConfigError("norm", conf.norm.name, "bn: the probe shows batch norm's stats")
     probe = PROBES[name](conf, given)
     console = console or cli.console()
     for table in probe.tables:
@@ -392,18 +416,25 @@ def run(name: str, overrides: list[str], out: Path, console: Console | None = No
     return probe
 
 
+def _takes(name: str) -> str:
+    return ", ".join(f"{k}=" for k in TAKES[name])
+
+
 def main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="regexp probe",
-        description="The lessons' demonstrations that need no training: "
-        + "; ".join(f"{n}: {(f.__doc__ or '').split(':')[0].strip()}" for n, f in PROBES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The lessons' demonstrations that need no training; each prints a table "
+        "and writes a figure.\n\n"
+        + "\n".join(f"  {n:8} {SUMMARIES[n]}\n  {'':8} (takes {_takes(n)})" for n in PROBES),
     )
     parser.add_argument("name", choices=PROBES, help="which demonstration")
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="as for regexp train: init=, norm=, model.dropout=, ...",
+        help="the regexp train overrides the probe takes (above); the lesson's settings "
+        "without them",
     )
     parser.add_argument(
         "--out",
