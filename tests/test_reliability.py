@@ -68,6 +68,7 @@ BAD_INPUT = [
         "init.layers=conv is not allowed: all or linear with model=mlp",
     ),
     ("optim=gd optim.momentum=0.9", "optim.momentum=0.9 is not allowed: 0 with optim=gd"),
+    ("model.bias=false init.bias=zeros", "init.bias=zeros is not allowed: default with model.bias"),
     ("seed=-1", "seed=-1 is not allowed: an integer from 0 to 2**32 - 1"),
     ("seed=4294967296", "seed=4294967296 is not allowed"),
     ("init=xavier_normal init.gain=-1", "init.gain=-1.0 is not allowed: a gain > 0"),

@@ -609,6 +609,12 @@ def check(conf: Config) -> None:
     known("init.layers", i.layers, init.LAYERS)
     known("init.bias", i.bias, init.BIASES)
     need(
+        m.bias or i.bias == "default",
+        "init.bias",
+        i.bias,
+        "default with model.bias=false, which leaves no biases to set",
+    )
+    need(
         not (i.layers == "conv" and isinstance(m, MLP)),
         "init.layers",
         i.layers,
