@@ -227,10 +227,13 @@ def test_sigterm_stops_with_143_and_resume_drops_epochs_past_the_checkpoint(tmp_
 
 def test_resume_can_train_a_finished_run_longer(tmp_path):
     regexp("train", "train.epochs=5", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
-    refused = regexp("train", "resume=run", cwd=tmp_path, check=False)
-    assert refused.returncode == 2 and "train.epochs=5 is not allowed: more than the 5" in (
-        refused.stderr
-    )
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    for epochs in ([], ["train.epochs=3"]):
+        refused = regexp("train", "resume=run", *epochs, cwd=tmp_path, check=False)
+        assert refused.returncode == 2 and "is not allowed: more than the 5 epochs" in (
+            refused.stderr
+        )
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
     regexp("train", "resume=run", "train.epochs=8", cwd=tmp_path)
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["status"] == "completed" and summary["epochs"] == 8
@@ -255,6 +258,17 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, override, message):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     regexp("train", "resume=run", "train.epochs=6", cwd=tmp_path)  # the plain resume still works
     assert read_json(run / "summary.json")["epochs"] == 6
+
+
+def test_a_bare_checkpoint_resumes_with_the_config_given(tmp_path):
+    args = ["train.epochs=3", "model.hidden=[8]"]
+    regexp("train", *args, "hydra.run.dir=run", cwd=tmp_path)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "checkpoint.pt").write_bytes(
+        (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    )
+    regexp("train", "resume=bare", "model.hidden=[8]", "train.epochs=5", cwd=tmp_path)
+    assert read_json(tmp_path / "bare" / "summary.json")["epochs"] == 5
 
 
 def test_a_cosine_schedule_over_the_runs_epochs_is_not_extended(tmp_path):

@@ -77,6 +77,8 @@ def refuse_same_dirs(args: list[str]) -> None:
 
     from regexp import config
 
+    if any(a.startswith(("hydra.sweep.subdir=", "hydra.job.config.")) for a in args):
+        return  # the user names the job dirs
     train_yaml = OmegaConf.load(config.conf_dir() / "train.yaml")
     excluded = set(train_yaml.hydra.job.config.override_dirname.exclude_keys)
     parser = OverridesParser.create()
@@ -105,10 +107,12 @@ def resumed(args: list[str]) -> list[str]:
     run_dir = config.checkpoint_of(given[-1].split("=", 1)[1]).parent.resolve()
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     saved = list(OmegaConf.load(saved_file)) if saved_file.exists() else []
-    keep = [o for o in saved if not o.lstrip("+~").startswith(("resume=", "hydra.run.dir="))]
+    # hparams_search only set up the sweep that made the run (a search, in multirun mode).
+    drop = ("resume=", "hydra.run.dir=", "hparams_search=")
+    keep = [o for o in saved if not o.lstrip("+~").startswith(drop)]
     new = [a for a in args if not a.startswith("resume=")]
     if not any(a.startswith("-") for a in new):  # (Hydra's flags: --cfg, --help, ...)
-        refuse_changes(run_dir, keep, new)
+        refuse_changes(run_dir, keep, new, known=saved_file.exists())
     # Quoted for Hydra's override grammar: a sweep job's dir name holds '=' and ','.
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return [*keep, *new, f"resume={quoted}", f"hydra.run.dir={quoted}"]
@@ -118,10 +122,12 @@ def resumed(args: list[str]) -> list[str]:
 RESUME_MAY_CHANGE = ("train.epochs", "train.checkpoint_every", "device", "threads", "log.")
 
 
-def refuse_changes(run_dir, keep: list[str], new: list[str]) -> None:
+def refuse_changes(run_dir, keep: list[str], new: list[str], known: bool = True) -> None:
     """Check a resume before Hydra rewrites anything in `run_dir`: the run's config with the
-    `new` overrides must pass every check and differ from the run's own only where
-    RESUME_MAY_CHANGE allows; a cosine schedule spanning the run's epochs can't be extended."""
+    `new` overrides must pass every check, train past the checkpoint's epoch and, where the
+    run's own config is `known`, differ from it only where RESUME_MAY_CHANGE allows; a cosine
+    schedule spanning the run's epochs can't be extended."""
+    import torch
     from omegaconf import OmegaConf
 
     from regexp import config
@@ -132,6 +138,15 @@ def refuse_changes(run_dir, keep: list[str], new: list[str]) -> None:
     before = flat(OmegaConf.to_container(compose(plain(keep))))
     after_cfg = compose(plain(keep + new))
     conf = config.validate(after_cfg)
+    checkpoint = config.checkpoint_of(str(run_dir))
+    try:
+        done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # not a checkpoint of ours: the job refuses it, saying why
+        done = None
+    if done is not None:
+        config.check_more_epochs(conf.train.epochs, done, run_dir)
+    if not known:  # a bare checkpoint: no record of the run's config to compare with
+        return
     after = flat(OmegaConf.to_container(after_cfg))
     changed = [
         k
@@ -274,7 +289,7 @@ def user_error(exc: BaseException) -> str | None:
     if isinstance(exc, UserError):
         return str(exc)
     if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
-        return f"{exc} (--cfg job shows one job's config: give it without -m)"  # Hydra's usage
+        return str(exc)  # Hydra's usage error
     if isinstance(exc, MissingConfigException) and exc.options:
         group, _, name = (exc.missing_cfg_file or "").rpartition("/")
         close = difflib.get_close_matches(name, exc.options, n=1)

@@ -728,6 +728,14 @@ def _check_sched(s: Sched, need) -> None:
         need(s.patience >= 0, "sched.patience", s.patience, "an integer >= 0")
 
 
+def check_more_epochs(epochs: int, done: int, run_dir) -> None:
+    """A resumed run must have epochs left to train."""
+    if done >= epochs:
+        raise ConfigError(
+            "train.epochs", epochs, f"more than the {done} epochs the run in {run_dir} has done"
+        )
+
+
 def checkpoint_of(run_dir: str) -> Path:
     """The checkpoint of the run in `run_dir`, which `resume=` continues."""
     checkpoint = Path(run_dir) / "checkpoint.pt"

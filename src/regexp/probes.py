@@ -381,27 +381,34 @@ SUMMARIES = {
     "lr": "the learning rate of every epoch under each schedule",
     "optim": "the first steps of each optimizer on w^2 / 2",
 }
-TAKES = {
+TAKES = {  # "group.*": the group and every key in it
     "dropout": ("model.dropout",),
-    "norm": ("norm",),  # batch norm only: its running statistics are what the probe shows
-    "depth": ("init", "norm", "seed"),
-    "lr": ("sched", "optim.lr", "train.epochs"),
-    "optim": ("optim",),
+    "norm": ("norm", "norm.momentum", "norm.eps"),  # norm=bn: its running statistics
+    "depth": ("init.*", "norm.*", "seed"),
+    "lr": ("sched.*", "optim.lr", "train.epochs"),
+    "optim": ("optim.*",),
 }
+
+
+def _uses(name: str, key: str) -> bool:
+    return any(
+        key == k or (k.endswith(".*") and (key == k[:-2] or key.startswith(k[:-1])))
+        for k in TAKES[name]
+    )
 
 
 def run(name: str, overrides: list[str], out: Path, console: Console | None = None) -> Probe:
     """Run probe `name` with train-style `overrides`; print it and write `out`/<name>.png."""
     from regexp import cli
 
-    conf = config.validate(cli.compose(overrides))
     given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
-        if not any(key == k or key.startswith(f"{k}.") for k in TAKES[name]):
+        if not _uses(name, key):
             raise config.UserError(
                 f"{override}: probe {name} does not use {key} (it takes {_takes(name)})"
             )
+    conf = config.validate(cli.compose(overrides))
     if name == "norm" and "norm" in given and not isinstance(conf.norm, config.BatchNorm):
         raise config.ConfigError("norm", conf.norm.name, "bn: the probe shows batch norm's stats")
     probe = PROBES[name](conf, given)
@@ -417,7 +424,7 @@ def run(name: str, overrides: list[str], out: Path, console: Console | None = No
 
 
 def _takes(name: str) -> str:
-    return ", ".join(f"{k}=" for k in TAKES[name])
+    return ", ".join(f"{k[:-2]}= and {k}" if k.endswith(".*") else f"{k}=" for k in TAKES[name])
 
 
 def main(args: list[str]) -> int:

@@ -217,8 +217,11 @@ def _compare(base: Run, run: Run, keys: list[str]) -> str:
 
 def _setting(run: Run, keys: list[str]) -> str:
     """A run's name in the verdict: the swept values it set, by their keys' last parts."""
-    values = [(k, run.overrides.get(k)) for k in keys]
-    named = [f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in values if v is not None]
+    short = {k: k.rsplit(".", 1)[-1] for k in keys}
+    names = {k: s if list(short.values()).count(s) == 1 else k for k, s in short.items()}
+    named = [
+        f"{names[k]}={fmt(run.overrides[k])}" for k in keys if run.overrides.get(k) is not None
+    ]
     return " ".join(named) or ("defaults" if keys else run.path.name)
 
 

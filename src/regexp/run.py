@@ -305,10 +305,5 @@ def resume(checkpoint: Path, conf: config.Config, model, optimizer, scheduler, g
             f"{checkpoint}: refused, not a checkpoint of this run (a safe load of tensors only "
             f"failed: {reason[:200]})"
         ) from exc
-    if epoch >= conf.train.epochs:
-        raise config.ConfigError(
-            "train.epochs",
-            conf.train.epochs,
-            f"more than the {epoch} epochs the run in {checkpoint.parent} has done, to resume it",
-        )
+    config.check_more_epochs(conf.train.epochs, epoch, checkpoint.parent)
     return epoch

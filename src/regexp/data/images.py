@@ -27,8 +27,7 @@ def digits(cfg: config.Digits, seed: int, device: torch.device) -> Dataset:
         raise config.ConfigError(
             "data.valid_fraction",
             cfg.valid_fraction,
-            f"a share of the {len(y)} digits that leaves examples on both sides "
-            f"(from {1 / len(y):.4f} to {1 - 1 / len(y):.4f})",
+            f"a share of the {len(y)} digits that leaves at least one on each side",
         )
     rng = np.random.default_rng(seed)
     train, valid = stratified_split(y, cfg.valid_fraction, rng)
