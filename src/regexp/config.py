@@ -287,18 +287,21 @@ class KaimingUniform(Kaiming):
     name: str = "kaiming_uniform"
 
 
+@dataclass
+class Xavier(Init):
+    gain: float = 1.0
+
+
 @option("init")
 @dataclass
-class XavierNormal(Init):
+class XavierNormal(Xavier):
     name: str = "xavier_normal"
-    gain: float = 1.0
 
 
 @option("init")
 @dataclass
-class XavierUniform(Init):
+class XavierUniform(Xavier):
     name: str = "xavier_uniform"
-    gain: float = 1.0
 
 
 @option("init")
@@ -623,7 +626,7 @@ def check(conf: Config) -> None:
     if isinstance(i, Kaiming):
         known("init.mode", i.mode, ["fan_in", "fan_out"])
         known("init.nonlinearity", i.nonlinearity, init.NONLINEARITIES)
-    if isinstance(i, (XavierNormal, XavierUniform)):
+    if isinstance(i, Xavier):
         need(i.gain > 0, "init.gain", i.gain, "a gain > 0")
     if isinstance(i, Normal):
         need(i.std >= 0, "init.std", i.std, "a standard deviation >= 0")
