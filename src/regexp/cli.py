@@ -104,7 +104,8 @@ def resumed(args: list[str]) -> list[str]:
     given = [a for a in args if a.startswith("resume=")]
     if not given:
         return args
-    run_dir = config.checkpoint_of(given[-1].split("=", 1)[1]).parent.resolve()
+    checkpoint = config.checkpoint_of(given[-1].split("=", 1)[1])
+    run_dir = checkpoint.parent.resolve()
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     saved = list(OmegaConf.load(saved_file)) if saved_file.exists() else []
     # hparams_search only set up the sweep that made the run (a search, in multirun mode).
@@ -112,7 +113,7 @@ def resumed(args: list[str]) -> list[str]:
     keep = [o for o in saved if not o.lstrip("+~").startswith(drop)]
     new = [a for a in args if not a.startswith("resume=")]
     if not any(a.startswith("-") for a in new):  # (Hydra's flags: --cfg, --help, ...)
-        refuse_changes(run_dir, keep, new, known=saved_file.exists())
+        refuse_changes(run_dir / checkpoint.name, keep, new, known=saved_file.exists())
     # Quoted for Hydra's override grammar: a sweep job's dir name holds '=' and ','.
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return [*keep, *new, f"resume={quoted}", f"hydra.run.dir={quoted}"]
@@ -122,8 +123,8 @@ def resumed(args: list[str]) -> list[str]:
 RESUME_MAY_CHANGE = ("train.epochs", "train.checkpoint_every", "device", "threads", "log.")
 
 
-def refuse_changes(run_dir, keep: list[str], new: list[str], known: bool = True) -> None:
-    """Check a resume before Hydra rewrites anything in `run_dir`: the run's config with the
+def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = True) -> None:
+    """Check a resume before Hydra rewrites anything in the run's dir: the run's config with the
     `new` overrides must pass every check, train past the checkpoint's epoch and, where the
     run's own config is `known`, differ from it only where RESUME_MAY_CHANGE allows; a cosine
     schedule spanning the run's epochs can't be extended."""
@@ -138,7 +139,7 @@ def refuse_changes(run_dir, keep: list[str], new: list[str], known: bool = True)
     before = flat(OmegaConf.to_container(compose(plain(keep))))
     after_cfg = compose(plain(keep + new))
     conf = config.validate(after_cfg)
-    checkpoint = config.checkpoint_of(str(run_dir))
+    run_dir = checkpoint.parent
     try:
         done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
     except Exception:  # not a checkpoint of ours: the job refuses it, saying why

@@ -401,13 +401,13 @@ def run(name: str, overrides: list[str], out: Path, console: Console | None = No
     """Run probe `name` with train-style `overrides`; print it and write `out`/<name>.png."""
     from regexp import cli
 
-    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
-    for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+    keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    for override, key in keys.items():
         if not _uses(name, key):
             raise config.UserError(
                 f"{override}: probe {name} does not use {key} (it takes {_takes(name)})"
             )
+    given = set(keys.values())
     conf = config.validate(cli.compose(overrides))
     if name == "norm" and "norm" in given and not isinstance(conf.norm, config.BatchNorm):
         raise config.ConfigError("norm", conf.norm.name, "bn: the probe shows batch norm's stats")
