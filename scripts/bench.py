@@ -39,9 +39,7 @@ CASES = {
 
 
 def compose(overrides: list[str]) -> config.Config:
-    from regexp.cli import compose as compose_train
-
-    return config.validate(compose_train(overrides))
+    return config.validate(config.compose(overrides))
 
 
 def setup(conf: config.Config):

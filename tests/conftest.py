@@ -55,6 +55,5 @@ def read_events(run_dir: Path):
 def compose():
     """compose(*overrides) -> the validated config dataclasses, as `regexp train` would get."""
     from regexp import config
-    from regexp.cli import compose as compose_train
 
-    return lambda *overrides: config.validate(compose_train(list(overrides)))
+    return lambda *overrides: config.validate(config.compose(list(overrides)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from regexp import config
+from regexp import config, errors
 
 GROUPS = ["data", "model", "norm", "init", "optim", "sched"]
 
@@ -83,7 +83,7 @@ def test_a_wrong_type_is_refused(compose):
     ],
 )
 def test_checks_name_the_key_and_what_is_allowed(compose, override, key):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         compose(*override.split())
     assert info.value.key == key
     message = str(info.value)

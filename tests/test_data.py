@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from regexp import config, data
+from regexp import data, errors
 
 TOYS = ["moons", "circles", "spiral", "xor", "gauss"]
 
@@ -108,7 +108,7 @@ def test_label_noise_replaces_that_share_of_training_labels_by_other_classes(com
 
 
 def test_n_train_beyond_the_training_set_is_refused(compose):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         load(compose, "data=digits", "data.n_train=5000")
     assert "at most 1438" in str(info.value) and info.value.key == "data.n_train"
 
@@ -122,7 +122,7 @@ def test_n_train_beyond_the_training_set_is_refused(compose):
     ],
 )
 def test_digits_checks(compose, override, key):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         compose("data=digits", override)
     assert info.value.key == key
 
@@ -137,6 +137,6 @@ def test_digits_checks(compose, override, key):
     ],
 )
 def test_toy_checks(compose, overrides, key):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         compose(*overrides)
     assert info.value.key == key

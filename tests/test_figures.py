@@ -98,7 +98,7 @@ def test_datasets_and_snapshots_import_neither_scikit_learn_nor_matplotlib():
     code = """
 import sys, torch
 from regexp import config, data, plots
-for cfg in (config.ToyRegression(), config.Moons(), config.Digits()):
+for cfg in (data.ToyRegression(), data.Moons(), data.Digits()):
     d = data.load(cfg, 0)
     figure = plots.for_dataset(d)
     if figure is not None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from regexp import config, data
+from regexp import data, errors
 from regexp.data import files
 
 IDX_NAMES = {
@@ -114,7 +114,7 @@ def test_cifar10_from_its_python_batches(compose, tmp_path):
 
 
 def refusal(compose, name, root) -> str:
-    with pytest.raises(config.UserError) as info:
+    with pytest.raises(errors.UserError) as info:
         load(compose, name, root)
     message = str(info.value)
     assert "\n" not in message
@@ -189,7 +189,7 @@ def test_the_checksum_rejects_a_file_that_is_not_the_published_one(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(b"not the real thing")
     files.verify(path, hashlib.md5(b"not the real thing").hexdigest())  # the right one passes
-    with pytest.raises(config.UserError) as info:
+    with pytest.raises(errors.UserError) as info:
         files.verify(path, "f68b3c2dcbeaaa9fbdd348bbdeb94873")
     assert str(info.value).startswith(f"{path}: MD5 ")
     assert "expected f68b3c2dcbeaaa9fbdd348bbdeb94873" in str(info.value)
@@ -219,7 +219,7 @@ def test_download_fetches_the_missing_files_from_the_first_good_mirror(
     )  # torchvision's layout, no partial files left
 
     monkeypatch.setitem(images.IDX_SETS, "mnist", replace(spec, mirrors=mirrors[:2], md5=md5))
-    with pytest.raises(config.UserError) as info:
+    with pytest.raises(errors.UserError) as info:
         load(compose, "mnist", tmp_path / "elsewhere", "data.download=true")
     message = str(info.value)
     assert message.startswith("could not download train-images-idx3-ubyte.gz: ")
@@ -246,12 +246,13 @@ def test_download_unpacks_cifar10s_archive(compose, tmp_path, monkeypatch):
 MEMORY_PROBE = """
 import resource, sys, time
 from pathlib import Path
-from regexp import config, data
+import torch  # (data imports it on first use: its own memory is not the data's)
+from regexp import data
 
 def rss():  # bytes resident now
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
-cfg = config.MNIST(root=sys.argv[1])
+cfg = data.MNIST(root=sys.argv[1])
 before = rss()
 start = time.perf_counter()
 d = data.load(cfg, 0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from regexp import config, init, models
+from regexp import errors, init, models
 
 
 def initialized(compose, *overrides, layer=None) -> nn.Module:
@@ -91,10 +91,10 @@ def test_constant_initializers_set_every_weight(compose, overrides, value):
     ],
 )
 def test_bias_schemes_set_every_bias_and_leave_the_weights(compose, overrides, value):
-    net = models.build(compose("model=cnn").model, config.NoNorm(), (1, 8, 8), 10)
+    net = models.build(compose("model=cnn").model, models.NoNorm(), (1, 8, 8), 10)
     before = [w.clone() for w in models.weights(net)]
     init.apply(net, compose(*overrides).init)
-    biases = [m.bias for m in net.modules() if isinstance(m, init.LAYERS["all"])]
+    biases = [m.bias for m in net.modules() if isinstance(m, models.weighted())]
     assert len(biases) == 5 and all(torch.equal(b, torch.full_like(b, value)) for b in biases)
     assert all(torch.equal(a, b) for a, b in zip(before, models.weights(net), strict=True))
 
@@ -164,6 +164,6 @@ def test_norm_layers_keep_weight_1_and_bias_0(compose, norm):
     ],
 )
 def test_init_values_are_checked(compose, overrides, key):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         compose(*overrides)
     assert info.value.key == key and "\n" not in str(info.value)

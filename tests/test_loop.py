@@ -125,12 +125,12 @@ def test_resuming_from_an_epoch_continues_the_numbering():
 
 
 def test_modes_are_switched_only_for_models_whose_modes_matter():
-    from regexp import config, models
+    from regexp import models
 
-    plain = models.mlp(config.MLP(hidden=[8]), config.NoNorm(), (3,), 1)
+    plain = models.mlp(models.MLP(hidden=[8]), models.NoNorm(), (3,), 1)
     assert not train.modes_matter(plain)
-    with_dropout = models.mlp(config.MLP(hidden=[8, 8], dropout=0.5), config.NoNorm(), (3,), 1)
-    with_bn = models.mlp(config.MLP(hidden=[8]), config.BatchNorm(), (3,), 1)
+    with_dropout = models.mlp(models.MLP(hidden=[8, 8], dropout=0.5), models.NoNorm(), (3,), 1)
+    with_bn = models.mlp(models.MLP(hidden=[8]), models.BatchNorm(), (3,), 1)
     assert train.modes_matter(with_dropout) and train.modes_matter(with_bn)
     assert train.modes_matter(Recorder())  # unknown modules may read self.training
 

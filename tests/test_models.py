@@ -10,7 +10,7 @@ import torch
 from conftest import read_json, regexp
 from torch import nn
 
-from regexp import config, data, models, run, train
+from regexp import config, data, errors, models, run, train
 
 NORMS = ["none", "bn", "ln", "in", "gn"]
 SMALL = {"mlp": ["model.hidden=[16,16]"], "cnn": ["model.head=[16,16]"]}
@@ -39,7 +39,7 @@ def kinds(model: nn.Module) -> list[type]:
 
 @pytest.fixture(scope="module")
 def digits():
-    conf = config.Digits(n_train=64)
+    conf = data.Digits(n_train=64)
     return data.load(conf, seed=0)
 
 
@@ -48,7 +48,7 @@ def digits():
 def test_every_model_and_norm_trains_an_epoch_or_is_refused(compose, digits, model, norm):
     conf = compose(f"model={model}", f"norm={norm}", "data=digits", *SMALL[model])
     if (model, norm) not in EXPECTED:
-        with pytest.raises(config.ConfigError) as info:
+        with pytest.raises(errors.ConfigError) as info:
             run.build_model(conf, digits)
         assert info.value.key == "norm" and "\n" not in str(info.value)
         assert "use norm=bn, ln or gn, or model=cnn" in str(info.value)
@@ -109,12 +109,12 @@ def test_norm_knobs_reach_the_layers(compose):
 
 
 def test_groups_that_do_not_divide_the_channels_are_refused_with_what_fits(compose):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         build(compose("norm=gn", "norm.groups=4", "model.hidden=[6,16]"), (1,), 1)
     message = str(info.value)
     assert info.value.key == "norm.groups" and "6 is not divisible by 4" in message
     assert message.endswith("use one of 1, 2") and "\n" not in message
-    with pytest.raises(config.ConfigError, match="norm.groups=5"):
+    with pytest.raises(errors.ConfigError, match="norm.groups=5"):
         build(compose("model=cnn", "norm=gn", "norm.groups=5"))
 
 
@@ -192,7 +192,7 @@ def test_the_cnn_fits_each_image_shape(compose, in_shape, norm):
     ],
 )
 def test_a_model_that_does_not_fit_the_data_is_refused(compose, overrides, in_shape, key, says):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         build(compose(*overrides), in_shape)
     assert info.value.key == key and says in str(info.value)
     assert "\n" not in str(info.value)
@@ -211,7 +211,7 @@ def test_a_model_that_does_not_fit_the_data_is_refused(compose, overrides, in_sh
     ],
 )
 def test_cnn_values_are_checked(compose, override):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         compose("model=cnn", override)
     assert info.value.key == override.split("=")[0]
 
@@ -221,7 +221,7 @@ def test_cnn_values_are_checked(compose, override):
     [["norm=bn", "norm.eps=0"], ["norm=in", "norm.momentum=2"], ["norm=gn", "norm.groups=0"]],
 )
 def test_norm_values_are_checked(compose, overrides):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(errors.ConfigError) as info:
         compose(*overrides)
     assert info.value.key == overrides[-1].split("=")[0]
 

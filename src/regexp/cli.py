@@ -34,38 +34,44 @@ examples:
 
 
 def train(args: list[str]) -> int:
-    """`regexp train`: Hydra's own command line, every flag passed through."""
+    """`regexp train`: Hydra's own command line, every flag passed through. A run or sweep that
+    does not complete ends in `errors.Ended` (raised by the callback `outcomes.SweepReport`),
+    which `main` turns into the exit code."""
     import hydra
+    from omegaconf import OmegaConf
 
-    from regexp import config, report
+    from regexp import config
 
+    if not OmegaConf.has_resolver("regexp_groups"):  # the group list of --help
+        OmegaConf.register_new_resolver("regexp_groups", groups_help)
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
         train_job
     )
     if {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args):
         refuse_same_dirs(args)
     sys.argv = ["regexp train", *resumed(args)]  # Hydra parses sys.argv
-    report.SweepReport.ran, report.SweepReport.failures = False, 0
-    if "regexp.run" in sys.modules:  # an earlier call in this process (tests) ran jobs
-        sys.modules["regexp.run"].FAILED.clear()
-        sys.modules["regexp.run"].STATUSES.clear()
     app()
-    if report.SweepReport.ran:
-        return 1 if report.SweepReport.failures else 0
-    run = sys.modules.get("regexp.run")  # imported only where a job ran in this process
-    if run is None:
-        return 0
-    if run.FAILED:
-        raise run.FAILED[0]
-    return 1 if "diverged" in run.STATUSES else 0
+    return 0
 
 
-def train_job(cfg) -> float:
+def train_job(cfg):
     """Hydra's task function. torch and the training code are imported only here, where a
     job runs: a parallel launcher's main process never needs them, and starts faster."""
     from regexp import run
 
     return run.train_job(cfg)
+
+
+def groups_help() -> str:
+    """`regexp train --help` lists the groups of conf/ and their options."""
+    from regexp import config
+
+    lines = []
+    for group in sorted(p for p in config.conf_dir().iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        plus = "+" if group.name == "experiment" else ""  # not in the defaults: appended with +
+        lines.append(f"  {plus}{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
 
 
 def refuse_same_dirs(args: list[str]) -> None:
@@ -76,6 +82,7 @@ def refuse_same_dirs(args: list[str]) -> None:
     from omegaconf import OmegaConf
 
     from regexp import config
+    from regexp.errors import UserError
 
     if any(a.startswith(("hydra.sweep.subdir=", "hydra.job.config.")) for a in args):
         return  # the user names the job dirs
@@ -88,7 +95,7 @@ def refuse_same_dirs(args: list[str]) -> None:
         except HydraException:
             continue  # not an override; Hydra says what it is
         if override.key_or_group in excluded and override.is_sweep_override():
-            raise config.UserError(
+            raise UserError(
                 f"{arg}: a sweep can't vary {override.key_or_group}, since its jobs' dirs are "
                 f"named without it and would be one dir; run one sweep per value"
             )
@@ -99,12 +106,12 @@ def resumed(args: list[str]) -> list[str]:
     Hydra's run dir set to DIR, so the run goes on where it was and nothing new is made."""
     from omegaconf import OmegaConf
 
-    from regexp import config
+    from regexp import rundir
 
     given = [a for a in args if a.startswith("resume=")]
     if not given:
         return args
-    checkpoint = config.checkpoint_of(given[-1].split("=", 1)[1])
+    checkpoint = rundir.checkpoint_of(given[-1].split("=", 1)[1])
     run_dir = checkpoint.parent.resolve()
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     saved = list(OmegaConf.load(saved_file)) if saved_file.exists() else []
@@ -131,13 +138,14 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
     import torch
     from omegaconf import OmegaConf
 
-    from regexp import config
+    from regexp import config, rundir
+    from regexp.errors import ConfigError, UserError
 
     def plain(overrides):
         return [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
 
-    before = flat(OmegaConf.to_container(compose(plain(keep))))
-    after_cfg = compose(plain(keep + new))
+    before = flat(OmegaConf.to_container(config.compose(plain(keep))))
+    after_cfg = config.compose(plain(keep + new))
     conf = config.validate(after_cfg)
     run_dir = checkpoint.parent
     try:
@@ -145,7 +153,7 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
     except Exception:  # not a checkpoint of ours: the job refuses it, saying why
         done = None
     if done is not None:
-        config.check_more_epochs(conf.train.epochs, done, run_dir)
+        rundir.check_more_epochs(conf.train.epochs, done, run_dir)
     if not known:  # a bare checkpoint: no record of the run's config to compare with
         return
     after = flat(OmegaConf.to_container(after_cfg))
@@ -157,14 +165,14 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
     if changed:
         key = changed[0]
         given = [o for o in plain(new) if f"{key}.".startswith(o.lstrip("+~").split("=")[0] + ".")]
-        raise config.UserError(
+        raise UserError(
             f"{given[0] if given else key} is not allowed with resume={run_dir}: the run goes on "
             f"with its own config ({key}={before.get(key)}); only "
             f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)} may change"
         )
     epochs = before["train.epochs"]
     if conf.sched.name == "cosine" and conf.sched.T_max is None and conf.train.epochs != epochs:
-        raise config.ConfigError(
+        raise ConfigError(
             "train.epochs",
             conf.train.epochs,
             f"{epochs} with resume={run_dir}: its cosine schedule spans the run's {epochs} epochs "
@@ -193,30 +201,11 @@ def summary(args: list[str]) -> int:
         return 0
     from regexp import config, data, models, run
 
-    conf = config.validate(compose(args))
+    conf = config.validate(config.compose(args))
     dataset = data.load(conf.data, conf.seed)
     model = run.build_model(conf, dataset)
     print(models.describe(model, dataset.in_shape))
     return 0
-
-
-def console():
-    """The console commands print to: a terminal's own width, and wide tables when the output
-    goes to a file or a CI log (rich would cut them to 80 columns)."""
-    from rich.console import Console
-
-    return Console() if Console().is_terminal else Console(width=160)
-
-
-def compose(overrides: list[str]):
-    """The train config with `overrides`, composed without running an app (no output dir)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from regexp import config
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
-        return hydra_compose("train", overrides=overrides)
 
 
 def report(args: list[str]) -> int:
@@ -259,10 +248,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR=1, in which case it
     # raises: set it, catch here, and say it in one line. A user who set it gets the traceback.
+    from regexp.errors import Ended
+
     user_setting = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         return COMMANDS[name](args)
+    except Ended as end:
+        if end.error is None:
+            return 1  # what happened is logged already
+        if user_setting == "1":
+            raise end.error from None
+        print(f"regexp {name}: error: {end.error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"regexp {name}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
@@ -285,7 +283,7 @@ def user_error(exc: BaseException) -> str | None:
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    from regexp.config import UserError
+    from regexp.errors import UserError
 
     if isinstance(exc, UserError):
         return str(exc)

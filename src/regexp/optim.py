@@ -3,50 +3,286 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-import torch
-from torch import nn
+from omegaconf import MISSING
 
-from regexp import config
+from regexp.errors import ConfigError
+from regexp.lazy import lazy
 from regexp.models import weights
+from regexp.options import need, option
 
-# Optimizer classes; their knobs are the config's fields under their PyTorch names.
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "gd": torch.optim.SGD,  # the same without momentum: the lessons' plain gradient descent
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
-
-# Scheduler classes, stepped once per epoch (plateau with the valid loss).
-SCHEDULERS: dict[str, type | None] = {
-    "none": None,
-    "step": torch.optim.lr_scheduler.StepLR,
-    "multistep": torch.optim.lr_scheduler.MultiStepLR,
-    "exponential": torch.optim.lr_scheduler.ExponentialLR,
-    "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
-    "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
-}
+torch = lazy("torch")
+nn = lazy("torch.nn")
+F = lazy("torch.nn.functional")
 
 
-class BinaryCrossEntropy(nn.BCEWithLogitsLoss):
-    """Binary cross-entropy of one logit per example against 0/1 class labels. The sigmoid
-    is inside the loss (log-sum-exp), which is numerically stable where sigmoid-then-log
-    is not."""
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return super().forward(logits.squeeze(1), target.to(logits.dtype))
+# --- optimizers: each option's `torch_class` is the torch.optim class it configures, its
+# knobs the fields under their PyTorch names --------------------------------------------------
 
 
-LOSSES: dict[str, type[nn.Module]] = {
-    "mse": nn.MSELoss,
-    "l1": nn.L1Loss,
-    "smooth_l1": nn.SmoothL1Loss,
-    "ce": nn.CrossEntropyLoss,
-    "bce": BinaryCrossEntropy,
+@dataclass
+class Optim:
+    name: str = MISSING
+    lr: float = 0.01
+    # lambda, with PyTorch's meaning: coupled L2 (added to the gradient) in sgd, adam, rmsprop
+    # and adagrad; decoupled (the weights shrink directly) in adamw.
+    weight_decay: float = 0.0
+    # false: biases and norm-layer parameters go into a param group with no decay.
+    decay_norm_and_bias: bool = True
+    torch_class = ""  # (not a config key)
+
+    def build(self, groups: list[dict]):
+        cls = getattr(torch.optim, self.torch_class)
+        return cls(groups, **_knobs(self, "decay_norm_and_bias"))
+
+    def check(self) -> None:
+        """The values PyTorch's optimizers would refuse with a traceback, refused in one line."""
+        need(self.lr > 0, "optim.lr", self.lr, "a learning rate > 0")
+        decay = self.weight_decay
+        need(decay >= 0, "optim.weight_decay", decay, "a weight decay >= 0")
+
+
+@option("optim")
+@dataclass
+class SGD(Optim):
+    name: str = "sgd"
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    torch_class = "SGD"
+
+    def check(self) -> None:
+        super().check()
+        need(self.momentum >= 0, "optim.momentum", self.momentum, "a momentum >= 0")
+        need(
+            not self.nesterov or (self.momentum > 0 and self.dampening == 0),
+            "optim.nesterov",
+            self.nesterov,
+            "true only with optim.momentum > 0 and optim.dampening=0",
+        )
+
+
+@option("optim")
+@dataclass
+class GD(SGD):
+    """Plain (stochastic) gradient descent: torch.optim.SGD without momentum."""
+
+    name: str = "gd"
+
+    def check(self) -> None:
+        super().check()
+        m = self.momentum
+        need(m == 0, "optim.momentum", m, "0 with optim=gd; optim=sgd has one")
+
+
+@option("optim")
+@dataclass
+class Adam(Optim):
+    name: str = "adam"
+    lr: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    amsgrad: bool = False
+    torch_class = "Adam"
+
+    def check(self) -> None:
+        super().check()
+        need(self.eps > 0, "optim.eps", self.eps, "an epsilon > 0")
+        need(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optim.betas",
+            self.betas,
+            "[beta1, beta2], each in [0, 1)",
+        )
+
+
+@option("optim")
+@dataclass
+class AdamW(Adam):
+    name: str = "adamw"
+    weight_decay: float = 0.01  # PyTorch's default for AdamW
+    torch_class = "AdamW"
+
+
+@option("optim")
+@dataclass
+class RMSprop(Optim):
+    name: str = "rmsprop"
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    centered: bool = False
+    torch_class = "RMSprop"
+
+    def check(self) -> None:
+        super().check()
+        need(self.momentum >= 0, "optim.momentum", self.momentum, "a momentum >= 0")
+        need(self.eps > 0, "optim.eps", self.eps, "an epsilon > 0")
+        need(0 <= self.alpha < 1, "optim.alpha", self.alpha, "a smoothing constant in [0, 1)")
+
+
+@option("optim")
+@dataclass
+class Adagrad(Optim):
+    name: str = "adagrad"
+    lr_decay: float = 0.0
+    eps: float = 1e-10
+    initial_accumulator_value: float = 0.0
+    torch_class = "Adagrad"
+
+    def check(self) -> None:
+        super().check()
+        need(self.eps > 0, "optim.eps", self.eps, "an epsilon > 0")
+        need(self.lr_decay >= 0, "optim.lr_decay", self.lr_decay, "a decay >= 0")
+        value = self.initial_accumulator_value
+        need(value >= 0, "optim.initial_accumulator_value", value, "a value >= 0")
+
+
+# --- schedulers, stepped once per epoch (plateau with the valid loss) ------------------------
+
+
+@dataclass
+class Sched:
+    name: str = MISSING
+    torch_class = ""  # (not a config key); none: no scheduler
+
+    def build(self, optimizer, epochs: int):
+        """The torch.optim.lr_scheduler this option configures, over a run of `epochs`."""
+        return getattr(torch.optim.lr_scheduler, self.torch_class)(optimizer, **_knobs(self))
+
+    def check(self) -> None:
+        gamma = getattr(self, "gamma", 1)
+        need(gamma > 0, "sched.gamma", gamma, "a factor > 0")
+
+
+@option("sched")
+@dataclass
+class NoSched(Sched):
+    name: str = "none"
+
+    def build(self, optimizer, epochs: int) -> None:
+        return None
+
+
+@option("sched")
+@dataclass
+class StepLR(Sched):
+    name: str = "step"
+    step_size: int = 20
+    gamma: float = 0.8
+    torch_class = "StepLR"
+
+    def check(self) -> None:
+        super().check()
+        need(self.step_size >= 1, "sched.step_size", self.step_size, "an integer >= 1")
+
+
+@option("sched")
+@dataclass
+class MultiStepLR(Sched):
+    name: str = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [20, 60, 90, 135, 180])
+    gamma: float = 0.8
+    torch_class = "MultiStepLR"
+
+    def build(self, optimizer, epochs: int):
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.milestones), self.gamma)
+
+    def check(self) -> None:
+        super().check()
+        need(
+            len(self.milestones) > 0 and all(m >= 1 for m in self.milestones),
+            "sched.milestones",
+            self.milestones,
+            "a list of epochs >= 1, e.g. [20,60,90]",
+        )
+
+
+@option("sched")
+@dataclass
+class ExponentialLR(Sched):
+    name: str = "exponential"
+    gamma: float = 0.8
+    torch_class = "ExponentialLR"
+
+
+@option("sched")
+@dataclass
+class CosineAnnealingLR(Sched):
+    name: str = "cosine"
+    T_max: int | None = None  # null: train.epochs
+    eta_min: float = 0.0
+    torch_class = "CosineAnnealingLR"
+
+    def build(self, optimizer, epochs: int):
+        t_max = epochs if self.T_max is None else self.T_max  # null spans the run
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t_max, self.eta_min)
+
+    def check(self) -> None:
+        super().check()
+        need(self.T_max is None or self.T_max >= 1, "sched.T_max", self.T_max, "null or >= 1")
+        need(self.eta_min >= 0, "sched.eta_min", self.eta_min, "a learning rate >= 0")
+
+
+@option("sched")
+@dataclass
+class ReduceLROnPlateau(Sched):
+    """Stepped with the valid loss of each epoch."""
+
+    name: str = "plateau"
+    mode: str = "min"
+    factor: float = 0.1
+    patience: int = 10
+    torch_class = "ReduceLROnPlateau"
+
+    def check(self) -> None:
+        super().check()
+        need(self.mode in ("min", "max"), "sched.mode", self.mode, "min or max")
+        need(0 < self.factor < 1, "sched.factor", self.factor, "a factor in (0, 1)")
+        need(self.patience >= 0, "sched.patience", self.patience, "an integer >= 0")
+
+
+# --- penalties ------------------------------------------------------------------------------
+
+
+@dataclass
+class Reg:
+    """Explicit penalties added to the training objective (not to the logged data loss)."""
+
+    l1: float = 0.0  # l1 * sum |w|
+    l2: float = 0.0  # (l2 / 2) * sum w^2
+    include_bias: bool = False  # also penalize biases and norm-layer parameters
+
+    def check(self) -> None:
+        need(self.l1 >= 0, "reg.l1", self.l1, "a penalty strength >= 0")
+        need(self.l2 >= 0, "reg.l2", self.l2, "a penalty strength >= 0")
+
+
+@functools.cache
+def _binary_cross_entropy() -> type:
+    """The bce loss class, defined on first use (a torch.nn subclass needs torch imported)."""
+
+    class BinaryCrossEntropy(nn.BCEWithLogitsLoss):
+        """Binary cross-entropy of one logit per example against 0/1 class labels. The sigmoid
+        is inside the loss (log-sum-exp), which is numerically stable where sigmoid-then-log
+        is not."""
+
+        def forward(self, logits, target):
+            return super().forward(logits.squeeze(1), target.to(logits.dtype))
+
+    return BinaryCrossEntropy
+
+
+# loss= -> its torch.nn loss class
+LOSSES: dict[str, Callable[[], type]] = {
+    "mse": lambda: nn.MSELoss,
+    "l1": lambda: nn.L1Loss,
+    "smooth_l1": lambda: nn.SmoothL1Loss,
+    "ce": lambda: nn.CrossEntropyLoss,
+    "bce": _binary_cross_entropy,
 }
 
 # Which losses fit which task; `auto` takes the first.
@@ -77,25 +313,16 @@ def param_groups(model: nn.Module, decay_norm_and_bias: bool = True) -> list[dic
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: config.Optim) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.decay_norm_and_bias)
-    return OPTIMIZERS[cfg.name](groups, **_knobs(cfg, "decay_norm_and_bias"))
+def build_optimizer(model: nn.Module, cfg: Optim):
+    return cfg.build(param_groups(model, cfg.decay_norm_and_bias))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: config.Sched, epochs: int):
+def build_scheduler(optimizer, cfg: Sched, epochs: int):
     """The scheduler `cfg` names, or None; cosine's T_max=null spans the `epochs` of the run."""
-    cls = SCHEDULERS[cfg.name]
-    if cls is None:
-        return None
-    knobs = _knobs(cfg)
-    if isinstance(cfg, config.CosineAnnealingLR) and cfg.T_max is None:
-        knobs["T_max"] = epochs
-    if isinstance(cfg, config.MultiStepLR):
-        knobs["milestones"] = list(cfg.milestones)
-    return cls(optimizer, **knobs)
+    return cfg.build(optimizer, epochs)
 
 
-def build_penalty(model: nn.Module, cfg: config.Reg) -> Callable[[], torch.Tensor] | None:
+def build_penalty(model: nn.Module, cfg: Reg) -> Callable[[], torch.Tensor] | None:
     """A function giving reg.l1 * sum|w| + (reg.l2 / 2) * sum w^2 over the model's weights (all
     its parameters with include_bias), to add to the objective; None when both are 0."""
     if cfg.l1 == 0 and cfg.l2 == 0:
@@ -122,9 +349,9 @@ def resolve_loss(name: str, task: str, n_outputs: int) -> str:
     if name == "auto":
         return fitting[0]
     if name not in fitting:
-        raise config.ConfigError("loss", name, f"one that fits a {task} task: {', '.join(fitting)}")
+        raise ConfigError("loss", name, f"one that fits a {task} task: {', '.join(fitting)}")
     if name == "bce" and n_outputs != 2:
-        raise config.ConfigError(
+        raise ConfigError(
             "loss", name, f"a loss for {n_outputs} classes: ce (bce is for 2 classes)"
         )
     return name
@@ -137,4 +364,4 @@ def model_outputs(name: str, task: str, n_outputs: int) -> int:
 
 def build_loss(name: str, task: str, n_outputs: int) -> nn.Module:
     """The loss `name` names; `auto` picks mse for regression and ce for classification."""
-    return LOSSES[resolve_loss(name, task, n_outputs)]()
+    return LOSSES[resolve_loss(name, task, n_outputs)]()()

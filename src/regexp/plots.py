@@ -12,6 +12,9 @@ Probe figures: the lessons' demonstrations that need no training (`regexp probe`
 
 matplotlib, torch and numpy are imported only where they are used: `regexp report` never
 imports torch.
+
+Why it is long: every figure of the project is drawn here, so that matplotlib is set up (the
+off-screen backend, sizes, styles) in one place and imported nowhere else.
 """
 
 from __future__ import annotations

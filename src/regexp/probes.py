@@ -4,6 +4,9 @@ Each probe computes its numbers with the project's own layers, initializers, opt
 schedulers, prints them as a table and draws a figure. Overrides go through the same config
 as `regexp train` (init=, norm=, optim=, sched=, model.dropout=, ...): an override narrows
 a probe to that choice, where without one it compares the lessons' choices side by side.
+
+Why it is long: each demonstration is a function of some fifty lines with its table, and one
+table of them (PROBES, TAKES) serves `regexp probe --help` and the checks of its overrides.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from rich.table import Table
 from torch import nn
 
 from regexp import config, init, models, optim, plots
+from regexp.console import console as default_console
+from regexp.errors import ConfigError, UserError
 
 
 @dataclass
@@ -96,7 +101,7 @@ def dropout(conf: config.Config, given: set[str], draws: int = 1000) -> Probe:
 def norm(conf: config.Config, given: set[str]) -> Probe:
     """BatchNorm1d/2d/3d on constant maps (channel i holds i+1, batch 3) over two passes, and
     the parameter shapes of BN, LN, IN and GN on one batch of (8, 6, 3, 4) maps."""
-    bn = conf.norm if isinstance(conf.norm, config.BatchNorm) and "norm" in given else None
+    bn = conf.norm if isinstance(conf.norm, models.BatchNorm) and "norm" in given else None
     momentum = bn.momentum if bn is not None else 0.3
     eps = bn.eps if bn is not None else 1e-5
     channels, batch, passes = 5, 3, 2
@@ -195,9 +200,9 @@ DEPTH, WIDTH, BATCH = 100, 256, 16
 
 # Without overrides: the lesson's comparison.
 DEPTH_INITS = {
-    "default": config.DefaultInit(),
-    "normal(std=1)": config.Normal(std=1.0),
-    "kaiming_normal": config.KaimingNormal(),
+    "default": init.DefaultInit(),
+    "normal(std=1)": init.Normal(std=1.0),
+    "kaiming_normal": init.KaimingNormal(),
 }
 
 
@@ -207,7 +212,7 @@ def depth(conf: config.Config, given: set[str]) -> Probe:
     makes it explode to NaN, Kaiming keeps it constant, and BN keeps it constant regardless."""
     chosen = any(k.startswith("init") for k in given)
     inits = {conf.init.name: conf.init} if chosen else DEPTH_INITS
-    norms = [conf.norm] if "norm" in given else [config.NoNorm(), config.BatchNorm()]
+    norms = [conf.norm] if "norm" in given else [models.NoNorm(), models.BatchNorm()]
     x = torch.randn(BATCH, WIDTH, generator=torch.Generator().manual_seed(conf.seed))
     curves, rows = {}, []
     for norm_cfg in norms:
@@ -245,7 +250,7 @@ def depth(conf: config.Config, given: set[str]) -> Probe:
 
 def _depth_stds(init_cfg, norm_cfg, x, seed) -> tuple[list[float], list[float]]:
     torch.manual_seed(seed)
-    mlp = config.MLP(hidden=[WIDTH] * DEPTH, activation="relu", bias=False)
+    mlp = models.MLP(hidden=[WIDTH] * DEPTH, activation="relu", bias=False)
     net = init.apply(models.mlp(mlp, norm_cfg, (WIDTH,), 1), init_cfg)
     outputs = []
 
@@ -276,11 +281,11 @@ def _depth_stds(init_cfg, norm_cfg, x, seed) -> tuple[list[float], list[float]]:
 # --- lr: experiment 9 --------------------------------------------------------------------
 
 LESSON_SCHEDULES = {  # lr 0.1 for 200 epochs
-    "StepLR(20, 0.8)": config.StepLR(step_size=20, gamma=0.8),
-    "MultiStepLR([20,60,90,135,180], 0.8)": config.MultiStepLR(
+    "StepLR(20, 0.8)": optim.StepLR(step_size=20, gamma=0.8),
+    "MultiStepLR([20,60,90,135,180], 0.8)": optim.MultiStepLR(
         milestones=[20, 60, 90, 135, 180], gamma=0.8
     ),
-    "ExponentialLR(0.8)": config.ExponentialLR(gamma=0.8),
+    "ExponentialLR(0.8)": optim.ExponentialLR(gamma=0.8),
 }
 
 
@@ -323,11 +328,11 @@ def lr(conf: config.Config, given: set[str]) -> Probe:
 # --- optim: experiment 8 -----------------------------------------------------------------
 
 LESSON_OPTIMIZERS = {  # name: (config, starting w)
-    "SGD lr 0.01": (config.GD(lr=0.01), 1.0),
-    "SGD lr 0.01 momentum 0.9": (config.SGD(lr=0.01, momentum=0.9), 1.0),
-    "Adagrad lr 0.01": (config.Adagrad(lr=0.01), 1.0),
-    "RMSprop lr 0.01 alpha 0.9": (config.RMSprop(lr=0.01, alpha=0.9), 0.1),
-    "Adam lr 0.01": (config.Adam(lr=0.01), 1.0),
+    "SGD lr 0.01": (optim.GD(lr=0.01), 1.0),
+    "SGD lr 0.01 momentum 0.9": (optim.SGD(lr=0.01, momentum=0.9), 1.0),
+    "Adagrad lr 0.01": (optim.Adagrad(lr=0.01), 1.0),
+    "RMSprop lr 0.01 alpha 0.9": (optim.RMSprop(lr=0.01, alpha=0.9), 0.1),
+    "Adam lr 0.01": (optim.Adam(lr=0.01), 1.0),
 }
 STEPS = 5
 
@@ -399,20 +404,18 @@ def _uses(name: str, key: str) -> bool:
 
 def run(name: str, overrides: list[str], out: Path, console: Console | None = None) -> Probe:
     """Run probe `name` with train-style `overrides`; print it and write `out`/<name>.png."""
-    from regexp import cli
-
     keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides}
     for override, key in keys.items():
         if not _uses(name, key):
-            raise config.UserError(
+            raise UserError(
                 f"{override}: probe {name} does not use {key} (it takes {_takes(name)})"
             )
     given = set(keys.values())
-    conf = config.validate(cli.compose(overrides))
-    if name == "norm" and "norm" in given and not isinstance(conf.norm, config.BatchNorm):
-        raise config.ConfigError("norm", conf.norm.name, "bn: the probe shows batch norm's stats")
+    conf = config.validate(config.compose(overrides))
+    if name == "norm" and "norm" in given and not isinstance(conf.norm, models.BatchNorm):
+        raise ConfigError("norm", conf.norm.name, "bn: the probe shows batch norm's stats")
     probe = PROBES[name](conf, given)
-    console = console or cli.console()
+    console = console or default_console()
     for table in probe.tables:
         console.print(table)
     for note in probe.notes:

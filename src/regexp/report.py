@@ -1,5 +1,4 @@
-"""`regexp report DIR...`: a table and figures from run dirs, finished, failed or running;
-and the tally of a sweep's jobs when it ends.
+"""`regexp report DIR...`: a table and figures from run dirs, finished, failed or running.
 
 It reads only what runs leave on disk (summary.json, metrics.csv, .hydra/overrides.yaml) and
 never imports the training code, so it starts fast and works on a sweep still in progress.
@@ -12,18 +11,15 @@ import csv
 import json
 import logging
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from regexp import cli
-from regexp.config import UserError
+from regexp.console import console as default_console
+from regexp.errors import UserError
 
 log = logging.getLogger("regexp")
 
@@ -262,7 +258,7 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     write_csv(out / "report.csv", header, table)
     figures = plots.report_figures(runs, keys, out)
 
-    console = console or cli.console()
+    console = console or default_console()
     # On the console, the swept values name each run (the dir name says the same at length).
     skip = 1 if keys else 0
     view = Table(
@@ -310,27 +306,3 @@ def main(args: list[str]) -> int:
     parsed = parser.parse_args(args)
     report(parsed.dirs, parsed.out)
     return 0
-
-
-class SweepReport(Callback):
-    """At the end of a sweep, count its jobs by status from their summary.json files (which
-    works whatever launcher ran them) and say which failed."""
-
-    ran = False
-    failures = 0
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        SweepReport.ran = True
-        sweep = Path(config.hydra.sweep.dir)
-        summaries = {
-            p.parent.relative_to(sweep): json.loads(p.read_text())
-            for p in sorted(sweep.glob("**/summary.json"))
-        }
-        counts = Counter(s["status"] for s in summaries.values())
-        bad = {k: s for k, s in summaries.items() if s["status"] not in ("completed",)}
-        SweepReport.failures = len(bad)
-        order = ["completed", "diverged", "interrupted", "failed", *counts]
-        tally = ", ".join(f"{counts[k]} {k}" for k in dict.fromkeys(order) if counts[k])
-        log.info("sweep %s: %d jobs: %s", sweep, len(summaries), tally or "none")
-        for name, s in bad.items():
-            log.info("  %s: %s%s", name, s["status"], f": {s['error']}" if s.get("error") else "")

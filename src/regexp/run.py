@@ -7,6 +7,7 @@ config and a run dir, so it can be called in-process too.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import random
@@ -21,17 +22,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from regexp import config, data, init, models, optim, plots, train
+from regexp import config, data, init, models, optim, plots, rundir, train
+from regexp.errors import ConfigError, UserError
+from regexp.outcomes import Outcome
 from regexp.track import Tracker, write_json
 
 log = logging.getLogger("regexp")
-
-
-# The user errors of the jobs this process ran: the CLI reports them once Hydra is done, so
-# that they read as one clear line rather than as a failed job's traceback.
-FAILED: list[config.UserError] = []
-# The status of each job this process ran ("completed", "diverged", "failed").
-STATUSES: list[str] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -42,16 +38,19 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.run_dir, self.epoch = signum, run_dir, epoch
 
 
-def train_job(cfg: DictConfig) -> float:
-    """Train one run into Hydra's output dir; returns its best valid loss, which sweepers
-    minimize. In a sweep, a job that fails is recorded in its summary.json and the sweep goes
-    on; `report.SweepReport` counts the failures at the end."""
+def train_job(cfg: DictConfig) -> Outcome:
+    """Train one run into Hydra's output dir; returns its outcome, whose value is the best
+    valid loss, which sweepers minimize. A job that fails is recorded in its summary.json; a
+    user's mistake comes back in the outcome, to be said in one line once Hydra is done (the
+    callback `outcomes.SweepReport` raises it), rather than as a failed job's traceback; in
+    a sweep, the sweep goes on."""
     hydra = HydraConfig.get()
     run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
+    sweep = hydra.mode == RunMode.MULTIRUN
     try:
         try:
             conf = config.validate(cfg)
-        except config.UserError as exc:
+        except UserError as exc:
             if cfg.get("resume") is None:  # a resumed run keeps its own summary
                 write_json(run_dir / "summary.json", failure(exc, overrides))
             raise
@@ -60,16 +59,12 @@ def train_job(cfg: DictConfig) -> float:
             torch.set_num_threads(threads)
         summary = execute(conf, run_dir, overrides)
     except Exception as exc:
-        STATUSES.append("failed")
-        if hydra.mode == RunMode.MULTIRUN:
+        if sweep:
             log.error("job failed: %s (in %s)", one_line(exc), run_dir)
-        elif isinstance(exc, config.UserError):
-            FAILED.append(exc)
-        else:
+        elif not isinstance(exc, UserError):
             raise
-        return float("nan")
-    STATUSES.append(summary["status"])
-    return summary["best"].get("valid_loss", float("nan"))
+        return Outcome(math.nan, "failed", None if sweep else exc)
+    return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
 
 
 def threads_per_job(launcher: DictConfig) -> int | None:
@@ -88,7 +83,7 @@ def failure(exc: BaseException, overrides: list[str]) -> dict:
 
 
 def one_line(exc: BaseException) -> str:
-    if isinstance(exc, config.UserError):
+    if isinstance(exc, UserError):
         return str(exc)
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -125,9 +120,9 @@ def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise config.ConfigError("device", name, "auto or cpu: this machine has no CUDA device")
+        raise ConfigError("device", name, "auto or cpu: this machine has no CUDA device")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise config.ConfigError("device", name, "auto or cpu: this machine has no MPS device")
+        raise ConfigError("device", name, "auto or cpu: this machine has no MPS device")
     return torch.device(name)
 
 
@@ -153,16 +148,16 @@ def check_batches(model: torch.nn.Module, n: int, n_valid: int, batch_size: int 
         return
     why = "batch norm cannot normalize a batch of one"
     if n == 1:
-        raise config.ConfigError("data.n_train", n, f"at least 2 with norm=bn: {why}")
+        raise ConfigError("data.n_train", n, f"at least 2 with norm=bn: {why}")
     size = min(batch_size or n, n)
     if (n % size or size) == 1:
-        raise config.ConfigError(
+        raise ConfigError(
             "train.batch_size",
             batch_size,
             f"one that leaves no last batch of a single example ({n} training examples): {why}",
         )
     if not all(m.track_running_stats for m in norms) and (n_valid % train.EVAL_CHUNK) == 1:
-        raise config.ConfigError(
+        raise ConfigError(
             "norm.track_running_stats",
             "false",
             f"true with {n_valid} valid examples: without running statistics batch norm "
@@ -301,9 +296,9 @@ def resume(checkpoint: Path, conf: config.Config, model, optimizer, scheduler, g
         epoch = train.load_checkpoint(checkpoint, model, optimizer, scheduler, generator)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise config.UserError(
+        raise UserError(
             f"{checkpoint}: refused, not a checkpoint of this run (a safe load of tensors only "
             f"failed: {reason[:200]})"
         ) from exc
-    config.check_more_epochs(conf.train.epochs, epoch, checkpoint.parent)
+    rundir.check_more_epochs(conf.train.epochs, epoch, checkpoint.parent)
     return epoch

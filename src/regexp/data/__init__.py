@@ -4,32 +4,40 @@ base.py    the Dataset and the knobs all share (n_train, label_noise, standardiz
 toys.py    the generated ones: the lessons' regression, the 2-D classification toys
 images.py  digits (bundled with scikit-learn), MNIST, Fashion-MNIST, CIFAR-10
 files.py   reading, checking and fetching the published files of the last three
+
+Each data option's schema sits beside its loader and registers itself (regexp.options).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from regexp.data.base import ClassificationData, Data, Dataset
+from regexp.data.images import CIFAR10, MNIST, Digits, FashionMNIST, FileData
+from regexp.data.toys import FUNCTIONS, Circles, Gauss, Moons, Spiral, Toy2D, ToyRegression, Xor
+from regexp.lazy import lazy
 
-import torch
+torch = lazy("torch")
 
-from regexp import config
-from regexp.data.base import Dataset
-from regexp.data.images import cifar10, digits, idx_set
-from regexp.data.toys import FUNCTIONS, SHAPES, toy_2d, toy_regression
+__all__ = [
+    "CIFAR10",
+    "MNIST",
+    "Circles",
+    "ClassificationData",
+    "Data",
+    "Dataset",
+    "Digits",
+    "FUNCTIONS",
+    "FashionMNIST",
+    "FileData",
+    "Gauss",
+    "Moons",
+    "Spiral",
+    "Toy2D",
+    "ToyRegression",
+    "Xor",
+    "load",
+]
 
-__all__ = ["Dataset", "FUNCTIONS", "LOADERS", "load"]
 
-# name -> loader(cfg, seed, device) -> Dataset
-LOADERS: dict[str, Callable[..., Dataset]] = {
-    "toy_regression": toy_regression,
-    **dict.fromkeys(SHAPES, toy_2d),
-    "digits": digits,
-    "mnist": idx_set,
-    "fashion_mnist": idx_set,
-    "cifar10": cifar10,
-}
-
-
-def load(cfg: config.Data, seed: int, device: torch.device | str = "cpu") -> Dataset:
+def load(cfg: Data, seed: int, device="cpu") -> Dataset:
     """The dataset `cfg` names, made or split with `seed`, on `device`."""
-    return LOADERS[cfg.name](cfg, seed, torch.device(device))
+    return cfg.load(seed, torch.device(device))

@@ -5,9 +5,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+from omegaconf import MISSING
 
-from regexp import config
+from regexp.errors import ConfigError
+from regexp.lazy import lazy
+from regexp.options import need
+
+torch = lazy("torch")
+
+
+@dataclass
+class Data:
+    """The schema every data option extends; `load` makes the dataset it describes."""
+
+    name: str = MISSING
+    # Subsample the training set to this many examples (stratified), to provoke overfitting;
+    # the generated datasets make this many.
+    n_train: int | None = None
+    # Inputs to mean 0 and std 1 per feature (or image channel), with the training statistics.
+    standardize: bool = False
+
+    def load(self, seed: int, device) -> Dataset:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        n = self.n_train
+        need(n is None or n >= 1, "data.n_train", n, "null or an integer >= 1")
+
+
+@dataclass
+class ClassificationData(Data):
+    label_noise: float = 0.0  # share of training labels replaced at random by another class
+
+    def check(self) -> None:
+        super().check()
+        need(0 <= self.label_noise <= 1, "data.label_noise", self.label_noise, "between 0 and 1")
 
 
 @dataclass
@@ -32,7 +64,7 @@ def classification(
     y_train: np.ndarray,
     x_valid: np.ndarray,
     y_valid: np.ndarray,
-    cfg: config.ClassificationData,
+    cfg: ClassificationData,
     rng: np.random.Generator,
     device: torch.device,
     *,
@@ -45,7 +77,7 @@ def classification(
     image set becomes float32 once, on the device, and only for the examples kept."""
     if cfg.n_train is not None and cfg.n_train != len(y_train):
         if cfg.n_train > len(y_train):
-            raise config.ConfigError(
+            raise ConfigError(
                 "data.n_train",
                 cfg.n_train,
                 f"at most {len(y_train)}, the size of {cfg.name}'s training set",

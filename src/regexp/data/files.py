@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regexp.config import UserError
+from regexp.errors import UserError
 
 log = logging.getLogger("regexp")
 

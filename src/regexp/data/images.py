@@ -13,18 +13,69 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from regexp import config
 from regexp.data import files
-from regexp.data.base import Dataset, classification, stratified_split
+from regexp.data.base import ClassificationData, Dataset, classification, stratified_split
+from regexp.errors import ConfigError, UserError
+from regexp.options import need, option
 
 
-def digits(cfg: config.Digits, seed: int, device: torch.device) -> Dataset:
+@option("data")
+@dataclass
+class Digits(ClassificationData):
+    """scikit-learn's bundled 8x8 digits, split into train and valid by stratified sampling."""
+
+    name: str = "digits"
+    valid_fraction: float = 0.2
+    standardize: bool = True
+
+    def load(self, seed: int, device) -> Dataset:
+        return digits(self, seed, device)
+
+    def check(self) -> None:
+        super().check()
+        f = self.valid_fraction
+        need(0 < f < 1, "data.valid_fraction", f, "between 0 and 1")
+
+
+@dataclass
+class FileData(ClassificationData):
+    """An image set read from its published files in `root` (train and test split fixed)."""
+
+    root: str = "data"
+    download: bool = False  # fetch missing files from the usual mirrors, checksums verified
+    standardize: bool = True
+
+    def load(self, seed: int, device) -> Dataset:
+        return idx_set(self, seed, device)
+
+
+@option("data")
+@dataclass
+class MNIST(FileData):
+    name: str = "mnist"
+
+
+@option("data")
+@dataclass
+class FashionMNIST(FileData):
+    name: str = "fashion_mnist"
+
+
+@option("data")
+@dataclass
+class CIFAR10(FileData):
+    name: str = "cifar10"
+
+    def load(self, seed: int, device) -> Dataset:
+        return cifar10(self, seed, device)
+
+
+def digits(cfg: Digits, seed: int, device) -> Dataset:
     """scikit-learn's bundled 8x8 digits as 1x8x8 images, split into train and valid."""
     x, y = _digits_arrays()
     if not 1 <= round(cfg.valid_fraction * len(y)) <= len(y) - 1:
-        raise config.ConfigError(
+        raise ConfigError(
             "data.valid_fraction",
             cfg.valid_fraction,
             f"a share of the {len(y)} digits that leaves at least one on each side",
@@ -92,7 +143,7 @@ IDX_SETS = {
 }
 
 
-def idx_set(cfg: config.FileData, seed: int, device: torch.device) -> Dataset:
+def idx_set(cfg: FileData, seed: int, device) -> Dataset:
     """MNIST or Fashion-MNIST: 60,000 training and 10,000 test images of 1x28x28."""
     spec = IDX_SETS[cfg.name]
     root, folder = Path(cfg.root).expanduser(), f"{spec.folder}/raw"
@@ -125,7 +176,7 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
-def cifar10(cfg: config.FileData, seed: int, device: torch.device) -> Dataset:
+def cifar10(cfg: FileData, seed: int, device) -> Dataset:
     """CIFAR-10: 50,000 training and 10,000 test images of 3x32x32."""
     root = Path(cfg.root).expanduser()
 
@@ -147,7 +198,7 @@ def cifar10(cfg: config.FileData, seed: int, device: torch.device) -> Dataset:
 # --- shared ---------------------------------------------------------------------------------
 
 
-def _locate(cfg: config.FileData, root: Path, folders: list[str], title: str, names, fetch):
+def _locate(cfg: FileData, root: Path, folders: list[str], title: str, names, fetch):
     """{name: path} of each file in `names`, in root or one of its `folders`. Missing files
     are fetched with `fetch(missing)` when data.download is on, else refused."""
     for attempt in ("find", "fetched"):
@@ -158,7 +209,7 @@ def _locate(cfg: config.FileData, root: Path, folders: list[str], title: str, na
         fetch(missing)
     if missing:
         where = " or ".join(str(root / folder) for folder in ["", *folders])
-        raise config.UserError(
+        raise UserError(
             f"data.root={cfg.root}: {title}'s {', '.join(missing)} (or .gz) not found in "
             f"{where}; put {title}'s published files there, or set data.download=true to "
             "fetch them"
@@ -168,8 +219,8 @@ def _locate(cfg: config.FileData, root: Path, folders: list[str], title: str, na
 
 def _check_labels(path: Path, labels: np.ndarray, n_images: int) -> None:
     if len(labels) != n_images:
-        raise config.UserError(
+        raise UserError(
             f"{path}: {len(labels)} labels for {n_images} images; expected one label per image"
         )
     if len(labels) and labels.max() >= 10:
-        raise config.UserError(f"{path}: a label {labels.max()}; expected classes 0 to 9")
+        raise UserError(f"{path}: a label {labels.max()}; expected classes 0 to 9")

@@ -9,12 +9,15 @@ streams of the run's seed, so the valid set stays the same when n_train changes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from regexp import config
-from regexp.data.base import Dataset, classification, inputs
+from regexp.data.base import ClassificationData, Data, Dataset, classification, inputs
+from regexp.lazy import lazy
+from regexp.options import known, need, option
+
+torch = lazy("torch")
 
 # f in the toy regression y = w*f(x) + noise
 FUNCTIONS = {
@@ -24,7 +27,39 @@ FUNCTIONS = {
 }
 
 
-def toy_regression(cfg: config.ToyRegression, seed: int, device: torch.device) -> Dataset:
+@option("data")
+@dataclass
+class ToyRegression(Data):
+    """The lesson-24 data: y = w*f(x) + noise on x = linspace(x_range)."""
+
+    name: str = "toy_regression"
+    n_train: int = 10
+    n_valid: int = 10
+    w: float = 1.5
+    function: str = "linear"  # f: linear (x), sin (sin(pi*x)) or cubic (x^3)
+    noise_train: float = 0.5
+    noise_valid: float = 0.3
+    x_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+
+    def load(self, seed: int, device) -> Dataset:
+        return toy_regression(self, seed, device)
+
+    def check(self) -> None:
+        super().check()
+        need(self.n_valid >= 1, "data.n_valid", self.n_valid, "an integer >= 1")
+        known("data.function", self.function, FUNCTIONS)
+        for key in ("noise_train", "noise_valid"):
+            value = getattr(self, key)
+            need(value >= 0, f"data.{key}", value, "a standard deviation >= 0")
+        need(
+            len(self.x_range) == 2 and self.x_range[0] < self.x_range[1],
+            "data.x_range",
+            self.x_range,
+            "[low, high] with low < high",
+        )
+
+
+def toy_regression(cfg: ToyRegression, seed: int, device) -> Dataset:
     """The lesson-24 data: train and valid on the same x grid, y = w*f(x) plus their own noise."""
     g = torch.Generator().manual_seed(seed)
     f = FUNCTIONS[cfg.function]
@@ -85,7 +120,56 @@ def points_2d(shape: str, n: int, noise: float, rng: np.random.Generator):
     return x.astype(np.float32), np.repeat([0, 1], sizes)
 
 
-def toy_2d(cfg: config.Toy2D, seed: int, device: torch.device) -> Dataset:
+@dataclass
+class Toy2D(ClassificationData):
+    """A 2-D two-class toy (TensorFlow Playground's shapes), in about [-1, 1]^2."""
+
+    n_train: int = 200
+    n_valid: int = 1000
+    noise: float = 0.1  # the std of the Gaussian jitter added to each coordinate
+
+    def load(self, seed: int, device) -> Dataset:
+        return toy_2d(self, seed, device)
+
+    def check(self) -> None:
+        super().check()
+        need(self.n_valid >= 1, "data.n_valid", self.n_valid, "an integer >= 1")
+        need(self.noise >= 0, "data.noise", self.noise, "a standard deviation >= 0")
+
+
+@option("data")
+@dataclass
+class Moons(Toy2D):
+    name: str = "moons"
+    noise: float = 0.2
+
+
+@option("data")
+@dataclass
+class Circles(Toy2D):
+    name: str = "circles"
+
+
+@option("data")
+@dataclass
+class Spiral(Toy2D):
+    name: str = "spiral"
+    noise: float = 0.05
+
+
+@option("data")
+@dataclass
+class Xor(Toy2D):
+    name: str = "xor"
+
+
+@option("data")
+@dataclass
+class Gauss(Toy2D):
+    name: str = "gauss"
+
+
+def toy_2d(cfg: Toy2D, seed: int, device) -> Dataset:
     x_train, y_train = points_2d(cfg.name, cfg.n_train, cfg.noise, np.random.default_rng([seed, 0]))
     x_valid, y_valid = points_2d(cfg.name, cfg.n_valid, cfg.noise, np.random.default_rng([seed, 1]))
     rng = np.random.default_rng([seed, 2])  # label noise

@@ -1,0 +1,37 @@
+"""The errors a user can fix, which the CLI reports in one line (exit code 2, no traceback),
+and the end of a run or sweep that did not complete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """Something the user can fix: reported by the CLI in one line, exit code 2, no traceback."""
+
+
+class ConfigError(UserError):
+    """A config value that is not allowed: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={show(value)} is not allowed: {allowed}")
+
+
+class Ended(BaseException):  # noqa: N818 (not an error: how a run ended)
+    """A run or sweep that did not complete, raised once its jobs are done: the CLI exits 2
+    with the `error` in one line (a user's mistake), or 1 (what happened is logged already).
+
+    A BaseException, as KeyboardInterrupt is: it is raised from a Hydra callback, and Hydra
+    turns an Exception raised there into a warning."""
+
+    def __init__(self, why: str, error: UserError | None = None):
+        super().__init__(why)
+        self.error = error
+
+
+def show(value: Any) -> str:
+    """A value as an override would write it: lists as [a,b], None as null."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(show(v) for v in value) + "]"
+    return "null" if value is None else str(value)

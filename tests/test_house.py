@@ -1,0 +1,134 @@
+"""The structure of the code: no import circles, small modules, and an option added in the two
+steps README's "Develop" section shows (a schema dataclass beside its builder, a YAML file)."""
+
+from __future__ import annotations
+
+import ast
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra.core.config_store import ConfigStore
+
+from regexp import config, optim, run
+from regexp.options import OPTIONS, option
+
+PACKAGE = Path(config.__file__).parent
+LONG = 400  # lines; a longer module says why at its top
+DOMAIN = ("data", "models", "init", "optim")  # the modules that hold config groups' schemas
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The regexp modules `path` imports anywhere in it (in functions too). `from regexp.data
+    import files` imports the module regexp.data.files; the packages above a module are left
+    out, as Python sets them up before any of their modules."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            named = {f"{node.module}.{a.name}" for a in node.names}
+            found |= (named & modules) or {node.module}
+    return found & modules
+
+
+def graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: imports(path, set(paths)) - {name} for name, path in paths.items()}
+
+
+def test_the_package_has_no_import_circles():
+    edges = graph()
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        seen[name] = 1
+        for other in sorted(edges[name]):
+            if seen.get(other) == 1:
+                circle = path[path.index(other) :] + [other]
+                pytest.fail("import circle: " + " -> ".join(circle))
+            if other not in seen:
+                visit(other, [*path, other])
+        seen[name] = 2
+
+    for name in sorted(edges):
+        if name not in seen:
+            visit(name, [name])
+
+
+def test_the_schema_modules_never_import_config():
+    edges = graph()
+    for name, imported in edges.items():
+        if name.split(".")[1:2] and name.split(".")[1] in DOMAIN:
+            assert "regexp.config" not in imported, name
+
+
+def test_a_long_module_says_why_at_its_top():
+    for path in PACKAGE.rglob("*.py"):
+        lines = path.read_text().splitlines()
+        if len(lines) > LONG:
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            assert "Why it is long:" in doc, f"{path.name}: {len(lines)} lines, no reason given"
+
+
+# --- an option in two steps -------------------------------------------------------------------
+
+
+@pytest.fixture
+def halved_sgd(tmp_path):
+    """Step 1: a made-up optimizer's dataclass, registered as its builder's module would.
+    Step 2: its YAML file, here in a config dir of the test's own on Hydra's search path."""
+
+    @option("optim")
+    @dataclass
+    class HalvedSGD(optim.SGD):
+        """SGD at half the configured learning rate."""
+
+        name: str = "halved_sgd"
+
+        def build(self, groups):
+            built = super().build(groups)
+            for group in built.param_groups:
+                group["lr"] = self.lr / 2
+            return built
+
+    (tmp_path / "optim").mkdir()
+    (tmp_path / "optim" / "halved_sgd.yaml").write_text(
+        "defaults:\n  - /schema/optim/halved_sgd@_here_\n  - _self_\n\nlr: 0.02\nmomentum: 0.9\n"
+    )
+    yield f"hydra.searchpath=[file://{tmp_path}]"
+    del OPTIONS["optim"]["halved_sgd"]
+    del ConfigStore.instance().repo["schema"]["optim"]["halved_sgd.yaml"]
+
+
+def test_a_made_up_optimizer_option_trains_as_its_builder_says(halved_sgd, tmp_path):
+    small = ["train.epochs=20", "model.hidden=[16,16]", "log.figure_every=0", "log.hist_every=0"]
+    made_up = config.validate(config.compose(["optim=halved_sgd", halved_sgd, *small]))
+    assert type(made_up.optim).__name__ == "HalvedSGD"
+    sgd = config.validate(config.compose(["optim=sgd", "optim.lr=0.01", *small]))
+    records = []
+    for name, conf in (("halved", made_up), ("sgd", sgd)):
+        run.execute(conf, tmp_path / name)
+        with open(tmp_path / name / "metrics.csv", newline="") as f:
+            records.append([(r["train_loss"], r["valid_loss"], r["lr"]) for r in csv.DictReader(f)])
+    assert records[0] == records[1]  # SGD at lr 0.02 / 2 is SGD at 0.01, number for number
+    assert float(records[0][0][2]) == 0.01
+
+
+def test_an_unknown_option_name_lists_the_known_ones(compose):
+    from regexp import errors
+
+    conf = compose()
+    conf.optim.name = "sgdd"
+    with pytest.raises(errors.ConfigError) as info:
+        config.check(conf)
+    assert "optim=sgdd is not allowed: one of adagrad, adam, adamw, gd, rmsprop, sgd" in str(
+        info.value
+    )
+    assert "did you mean sgd?" in str(info.value)
