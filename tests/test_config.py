@@ -79,6 +79,8 @@ def test_a_wrong_type_is_refused(compose):
         ("sched=plateau sched.mode=up", "sched.mode"),
         ("sched=cosine sched.T_max=0", "sched.T_max"),
         ("sched=exponential sched.gamma=0", "sched.gamma"),
+        ("sched=lambda sched.step_size=0", "sched.step_size"),
+        ("sched=plateau sched.cooldown=-1", "sched.cooldown"),
         ("data.x_range=[1,-1]", "data.x_range"),
     ],
 )

@@ -234,8 +234,20 @@ SCHEDULES = {
         lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=EPOCHS, eta_min=0.001),
     ),
     "plateau": (  # mode max on a falling loss: no epoch improves, so lr falls
-        ["sched.mode=max", "sched.patience=2", "sched.factor=0.5"],
-        lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=0.5, patience=2),
+        [
+            "sched.mode=max",
+            "sched.patience=2",
+            "sched.factor=0.5",
+            "sched.cooldown=1",
+            "sched.min_lr=0.004",
+        ],
+        lambda o: lr_scheduler.ReduceLROnPlateau(
+            o, mode="max", factor=0.5, patience=2, cooldown=1, min_lr=0.004
+        ),
+    ),
+    "lambda": (
+        ["sched.gamma=0.5", "sched.step_size=3"],
+        lambda o: lr_scheduler.LambdaLR(o, lambda epoch: 0.5 ** (epoch // 3)),
     ),
 }
 
@@ -265,12 +277,38 @@ def test_each_scheduler_steps_per_epoch_like_pytorchs_own(compose, name):
     assert len(set(logged)) == 1 if name == "none" else len(set(logged)) > 1
 
 
+def test_a_lambda_schedule_trains_with_the_lr_of_torchs_lambdalr(tmp_path):
+    regexp(
+        "train",
+        *TINY,
+        "train.epochs=7",
+        "optim.lr=0.1",
+        "sched=lambda",
+        "sched.gamma=0.5",
+        "sched.step_size=2",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        logged = [float(r["lr"]) for r in csv.DictReader(f)]
+    reference = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = lr_scheduler.LambdaLR(reference, lambda epoch: 0.5 ** (epoch // 2))
+    expected = []
+    for _ in range(7):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        scheduler.step()
+    assert logged == pytest.approx(expected, rel=1e-12)
+    assert logged == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125])
+
+
 @pytest.mark.parametrize(
     "name,make",
     [
         ("step", lambda o: lr_scheduler.StepLR(o, step_size=20, gamma=0.8)),
         ("multistep", lambda o: lr_scheduler.MultiStepLR(o, [20, 60, 90, 135, 180], gamma=0.8)),
         ("exponential", lambda o: lr_scheduler.ExponentialLR(o, gamma=0.8)),
+        ("lambda", lambda o: lr_scheduler.LambdaLR(o, lambda epoch: 0.1 ** (epoch // 20))),
     ],
 )
 def test_the_lessons_schedules_are_the_configs_defaults(compose, name, make):

@@ -25,7 +25,7 @@ BAD_INPUT = [
     ),
     ("data=imagenet", "data=imagenet: no such option (options: cifar10, circles, digits, fashion"),
     ("model=resnet", "model=resnet: no such option"),
-    ("sched=warmup", "sched=warmup: no such option (options: cosine, exponential, multistep"),
+    ("sched=warmup", "sched=warmup: no such option (options: cosine, exponential, lambda"),
     ("init=he", "init=he: no such option (options: constant, default, kaiming_normal"),
     # a misspelt key: the keys nearby are named
     ("train.epoch=3", "train.epoch: no such key in 'train'; did you mean train.epochs?"),

@@ -236,6 +236,8 @@ class ReduceLROnPlateau(Sched):
     mode: str = "min"
     factor: float = 0.1
     patience: int = 10
+    cooldown: int = 0  # epochs after a reduction before bad epochs count again
+    min_lr: float = 0.0  # the lr never falls below this
     torch_class = "ReduceLROnPlateau"
 
     def check(self) -> None:
@@ -243,6 +245,29 @@ class ReduceLROnPlateau(Sched):
         need(self.mode in ("min", "max"), "sched.mode", self.mode, "min or max")
         need(0 < self.factor < 1, "sched.factor", self.factor, "a factor in (0, 1)")
         need(self.patience >= 0, "sched.patience", self.patience, "an integer >= 0")
+        need(self.cooldown >= 0, "sched.cooldown", self.cooldown, "an integer >= 0")
+        need(self.min_lr >= 0, "sched.min_lr", self.min_lr, "a learning rate >= 0")
+
+
+@option("sched")
+@dataclass
+class LambdaLR(Sched):
+    """torch's LambdaLR with lr_lambda(epoch) = gamma ** (epoch // step_size): a config holds
+    no Python function, so it takes the course's forms, 0.1 ** (epoch // 20) (these defaults)
+    and 0.95 ** epoch (gamma 0.95, step_size 1)."""
+
+    name: str = "lambda"
+    gamma: float = 0.1
+    step_size: int = 20
+    torch_class = "LambdaLR"
+
+    def build(self, optimizer, epochs: int):
+        gamma, step_size = self.gamma, self.step_size
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (e // step_size))
+
+    def check(self) -> None:
+        super().check()
+        need(self.step_size >= 1, "sched.step_size", self.step_size, "an integer >= 1")
 
 
 # --- penalties ------------------------------------------------------------------------------
