@@ -9,7 +9,7 @@ set -euo pipefail
 
 out=${1:-outputs/lessons}
 experiments=(weight_decay dropout bn_cnn optimizers lr_schedules l1_vs_l2 norms overfitting)
-probes=(dropout optim lr depth norm)
+probes=(dropout optim lr depth init norm)
 rm -rf "$out"
 mkdir -p "$out/probes"
 start=$SECONDS

@@ -1,34 +1,36 @@
-"""`regexp probe`: the lessons' demonstrations give the lessons' numbers."""
+"""`regexp probe`: the lessons' demonstrations give the course's numbers, to the digits the
+course prints."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
+import torch
 from conftest import regexp
 
 from regexp import cli, probes
 
 
-def probe(compose, name, *overrides):
-    given = {o.split("=", 1)[0] for o in overrides}
-    return probes.PROBES[name](compose(*overrides), given)
+def probe(name, *overrides):
+    return probes.compute(name, list(overrides))
 
 
-def test_dropout_keeps_the_expected_output_in_train_mode_and_is_off_in_eval(compose):
-    result = probe(compose, "dropout")
+def test_dropout_keeps_the_expected_output_in_train_mode_and_is_off_in_eval():
+    result = probe("dropout")
     for p, outputs in result.figure["outputs"].items():
         mean = sum(outputs) / len(outputs)
         assert abs(mean - 10000) < 0.02 * 10000, p  # about (1-p) survive, scaled by 1/(1-p)
         assert len(set(outputs)) > 1  # a new mask each draw
     rows = result.tables[0].columns[-1]._cells
     assert set(rows) == {"10000.0"}  # eval mode: exactly the input sum
-    only = probe(compose, "dropout", "model.dropout=0.3")
+    only = probe("dropout", "model.dropout=0.3")
     assert list(only.figure["outputs"]) == [0.3]
 
 
-def test_norm_running_statistics_follow_the_momentum(compose):
-    result = probe(compose, "norm")
+def test_norm_running_statistics_follow_the_momentum():
+    result = probe("norm")
     for layer in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
         means, variances = result.figure["trajectories"][layer]
         assert [round(m, 4) for m in means] == [0.0, 0.6, 1.02]
@@ -39,12 +41,12 @@ def test_norm_running_statistics_follow_the_momentum(compose):
     assert shapes["LayerNorm([6, 3, 4])"] == "(6, 3, 4)"
     assert shapes["GroupNorm(3, 6)"] == "(6,)" and shapes["BatchNorm2d(6)"] == "(6,)"
     assert shapes["GroupNorm(4, 6)"] == "-"  # 6 channels do not divide into 4 groups
-    tuned = probe(compose, "norm", "norm=bn", "norm.momentum=0.5")
+    tuned = probe("norm", "norm=bn", "norm.momentum=0.5")
     assert [round(m, 4) for m in tuned.figure["trajectories"]["BatchNorm1d"][0]] == [0, 1, 1.5]
 
 
-def test_depth_the_signal_vanishes_explodes_or_holds_as_the_lesson_says(compose):
-    curves = probe(compose, "depth").figure["curves"]
+def test_depth_the_signal_vanishes_explodes_or_holds_as_the_lesson_says():
+    curves = probe("depth").figure["curves"]
     default, normal, kaiming = (
         curves[k][0] for k in ("default", "normal(std=1)", "kaiming_normal")
     )
@@ -57,9 +59,59 @@ def test_depth_the_signal_vanishes_explodes_or_holds_as_the_lesson_says(compose)
         assert max(stds) / min(stds) < 1.2  # constant whatever the init
 
 
-def test_depth_takes_an_init_override(compose):
-    curves = probe(compose, "depth", "init=xavier_normal", "norm=none").figure["curves"]
+def test_depth_takes_an_init_override():
+    curves = probe("depth", "init=xavier_normal", "norm=none").figure["curves"]
     assert list(curves) == ["xavier_normal"]
+
+
+def test_depth_keeps_denormals_where_the_thread_flushed_them_and_restores_it():
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    threads = torch.get_num_threads()
+    try:
+        default = probe("depth", "init=default", "norm=none").figure["curves"]
+        assert 1e-40 < default["default"][0][-1] < 1e-39  # a denormal float, not 0
+        assert (torch.tensor([1e-39]) * 1.0).item() == 0.0  # flushing again, as it was
+    finally:
+        torch.set_flush_denormal(False)
+    assert torch.get_num_threads() == threads
+
+
+def test_probe_depth_prints_the_courses_numbers(tmp_path):
+    out = regexp("probe", "depth", cwd=tmp_path).stdout
+    cells = rows(out, "std of each layer's output")
+    # lesson-14's default init and N(0, 1), from its torch.manual_seed(1): the course prints
+    # layer:99, std:2.4877e-40; and std:inf from layer:33, nan at layer:35, where it stops.
+    default, normal = cells["default"], cells["normal(std=1)"]
+    assert float(default[0]) == pytest.approx(0.334, abs=1e-3)  # layer:0, std:0.3342
+    assert float(default[8]) == pytest.approx(2.5e-40, rel=0.02)  # layer:99
+    assert normal[9:11] == ["layer:33", "layer:35"]
+    kaiming = cells["kaiming_normal"]  # layer:0, 1, 9 and 99: std 0.8266, 0.8787, 0.9434, 0.6668
+    assert [kaiming[i] for i in (0, 1, 3, 8)] == ["0.827", "0.879", "0.943", "0.667"]
+    assert (tmp_path / "outputs" / "probes" / "depth.png").is_file()
+
+
+def test_init_gain_and_the_tanh_net_under_xavier_and_the_default():
+    result = probe("init")
+    assert result.figure["gain"] == pytest.approx(1.5983, abs=1e-4)  # the course: about 1.6
+    assert result.figure["tanh_gain"] == pytest.approx(5 / 3)
+    curves = result.figure["curves"]
+    default, xavier = curves["default"][0], curves["xavier_uniform(gain=5/3)"][0]
+    assert default[-1] < 1e-20  # vanishes
+    assert all(0.6 < s < 0.8 for s in xavier)  # holds
+    only = probe("init", "init=xavier_normal", "init.gain=1", "seed=3").figure
+    assert list(only["curves"]) == ["xavier_normal"] and only["gain"] != result.figure["gain"]
+
+
+def test_probe_init_prints_the_courses_gain(tmp_path):
+    out = regexp("probe", "init", cwd=tmp_path).stdout
+    gains = rows(out, "tanh of x = torch.randn(10000)")
+    assert round(float(gains["gain = x.std() / tanh(x).std()"][0]), 1) == 1.6
+    assert gains["nn.init.calculate_gain('tanh') = 5/3"] == ["1.6667"]
+    layers = rows(out, "std of each layer's output")
+    assert float(layers["default"][8]) < 1e-20
+    assert 0.6 < float(layers["xavier_uniform(gain=5/3)"][8]) < 0.7
+    assert (tmp_path / "outputs" / "probes" / "init.png").is_file()
 
 
 def test_probe_command_prints_a_table_and_writes_a_png(tmp_path):
@@ -85,27 +137,42 @@ def test_a_probe_refuses_overrides_it_would_ignore(tmp_path, capsys, args, messa
     assert not list(tmp_path.iterdir())
 
 
-def test_optim_first_steps_are_the_lessons(compose, capsys):
-    paths = probe(compose, "optim").figure["paths"]
+def test_optim_first_steps_are_the_lessons():
+    paths = probe("optim").figure["paths"]
     assert [round(w, 4) for w in paths["SGD lr 0.01"][1:3]] == [0.99, 0.9801]
     assert [round(w, 4) for w in paths["SGD lr 0.01 momentum 0.9"][1:3]] == [0.99, 0.9711]
     assert round(paths["Adagrad lr 0.01"][1], 4) == 0.99
     assert round(paths["RMSprop lr 0.01 alpha 0.9"][1], 4) == 0.0684
-    only = probe(compose, "optim", "optim=adam", "optim.lr=0.1").figure["paths"]
+    only = probe("optim", "optim=adam", "optim.lr=0.1").figure["paths"]
     assert list(only) == ["adam"] and round(only["adam"][1], 4) == 0.9  # Adam's first step: lr
 
 
-def test_lr_schedules_are_the_lessons(compose):
-    curves = probe(compose, "lr").figure["curves"]
+def test_lr_schedules_are_the_lessons():
+    curves = probe("lr").figure["curves"]
     step, multistep, exponential = curves.values()
     assert len(step) == 200 and step[0] == 0.1
     assert step[19] == 0.1 and round(step[20], 6) == 0.08 and round(step[40], 6) == 0.064
     assert round(multistep[59], 6) == 0.08 and round(multistep[60], 6) == 0.064
     assert round(exponential[1], 6) == 0.08 and round(exponential[2], 6) == 0.064
-    cosine = probe(compose, "lr", "sched=cosine", "train.epochs=10").figure["curves"]
+    cosine = probe("lr", "sched=cosine", "train.epochs=10").figure["curves"]
     assert list(cosine) == ["cosine"] and len(cosine["cosine"]) == 10
 
 
 def test_probe_optim_prints_the_lessons_numbers(tmp_path):
     out = regexp("probe", "optim", cwd=tmp_path).stdout
     assert "0.9711" in out and "0.0684" in out and "0.9801" in out
+
+
+def rows(out: str, title: str) -> dict[str, list[str]]:
+    """The table whose title starts with `title` in a probe's output: each row's first cell,
+    to its other cells."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(title))
+    rule = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("─"))
+    table = {}
+    for line in lines[rule + 1 :]:
+        if not line.strip():
+            break
+        first, *cells = re.split(r"\s{2,}", line.strip())
+        table[first] = cells
+    return table

@@ -20,7 +20,7 @@ commands:
   train [KEY=VALUE ...]      one training run (Hydra app: --help lists every group and key)
   train -m [KEY=V1,V2 ...]   a sweep, one run per combination
   report DIR...              a table (sorted by valid loss) and figures from runs or a sweep
-  probe NAME [KEY=VALUE ...] a lesson's demonstration, no training: dropout, norm, depth, lr, optim
+  probe NAME [KEY=VALUE ...] a demonstration, no training: dropout, norm, depth, init, lr, optim
   summary [KEY=VALUE ...]    the composed model's layers and parameter counts, no training
 
 examples:

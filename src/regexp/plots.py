@@ -418,16 +418,40 @@ def _probe_norm(plt, data):
 
 def _probe_depth(plt, data):
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for label, (forward, backward) in data["curves"].items():
-        layers = range(1, len(forward) + 1)
-        top.plot(layers, forward, label=label)
-        bottom.plot(layers, backward, label=label)
-    for ax, what in ((top, "output"), (bottom, "gradient")):
-        ax.set_yscale("log")
-        ax.set(ylabel=f"std of each layer's {what}")
-    top.set_title("a 100-layer ReLU net: the signal under each init (NaN: off the chart)")
-    bottom.set(xlabel="layer")
+    _layer_curves(top, bottom, data)
+    top.set_title(f"a 100-layer {data['activation']} net: the signal under each init")
     top.legend(fontsize="small")
+    return fig
+
+
+def _layer_curves(top, bottom, data):
+    """Each layer's output std (top) and gradient std (bottom), layers counted from 0 as the
+    course prints them; a NaN or inf is off the chart."""
+    for label, (forward, backward) in data["curves"].items():
+        top.plot(range(len(forward)), forward, label=label)
+        if bottom is not None:
+            bottom.plot(range(len(backward)), backward, label=label)
+    for ax, what in ((top, "output"), (bottom, "gradient")):
+        if ax is not None:
+            ax.set_yscale("log")
+            ax.set(ylabel=f"std of each layer's {what}")
+    (bottom or top).set(xlabel="layer (layer:i, from 0)")
+
+
+def _probe_init(plt, data):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = [i / 10 for i in range(-40, 41)]
+    left.hist(data["x"], bins=bins, alpha=0.6, label=f"x ~ N(0, 1), std {data['x'].std():.3f}")
+    left.hist(data["out"], bins=bins, alpha=0.6, label=f"tanh(x), std {data['out'].std():.3f}")
+    left.set(
+        xlabel="value",
+        ylabel="count",
+        title=f"gain {data['gain']:.4f}; calculate_gain('tanh') = {data['tanh_gain']:.4f}",
+    )
+    left.legend(fontsize="small")
+    _layer_curves(right, None, data)
+    right.set_title("a 100-layer tanh net under each init")
+    right.legend(fontsize="small")
     return fig
 
 
@@ -453,6 +477,7 @@ PROBE_FIGURES = {
     "dropout": _probe_dropout,
     "norm": _probe_norm,
     "depth": _probe_depth,
+    "init": _probe_init,
     "lr": _probe_lr,
     "optim": _probe_optim,
 }

@@ -1,9 +1,12 @@
 """`regexp probe NAME`: the lessons' small demonstrations that need no training.
 
 Each probe computes its numbers with the project's own layers, initializers, optimizers and
-schedulers, prints them as a table and draws a figure. Overrides go through the same config
-as `regexp train` (init=, norm=, optim=, sched=, model.dropout=, ...): an override narrows
-a probe to that choice, where without one it compares the lessons' choices side by side.
+schedulers, prints them as a table and draws a figure. By default it is the course's own
+demonstration, with the course's settings (and for depth and init the course's random
+state), so that a learner sees the numbers the course's script prints. Overrides go
+through the same config as `regexp train` (init=, norm=, optim=, sched=, model.dropout=, ...):
+an override narrows a probe to that choice, where without one it compares the lessons'
+choices side by side.
 
 Why it is long: each demonstration is a function of some fifty lines with its table, and one
 table of them (PROBES, TAKES) serves `regexp probe --help` and the checks of its overrides.
@@ -40,7 +43,8 @@ class Probe:
 def _table(title: str, *columns: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+        # The names in the first column stay whole; rich narrows the others to fit.
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
     return table
 
 
@@ -194,64 +198,132 @@ def norm(conf: config.Config, given: set[str]) -> Probe:
     )
 
 
-# --- depth: experiment 4 ---------------------------------------------------------------------
+# --- depth and init: experiment 4 and the initialization lesson ------------------------------
 
 DEPTH, WIDTH, BATCH = 100, 256, 16
+COURSE_SEED = 1  # the course's scripts start with set_seed(1)
+LAYER_MARKS = [0, 1, 4, 9, 19, 29, 49, 74, 99]  # counted from 0, as the course prints layer:i
 
-# Without overrides: the lesson's comparison.
+# Without overrides: the lesson's comparisons.
 DEPTH_INITS = {
     "default": init.DefaultInit(),
     "normal(std=1)": init.Normal(std=1.0),
     "kaiming_normal": init.KaimingNormal(),
 }
+TANH_INITS = {  # the course's Xavier: xavier_uniform_(w, gain=nn.init.calculate_gain("tanh"))
+    "default": init.DefaultInit(),
+    "xavier_uniform(gain=5/3)": init.XavierUniform(gain=5 / 3),
+}
 
 
 def depth(conf: config.Config, given: set[str]) -> Probe:
-    """The std of every layer's output and of its gradient in a 100-layer ReLU net, under each
-    initializer, with and without batch norm: PyTorch's default init lets it shrink, N(0, 1)
-    makes it explode to NaN, Kaiming keeps it constant, and BN keeps it constant regardless."""
+    """The std of every layer's output and of its gradient in the course's 100-layer ReLU net,
+    under each initializer, with and without batch norm: PyTorch's default init lets it shrink
+    (to 2.5e-40 at layer:99 from the course's random state), N(0, 1) makes it overflow to inf
+    and NaN, Kaiming keeps it constant, and BN keeps it constant regardless."""
     chosen = any(k.startswith("init") for k in given)
     inits = {conf.init.name: conf.init} if chosen else DEPTH_INITS
     norms = [conf.norm] if "norm" in given else [models.NoNorm(), models.BatchNorm()]
-    x = torch.randn(BATCH, WIDTH, generator=torch.Generator().manual_seed(conf.seed))
-    curves, rows = {}, []
+    seed = conf.seed if "seed" in given else COURSE_SEED
+    curves = {}
     for norm_cfg in norms:
         for name, init_cfg in inits.items():
             label = name + ("" if norm_cfg.name == "none" else f" + {norm_cfg.name}")
-            forward, backward = _depth_stds(init_cfg, norm_cfg, x, conf.seed)
-            curves[label] = (forward, backward)
-            rows.append((label, forward, backward))
-    layers = [1, 2, 5, 10, 20, 30, 50, 75, 100]
-    table = _table(
-        f"std of the outputs of a {DEPTH}-layer Linear({WIDTH}, {WIDTH}) + ReLU net",
-        "init",
-        *(f"layer {i}" for i in layers),
-        "NaN from layer",
-        "grad std, layer 1",
-    )
-    for label, forward, backward in rows:
-        nan_at = next((i + 1 for i, s in enumerate(forward) if not math.isfinite(s)), None)
-        table.add_row(
-            label,
-            *(f"{forward[i - 1]:.3g}" for i in layers),
-            str(nan_at or "-"),
-            f"{backward[0]:.3g}",
-        )
+            curves[label] = _layer_stds(init_cfg, norm_cfg, "relu", seed)
     return Probe(
         "depth",
-        [table],
-        {"curves": curves},
+        [_layers_table("ReLU", seed, curves)],
+        {"curves": curves, "activation": "ReLU"},
         [
             "the default init (Kaiming uniform with a=sqrt(5)) shrinks the signal layer by "
-            "layer; N(0, 1) weights blow it up; Kaiming normal keeps it; BN resets it"
+            "layer, into denormal floats (kept, not flushed to 0, as in the course); N(0, 1) "
+            "weights blow it up; Kaiming normal keeps it; BN resets it"
         ],
     )
 
 
-def _depth_stds(init_cfg, norm_cfg, x, seed) -> tuple[list[float], list[float]]:
+def initialization(conf: config.Config, given: set[str]) -> Probe:
+    """The initialization lesson's gain: tanh shrinks the std of a standard normal input by
+    about 1.6, which nn.init.calculate_gain('tanh') puts at 5/3; Xavier with that gain keeps
+    the std of a 100-layer tanh net's outputs, where PyTorch's default init lets it vanish."""
+    seed = conf.seed if "seed" in given else COURSE_SEED
     torch.manual_seed(seed)
-    mlp = models.MLP(hidden=[WIDTH] * DEPTH, activation="relu", bias=False)
-    net = init.apply(models.mlp(mlp, norm_cfg, (WIDTH,), 1), init_cfg)
+    x = torch.randn(10000)
+    out = torch.tanh(x)
+    gain, tanh_gain = (x.std() / out.std()).item(), nn.init.calculate_gain("tanh")
+    table = _table(f"tanh of x = torch.randn(10000), after torch.manual_seed({seed})", "", "")
+    table.add_row("x.std()", f"{x.std().item():.4f}")
+    table.add_row("tanh(x).std()", f"{out.std().item():.4f}")
+    table.add_row("gain = x.std() / tanh(x).std()", f"{gain:.4f}")
+    table.add_row("nn.init.calculate_gain('tanh') = 5/3", f"{tanh_gain:.4f}")
+    chosen = any(k.startswith("init") for k in given)
+    inits = {conf.init.name: conf.init} if chosen else TANH_INITS
+    curves = {
+        name: _layer_stds(init_cfg, models.NoNorm(), "tanh", seed)
+        for name, init_cfg in inits.items()
+    }
+    return Probe(
+        "init",
+        [table, _layers_table("tanh", seed, curves)],
+        {
+            "x": x.numpy(),
+            "out": out.numpy(),
+            "gain": gain,
+            "tanh_gain": tanh_gain,
+            "curves": curves,
+            "activation": "tanh",
+        },
+        [
+            "Xavier draws weights of variance gain^2 * 2 / (fan_in + fan_out), so that a layer "
+            "keeps its input's variance; tanh's gain makes up for what tanh takes away"
+        ],
+    )
+
+
+def _layers_table(activation: str, seed: int, curves: dict) -> Table:
+    table = _table(
+        f"std of each layer's output in the course's {DEPTH}-layer Linear({WIDTH}, {WIDTH}) + "
+        f"{activation} net, torch.manual_seed({seed})",
+        "init",
+        *(f"layer:{i}" for i in LAYER_MARKS),
+        "inf or NaN from",
+        "NaN from (the course stops)",
+        "grad std, layer:0",
+    )
+    for label, (forward, backward) in curves.items():
+        table.add_row(
+            label,
+            *(f"{forward[i]:.3g}" for i in LAYER_MARKS),
+            _first(forward, lambda s: not math.isfinite(s)),
+            _first(forward, math.isnan),
+            f"{backward[0]:.3g}",
+        )
+    return table
+
+
+def _first(stds: list[float], test) -> str:
+    """The first layer whose std passes `test`, counted from 0 as the course's layer:i."""
+    i = next((i for i, s in enumerate(stds) if test(s)), None)
+    return "-" if i is None else f"layer:{i}"
+
+
+def _course_net(init_cfg, norm_cfg, activation: str, seed: int):
+    """The course's net, DEPTH blocks of Linear(WIDTH, WIDTH, no bias), [norm], activation, and
+    its batch of BATCH N(0, 1) inputs, drawn in the course's order: after torch.manual_seed(seed)
+    the layers' default weights, one layer after the other, then the init, then the batch."""
+    mlp = models.MLP(hidden=[WIDTH] * DEPTH, activation=activation, bias=False)
+    net = models.mlp(mlp, norm_cfg, (WIDTH,), 1)[:-1]  # the course's net has no output layer
+    torch.manual_seed(seed)
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            layer.reset_parameters()  # the draws the course's nn.Linear(...) makes
+    init.apply(net, init_cfg)
+    return net, torch.randn(BATCH, WIDTH)
+
+
+def _layer_stds(init_cfg, norm_cfg, activation: str, seed: int):
+    """The std of each block's output, and of the gradient of mean(output^2) there."""
+    net, x = _course_net(init_cfg, norm_cfg, activation, seed)
     outputs = []
 
     def keep(module, args, out):
@@ -259,22 +331,26 @@ def _depth_stds(init_cfg, norm_cfg, x, seed) -> tuple[list[float], list[float]]:
         outputs.append(out)
 
     for layer in net:
-        if isinstance(layer, nn.ReLU):
+        if isinstance(layer, getattr(nn, models.ACTIVATIONS[activation])):
             layer.register_forward_hook(keep)
     net.train()
-    # The vanishing signal reaches denormal floats, on which a CPU computes 100x slower unless
-    # they are flushed to zero, which only the calling thread does: hence one thread.
+    # The default init's signal reaches denormal floats (about 2.5e-40 at layer:99 in the
+    # course): flushed, they would print 0 where the course prints them. Flushing is a
+    # thread's own setting, and torch has no getter: ask a denormal, keep the answer, and run
+    # on this one thread (16 rows gain nothing from more, and on a busy machine idle OpenMP
+    # threads spinning make it many times slower).
     threads = torch.get_num_threads()
+    flushing = (torch.tensor([1e-39]) * 1.0).item() == 0.0
     torch.set_num_threads(1)
-    flushed = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
     try:
         net(x).pow(2).mean().backward()
+        forward = [o.detach().std().item() for o in outputs]
+        backward = [o.grad.std().item() if o.grad is not None else math.nan for o in outputs]
     finally:
         torch.set_num_threads(threads)
-        if flushed:
-            torch.set_flush_denormal(False)
-    forward = [o.detach().std().item() for o in outputs]
-    backward = [o.grad.std().item() if o.grad is not None else math.nan for o in outputs]
+        if flushing:
+            torch.set_flush_denormal(True)
     return forward, backward
 
 
@@ -376,13 +452,21 @@ def optimizers(conf: config.Config, given: set[str]) -> Probe:
     )
 
 
-PROBES = {"dropout": dropout, "norm": norm, "depth": depth, "lr": lr, "optim": optimizers}
+PROBES = {
+    "dropout": dropout,
+    "norm": norm,
+    "depth": depth,
+    "init": initialization,
+    "lr": lr,
+    "optim": optimizers,
+}
 
 # For `regexp probe --help`: what each shows, in a line, and the keys it reads.
 SUMMARIES = {
     "dropout": "Dropout(p) then Linear(10000 -> 1) on ones, in train and in eval mode",
     "norm": "batch norm's running statistics over two passes; BN/LN/IN/GN parameter shapes",
     "depth": "each layer's output std in a 100-layer ReLU net under each init, with and without BN",
+    "init": "tanh's gain against calculate_gain('tanh'); a 100-layer tanh net under two inits",
     "lr": "the learning rate of every epoch under each schedule",
     "optim": "the first steps of each optimizer on w^2 / 2",
 }
@@ -390,6 +474,7 @@ TAKES = {  # "group.*": the group and every key in it
     "dropout": ("model.dropout",),
     "norm": ("norm", "norm.momentum", "norm.eps"),  # norm=bn: its running statistics
     "depth": ("init.*", "norm.*", "seed"),
+    "init": ("init.*", "seed"),
     "lr": ("sched.*", "optim.lr", "train.epochs"),
     "optim": ("optim.*",),
 }
@@ -402,8 +487,9 @@ def _uses(name: str, key: str) -> bool:
     )
 
 
-def run(name: str, overrides: list[str], out: Path, console: Console | None = None) -> Probe:
-    """Run probe `name` with train-style `overrides`; print it and write `out`/<name>.png."""
+def compute(name: str, overrides: list[str]) -> Probe:
+    """Probe `name` with train-style `overrides`, refused in one line where the probe does not
+    use them."""
     keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides}
     for override, key in keys.items():
         if not _uses(name, key):
@@ -414,7 +500,12 @@ def run(name: str, overrides: list[str], out: Path, console: Console | None = No
     conf = config.validate(config.compose(overrides))
     if name == "norm" and "norm" in given and not isinstance(conf.norm, models.BatchNorm):
         raise ConfigError("norm", conf.norm.name, "bn: the probe shows batch norm's stats")
-    probe = PROBES[name](conf, given)
+    return PROBES[name](conf, given)
+
+
+def run(name: str, overrides: list[str], out: Path, console: Console | None = None) -> Probe:
+    """Run probe `name` with `overrides`; print it and write `out`/<name>.png."""
+    probe = compute(name, overrides)
     console = console or default_console()
     for table in probe.tables:
         console.print(table)
