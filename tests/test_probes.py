@@ -128,6 +128,8 @@ def test_probe_command_prints_a_table_and_writes_a_png(tmp_path):
     [
         (["dropout", "init=normal"], "init=normal: probe dropout does not use init"),
         (["norm", "norm=gn"], "norm=gn is not allowed: bn"),
+        (["optim", "demo=lesson"], "demo=lesson is not allowed: course or notes"),
+        (["norm", "demo=notes"], "demo=notes: probe norm does not use demo"),
     ],
 )
 def test_a_probe_refuses_overrides_it_would_ignore(tmp_path, capsys, args, message):
@@ -137,18 +139,88 @@ def test_a_probe_refuses_overrides_it_would_ignore(tmp_path, capsys, args, messa
     assert not list(tmp_path.iterdir())
 
 
-def test_optim_first_steps_are_the_lessons():
-    paths = probe("optim").figure["paths"]
+def test_optim_the_notes_first_steps():
+    paths = probe("optim", "demo=notes").figure["paths"]
     assert [round(w, 4) for w in paths["SGD lr 0.01"][1:3]] == [0.99, 0.9801]
     assert [round(w, 4) for w in paths["SGD lr 0.01 momentum 0.9"][1:3]] == [0.99, 0.9711]
     assert round(paths["Adagrad lr 0.01"][1], 4) == 0.99
     assert round(paths["RMSprop lr 0.01 alpha 0.9"][1], 4) == 0.0684
-    only = probe("optim", "optim=adam", "optim.lr=0.1").figure["paths"]
+    only = probe("optim", "demo=notes", "optim=adam", "optim.lr=0.1").figure["paths"]
     assert list(only) == ["adam"] and round(only["adam"][1], 4) == 0.9  # Adam's first step: lr
 
 
-def test_lr_schedules_are_the_lessons():
+def test_optim_an_override_narrows_the_course_demonstration():
+    result = probe("optim", "optim=adam", "optim.lr=0.1")
+    assert list(result.figure["losses"]) == ["adam"] and not result.figure["sweep"]
+    assert result.figure["losses"]["adam"][0] == 16.0  # 4w^2 at w = 2
+    swept = probe("optim", "optim=sgd", "optim.momentum=0.5").figure["sweep"]
+    assert len(swept) == 10 and min(swept) == 0.01 and max(swept) == pytest.approx(0.2)
+
+
+def test_probe_optim_prints_the_courses_numbers(tmp_path):
+    out = regexp("probe", "optim", cwd=tmp_path).stdout
+    # momentum.py and learning_rate.py on y = 4w^2 from w = 2: w at Iter:1..3, the loss at
+    # Iter:1..3 and the 100th loss the course records
+    runs = rows(out, "gradient descent on y = 4w^2")
+    momentum, fast = runs["SGD lr 0.01 momentum 0.9"], runs["SGD lr 0.03"]
+    assert [round(float(w), 4) for w in momentum[:3]] == [1.84, 1.5488, 1.1628]
+    assert float(momentum[6]) == pytest.approx(4.7e-4, abs=0.05e-4)
+    assert [round(float(w), 4) for w in fast[:2]] == [1.52, 1.1552]
+    assert round(float(fast[6]), 23) == 4e-23
+    assert [round(float(w), 4) for w in runs["SGD lr 0.01"][:2]] == [1.84, 1.6928]
+    sweep = rows(out, "optim=gd at the course's 10 learning rates")
+    assert len(sweep) == 10 and sweep["0.01"][4] == runs["SGD lr 0.01"][6]
+    # optimizer_methods.py: torch.manual_seed(1), a 2x2 weight, grad ones, SGD lr 0.1
+    step = rows(out, "optimizer.step() of optim=gd lr=0.1")
+    assert step["weight before step"][0].startswith("[[0.6614, ")
+    assert step["weight after step"][0].startswith("[[0.5614, ")
+    groups = rows(out, "its optimizer.param_groups")
+    assert groups["[0]['params']"] == ["[weight]"] and groups["[0]['lr']"] == ["0.1"]
+    assert groups["[0]['momentum']"] == ["0.0"]
+    state = rows(out, "optimizer.state_dict() of optim=sgd lr=0.1 momentum=0.9")
+    assert state["['state']"] == [
+        "{}",
+        "{0: {'momentum_buffer': [[6.5132, 6.5132], [6.5132, 6.5132]]}}",
+    ]
+    assert state["['param_groups'][0]['params']"] == ["[0]", "[0]"]
+    assert (tmp_path / "outputs" / "probes" / "optim.png").is_file()
+
+
+def test_probe_optim_demo_notes_prints_the_notes_numbers(tmp_path):
+    out = regexp("probe", "optim", "demo=notes", cwd=tmp_path).stdout
+    assert "0.9711" in out and "0.0684" in out and "0.9801" in out
+
+
+def test_lr_the_courses_schedules():
     curves = probe("lr").figure["curves"]
+    assert list(curves) == list(probes.COURSE_SCHEDULES)
+    step, multistep, exponential, cosine, plateau, lambda1, lambda2 = curves.values()
+    assert len(step) == 200 and step[49] == 0.1 and round(step[50], 6) == 0.01
+    assert round(step[100], 6) == 0.001
+    drops = [round(multistep[e], 6) for e in (49, 50, 124, 125, 159, 160)]
+    assert drops == [0.1, 0.01, 0.01, 0.001, 0.001, 0.0001]
+    assert round(exponential[19], 4) == 0.0377 and exponential == pytest.approx(lambda2)
+    assert cosine[50] == pytest.approx(0, abs=1e-12) and cosine[100] == pytest.approx(0.1)
+    # the course's loss improves at epoch 5 (from 0), then stops: patience 10, cooldown 10
+    assert [e + 1 for e in range(1, 200) if plateau[e] != plateau[e - 1]] == [18, 39, 60]
+    assert plateau[-1] == pytest.approx(1e-4)  # min_lr
+    assert lambda1[19] == 0.1 and round(lambda1[20], 6) == 0.01
+    reference = torch.optim.SGD(
+        [{"params": [torch.zeros(1)]}, {"params": [torch.zeros(1)]}], lr=0.1
+    )  # the course's: two param groups, a lambda each
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        reference, [lambda epoch: 0.1 ** (epoch // 20), lambda epoch: 0.95**epoch]
+    )
+    expected = []
+    for _ in range(200):
+        expected.append([g["lr"] for g in reference.param_groups])
+        reference.step()
+        scheduler.step()
+    assert [list(pair) for pair in zip(lambda1, lambda2, strict=True)] == expected
+
+
+def test_lr_the_notes_schedules_and_an_override():
+    curves = probe("lr", "demo=notes").figure["curves"]
     step, multistep, exponential = curves.values()
     assert len(step) == 200 and step[0] == 0.1
     assert step[19] == 0.1 and round(step[20], 6) == 0.08 and round(step[40], 6) == 0.064
@@ -158,9 +230,25 @@ def test_lr_schedules_are_the_lessons():
     assert list(cosine) == ["cosine"] and len(cosine["cosine"]) == 10
 
 
-def test_probe_optim_prints_the_lessons_numbers(tmp_path):
-    out = regexp("probe", "optim", cwd=tmp_path).stdout
-    assert "0.9711" in out and "0.0684" in out and "0.9801" in out
+def test_probe_lr_prints_the_optimizers_real_lr(tmp_path):
+    out = regexp("probe", "lr", cwd=tmp_path).stdout
+    header = next(line for line in out.splitlines() if "epoch 1 " in line)
+    epochs = [int(e) for e in re.findall(r"epoch (\d+)", header)]
+    table = rows(out, "the optimizer's lr in each epoch")
+    at = {name: dict(zip(epochs, map(float, cells), strict=True)) for name, cells in table.items()}
+    assert at["StepLR(50, 0.1)"][50] == 0.1 and at["StepLR(50, 0.1)"][51] == 0.01
+    assert at["MultiStepLR([50,125,160], 0.1)"][51] == 0.01  # get_lr() says 0.001 here
+    assert at["ExponentialLR(0.95)"][20] == 0.0377  # get_lr() says 0.0358
+    assert at["LambdaLR 0.1**(epoch//20)"][21] == 0.01
+    assert at["ReduceLROnPlateau(cooldown 10)"][18] == 0.01
+    assert (tmp_path / "outputs" / "probes" / "lr.png").is_file()
+
+
+def test_probe_help_says_what_demo_shows(capsys):
+    with pytest.raises(SystemExit):
+        probes.main(["--help"])
+    out = capsys.readouterr().out
+    assert "demo=notes" in out and "init " in out and "(takes demo=, optim= and optim.*)" in out
 
 
 def rows(out: str, title: str) -> dict[str, list[str]]:

@@ -456,20 +456,39 @@ def _probe_init(plt, data):
 
 
 def _probe_lr(plt, data):
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, rates in data["curves"].items():
         ax.plot(range(1, len(rates) + 1), rates, label=name)
-    ax.set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedules")
+    ax.set_yscale("log")  # schedules a decade apart stay apart
+    ax.set(
+        xlabel="epoch",
+        ylabel="learning rate (log scale; 0 is off the chart)",
+        title="learning-rate schedules: the optimizer's lr in each epoch",
+    )
     ax.legend(fontsize="small")
     return fig
 
 
 def _probe_optim(plt, data):
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, path in data["paths"].items():
-        ax.plot(range(len(path)), [w / path[0] for w in path], "o-", label=name)
-    ax.set(xlabel="step", ylabel="w / w0", title="first steps on loss = w^2 / 2")
-    ax.legend(fontsize="small")
+    if "paths" in data:  # the notes' first steps
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, path in data["paths"].items():
+            ax.plot(range(len(path)), [w / path[0] for w in path], "o-", label=name)
+        ax.set(xlabel="step", ylabel="w / w0", title="first steps on loss = w^2 / 2")
+        ax.legend(fontsize="small")
+        return fig
+    panels = [("gradient descent on y = 4w^2 from w = 2", data["losses"])]
+    if data["sweep"]:
+        sweep = {f"lr {rate:.3g}": losses for rate, losses in data["sweep"].items()}
+        panels.append(("the course's sweep of learning rates", sweep))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels, strict=True):
+        for name, losses in curves.items():
+            ax.plot(range(len(losses)), losses, label=name)
+        ax.set_yscale("log")
+        ax.set(xlabel="iteration (Iter:i)", ylabel="loss (log scale; 0 is off the chart)")
+        ax.set_title(title)
+        ax.legend(fontsize="x-small")
     return fig
 
 

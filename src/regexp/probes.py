@@ -2,11 +2,11 @@
 
 Each probe computes its numbers with the project's own layers, initializers, optimizers and
 schedulers, prints them as a table and draws a figure. By default it is the course's own
-demonstration, with the course's settings (and for depth and init the course's random
+demonstration, with the course's settings (and for depth, init and optim the course's random
 state), so that a learner sees the numbers the course's script prints. Overrides go
 through the same config as `regexp train` (init=, norm=, optim=, sched=, model.dropout=, ...):
 an override narrows a probe to that choice, where without one it compares the lessons'
-choices side by side.
+choices side by side. lr and optim take demo=notes for the course notes' settings instead.
 
 Why it is long: each demonstration is a function of some fifty lines with its table, and one
 table of them (PROBES, TAKES) serves `regexp probe --help` and the checks of its overrides.
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy
 import torch
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
@@ -354,22 +356,46 @@ def _layer_stds(init_cfg, norm_cfg, activation: str, seed: int):
     return forward, backward
 
 
-# --- lr: experiment 9 --------------------------------------------------------------------
+# --- lr: the course's schedules; the notes' (experiment 9) -----------------------------------
 
-LESSON_SCHEDULES = {  # lr 0.1 for 200 epochs
+COURSE_SCHEDULES = {  # lr_decay_scheduler.py: lr 0.1 for 200 epochs
+    "StepLR(50, 0.1)": optim.StepLR(step_size=50, gamma=0.1),
+    "MultiStepLR([50,125,160], 0.1)": optim.MultiStepLR(milestones=[50, 125, 160], gamma=0.1),
+    "ExponentialLR(0.95)": optim.ExponentialLR(gamma=0.95),
+    "CosineAnnealingLR(50)": optim.CosineAnnealingLR(T_max=50),
+    "ReduceLROnPlateau(cooldown 10)": optim.ReduceLROnPlateau(
+        factor=0.1, patience=10, cooldown=10, min_lr=1e-4
+    ),
+    # The course's LambdaLR gives one optimizer two param groups, one lambda each; a group's
+    # lr depends on its own lambda only, so one group each here gives the same lrs.
+    "LambdaLR 0.1**(epoch//20)": optim.LambdaLR(gamma=0.1, step_size=20),
+    "LambdaLR 0.95**epoch": optim.LambdaLR(gamma=0.95, step_size=1),
+}
+COURSE_MARKS = (1, 18, 20, 21, 50, 51, 100, 101, 126, 161)
+NOTES_SCHEDULES = {  # experiment 9 of the course notes: lr 0.1 for 200 epochs
     "StepLR(20, 0.8)": optim.StepLR(step_size=20, gamma=0.8),
     "MultiStepLR([20,60,90,135,180], 0.8)": optim.MultiStepLR(
         milestones=[20, 60, 90, 135, 180], gamma=0.8
     ),
     "ExponentialLR(0.8)": optim.ExponentialLR(gamma=0.8),
 }
+NOTES_MARKS = (1, 20, 21, 60, 61, 90, 135, 180)
 
 
-def lr(conf: config.Config, given: set[str]) -> Probe:
-    """The learning rate of every epoch under a schedule, stepped once per epoch as training
-    does (plateau: with a valid loss that never improves): the lessons' three by default."""
+def _plateau_loss(epoch: int) -> float:
+    """The course's loss for ReduceLROnPlateau: it improves once, at epoch 5 (from 0), then
+    stops improving."""
+    return 0.5 if epoch < 5 else 0.4
+
+
+def lr(conf: config.Config, given: set[str], demo: str = "course") -> Probe:
+    """The learning rate the optimizer trains with in every epoch under a schedule, stepped
+    once per epoch as training does (plateau: on a loss that stops improving): the course's
+    six schedules by default, the notes' three with demo=notes."""
+    course = demo == "course"
     chosen = any(k.startswith("sched") for k in given)
-    schedules = {conf.sched.name: conf.sched} if chosen else LESSON_SCHEDULES
+    schedules = {conf.sched.name: conf.sched} if chosen else None
+    schedules = schedules or (COURSE_SCHEDULES if course else NOTES_SCHEDULES)
     base = conf.optim.lr if "optim.lr" in given else 0.1
     epochs = conf.train.epochs if "train.epochs" in given else 200
     curves = {}
@@ -378,16 +404,20 @@ def lr(conf: config.Config, given: set[str]) -> Probe:
         optimizer = torch.optim.SGD([weight], lr=base)
         scheduler = optim.build_scheduler(optimizer, sched, epochs)
         rates = []
-        for _ in range(epochs):
+        for epoch in range(epochs):
             rates.append(optimizer.param_groups[0]["lr"])
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(1.0)
+                scheduler.step(_plateau_loss(epoch))
             elif scheduler is not None:
                 optimizer.step()  # (PyTorch wants the optimizer stepped first)
                 scheduler.step()
         curves[name] = rates
-    marks = sorted({e for e in (1, 20, 21, 60, 61, 90, 135, 180, epochs) if e <= epochs})
-    table = _table(f"lr per epoch, from lr {base:g}", "schedule", *(f"epoch {e}" for e in marks))
+    marks = sorted({e for e in (*(COURSE_MARKS if course else NOTES_MARKS), epochs) if e <= epochs})
+    table = _table(
+        f"the optimizer's lr in each epoch (from 1), from lr {base:g}",
+        "schedule",
+        *(f"epoch {e}" for e in marks),
+    )
     for name, rates in curves.items():
         table.add_row(name, *(f"{rates[e - 1]:.3g}" for e in marks))
     return Probe(
@@ -395,15 +425,25 @@ def lr(conf: config.Config, given: set[str]) -> Probe:
         [table],
         {"curves": curves},
         [
-            "StepLR multiplies by gamma every step_size epochs, MultiStepLR at each "
-            "milestone, ExponentialLR every epoch"
+            "the lr is the optimizer's own (param_groups[0]['lr']); the course's script "
+            "records the scheduler's get_lr(), which on today's torch is an epoch ahead for "
+            "ExponentialLR and CosineAnnealingLR and applies MultiStepLR's milestones twice"
         ],
     )
 
 
-# --- optim: experiment 8 -----------------------------------------------------------------
+# --- optim: the course's gradient descent and optimizer methods; the notes' (experiment 8) ---
 
-LESSON_OPTIMIZERS = {  # name: (config, starting w)
+COURSE_RUNS = {  # learning_rate.py and momentum.py: y = 4w^2 from w = 2
+    "SGD lr 0.01": optim.GD(lr=0.01),
+    "SGD lr 0.03": optim.GD(lr=0.03),
+    "SGD lr 0.01 momentum 0.9": optim.SGD(lr=0.01, momentum=0.9),
+}
+ITERATIONS = 100
+ITERATION_MARKS = [1, 2, 3]
+SWEEP_MARKS = [1, 10, 50, 99]
+
+NOTES_OPTIMIZERS = {  # name: (config, starting w) on w^2 / 2
     "SGD lr 0.01": (optim.GD(lr=0.01), 1.0),
     "SGD lr 0.01 momentum 0.9": (optim.SGD(lr=0.01, momentum=0.9), 1.0),
     "Adagrad lr 0.01": (optim.Adagrad(lr=0.01), 1.0),
@@ -413,16 +453,158 @@ LESSON_OPTIMIZERS = {  # name: (config, starting w)
 STEPS = 5
 
 
-class _Scalar(nn.Module):
-    def __init__(self, w: float):
+class _Weight(nn.Module):
+    def __init__(self, value: torch.Tensor):
         super().__init__()
-        self.w = nn.Parameter(torch.tensor([w]))
+        self.weight = nn.Parameter(value)
 
 
-def optimizers(conf: config.Config, given: set[str]) -> Probe:
-    """The first steps of each optimizer on loss = w^2 / 2, whose gradient is w itself."""
+def _descend(cfg: optim.Optim, w0: float, loss_of, steps: int):
+    """`steps` optimizer steps on loss_of(w) from w0: w after 0..steps steps, and the loss at
+    each w it stepped from (the course's Iter:i)."""
+    model = _Weight(torch.tensor([w0]))
+    optimizer = optim.build_optimizer(model, cfg)
+    ws, losses = [w0], []
+    for _ in range(steps):
+        loss = loss_of(model.weight).sum()
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ws.append(model.weight.item())
+    return ws, losses
+
+
+def _course_loss(w: torch.Tensor) -> torch.Tensor:
+    return torch.pow(2 * w, 2)  # y = (2w)^2 = 4w^2, dy/dw = 8w, as the course writes it
+
+
+def optimizers(conf: config.Config, given: set[str], demo: str = "course") -> Probe:
+    """Gradient descent on the course's y = 4w^2 from w = 2, at its learning rates and with
+    momentum, and its sweep of learning rates; then the optimizer lesson's methods: step(),
+    param_groups and state_dict(). With demo=notes: the notes' first steps on w^2 / 2."""
+    if demo == "notes":
+        return _first_steps(conf, given)
     chosen = any(k.startswith("optim") for k in given)
-    runs = {conf.optim.name: (conf.optim, 1.0)} if chosen else LESSON_OPTIMIZERS
+    runs = {conf.optim.name: conf.optim} if chosen else COURSE_RUNS
+    table = _table(
+        "gradient descent on y = 4w^2 from w = 2; Iter:i is the course's: w after i steps",
+        "optimizer",
+        *(f"w, Iter:{i}" for i in ITERATION_MARKS),
+        *(f"loss, Iter:{i}" for i in ITERATION_MARKS),
+        f"loss, Iter:{ITERATIONS - 1} (the {ITERATIONS}th)",
+    )
+    losses = {}
+    for name, cfg in runs.items():
+        ws, losses[name] = _descend(cfg, 2.0, _course_loss, ITERATIONS)
+        table.add_row(
+            name,
+            *(f"{ws[i]:.5g}" for i in ITERATION_MARKS),
+            *(f"{losses[name][i]:.4g}" for i in ITERATION_MARKS),
+            f"{losses[name][-1]:.3g}",
+        )
+    tables = [table]
+    sweep = {}
+    if "optim.lr" not in given:  # the course's learning_rate.py: 10 rates, 100 iterations each
+        swept = conf.optim if chosen else optim.GD()
+        factor = [] if chosen else ["w <- (1 - 8 lr) w"]  # plain descent's step
+        sweep_table = _table(
+            f"optim={swept.name} at the course's 10 learning rates on y = 4w^2 from w = 2",
+            "lr",
+            *factor,
+            *(f"loss, Iter:{i}" for i in SWEEP_MARKS),
+        )
+        for rate in numpy.linspace(0.01, 0.2, 10).tolist():
+            _, sweep[rate] = _descend(replace(swept, lr=rate), 2.0, _course_loss, ITERATIONS)
+            sweep_table.add_row(
+                f"{rate:.4g}",
+                *([f"{1 - 8 * rate:.4g}"] if factor else []),
+                *(f"{sweep[rate][i]:.3g}" for i in SWEEP_MARKS),
+            )
+        tables.append(sweep_table)
+    if chosen:
+        tables += _methods(conf.optim, conf.optim)
+    else:  # the course's: step() with SGD lr 0.1, state_dict() with momentum 0.9
+        tables += _methods(optim.GD(lr=0.1), optim.SGD(lr=0.1, momentum=0.9))
+    return Probe(
+        "optim",
+        tables,
+        {"losses": losses, "sweep": sweep},
+        [
+            "plain descent multiplies w by 1 - 8 lr each step (0.76 at lr 0.03), and "
+            "diverges beyond lr 0.25; momentum carries the last step on: 1.84, then 1.5488 "
+            "against 1.6928 without it, and overshoots past 0"
+        ],
+    )
+
+
+def _label(cfg: optim.Optim) -> str:
+    """The optimizer as regexp's overrides name it: optim=sgd lr=0.1 momentum=0.9."""
+    momentum = getattr(cfg, "momentum", 0)
+    return f"optim={cfg.name} lr={cfg.lr:g}" + (f" momentum={momentum:g}" if momentum else "")
+
+
+def _methods(step_cfg: optim.Optim, state_cfg: optim.Optim) -> list[Table]:
+    """The course's optimizer_methods.py: a weight drawn by torch.manual_seed(1) and
+    torch.randn(2, 2), its grad set to ones; one optimizer.step(), the optimizer's
+    param_groups, and a fresh optimizer's state_dict() before and after 10 steps."""
+    torch.manual_seed(COURSE_SEED)
+    model = _Weight(torch.randn(2, 2))
+    model.weight.grad = torch.ones(2, 2)
+    optimizer = optim.build_optimizer(model, step_cfg)
+    before = model.weight.detach().clone()
+    optimizer.step()
+    step = _table(
+        f"optimizer.step() of {_label(step_cfg)} on the course's weight "
+        f"(torch.manual_seed({COURSE_SEED}); torch.randn(2, 2); grad set to ones)",
+        "",
+        "",
+    )
+    step.add_row("weight before step", _show(before))
+    step.add_row("weight.grad", _show(model.weight.grad))
+    step.add_row("weight after step", _show(model.weight))
+    groups = _table("its optimizer.param_groups: a list with one dict per group", "key", "value")
+    for key, value in optimizer.param_groups[0].items():
+        groups.add_row(
+            escape(f"[0][{key!r}]"), escape("[weight]") if key == "params" else _show(value)
+        )
+    optimizer = optim.build_optimizer(model, state_cfg)
+    states = [optimizer.state_dict()]
+    for _ in range(10):
+        optimizer.step()
+    states.append(optimizer.state_dict())
+    state = _table(
+        f"optimizer.state_dict() of {_label(state_cfg)}, before and after 10 steps",
+        "key",
+        "before",
+        "after 10 steps",
+    )
+    state.add_row(escape("['state']"), *(_show(s["state"]) for s in states))
+    state.add_row(
+        escape("['param_groups'][0]['params']"),
+        *(_show(s["param_groups"][0]["params"]) for s in states),
+    )
+    return [step, groups, state]
+
+
+def _show(value) -> str:
+    """A value as the course prints it (tensors to 4 decimals, dicts of them), for a table
+    cell: escaped, so that rich prints [0] rather than read it as markup."""
+    return escape(_text(value))
+
+
+def _text(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(value.detach().double().numpy().round(4).tolist())
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_text(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _first_steps(conf: config.Config, given: set[str]) -> Probe:
+    """The notes' first steps of each optimizer on loss = w^2 / 2, whose gradient is w."""
+    chosen = any(k.startswith("optim") for k in given)
+    runs = {conf.optim.name: (conf.optim, 1.0)} if chosen else NOTES_OPTIMIZERS
     table = _table(
         "w over the first steps on loss = w^2 / 2 (gradient w)",
         "optimizer",
@@ -431,16 +613,8 @@ def optimizers(conf: config.Config, given: set[str]) -> Probe:
     )
     paths = {}
     for name, (cfg, w0) in runs.items():
-        scalar = _Scalar(w0)
-        optimizer = optim.build_optimizer(scalar, cfg)
-        path = [w0]
-        for _ in range(STEPS):
-            optimizer.zero_grad()
-            (scalar.w.pow(2).sum() / 2).backward()
-            optimizer.step()
-            path.append(scalar.w.item())
-        paths[name] = path
-        table.add_row(name, f"{w0:g}", *(f"{w:.4f}" for w in path[1:]))
+        paths[name], _ = _descend(cfg, w0, lambda w: w.pow(2) / 2, STEPS)
+        table.add_row(name, f"{w0:g}", *(f"{w:.4f}" for w in paths[name][1:]))
     return Probe(
         "optim",
         [table],
@@ -467,16 +641,24 @@ SUMMARIES = {
     "norm": "batch norm's running statistics over two passes; BN/LN/IN/GN parameter shapes",
     "depth": "each layer's output std in a 100-layer ReLU net under each init, with and without BN",
     "init": "tanh's gain against calculate_gain('tanh'); a 100-layer tanh net under two inits",
-    "lr": "the learning rate of every epoch under each schedule",
-    "optim": "the first steps of each optimizer on w^2 / 2",
+    "lr": "the learning rate of every epoch under each of the course's schedules",
+    "optim": "descent on 4w^2 with momentum and over lrs; step(), param_groups, state_dict()",
 }
 TAKES = {  # "group.*": the group and every key in it
     "dropout": ("model.dropout",),
     "norm": ("norm", "norm.momentum", "norm.eps"),  # norm=bn: its running statistics
     "depth": ("init.*", "norm.*", "seed"),
     "init": ("init.*", "seed"),
-    "lr": ("sched.*", "optim.lr", "train.epochs"),
-    "optim": ("optim.*",),
+    "lr": ("demo", "sched.*", "optim.lr", "train.epochs"),
+    "optim": ("demo", "optim.*"),
+}
+# The probes' own keys, beside regexp train's: each value and what it shows.
+KNOBS = {
+    "demo": {
+        "course": "the course's own scripts (the default)",
+        "notes": "the course notes' settings: optim on w^2 / 2 from w = 1; lr under\n"
+        "    StepLR(20, 0.8), MultiStepLR([20,60,90,135,180], 0.8) and ExponentialLR(0.8)",
+    },
 }
 
 
@@ -488,19 +670,23 @@ def _uses(name: str, key: str) -> bool:
 
 
 def compute(name: str, overrides: list[str]) -> Probe:
-    """Probe `name` with train-style `overrides`, refused in one line where the probe does not
-    use them."""
+    """Probe `name` with train-style `overrides` and its own knobs (demo=), refused in one line
+    where the probe does not use them."""
     keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides}
     for override, key in keys.items():
         if not _uses(name, key):
             raise UserError(
                 f"{override}: probe {name} does not use {key} (it takes {_takes(name)})"
             )
-    given = set(keys.values())
-    conf = config.validate(config.compose(overrides))
+    knobs = {key: o.partition("=")[2] for o, key in keys.items() if key in KNOBS}
+    for key, value in knobs.items():
+        if value not in KNOBS[key]:
+            raise ConfigError(key, value, " or ".join(KNOBS[key]))
+    given = {key for key in keys.values() if key not in KNOBS}
+    conf = config.validate(config.compose([o for o, key in keys.items() if key not in KNOBS]))
     if name == "norm" and "norm" in given and not isinstance(conf.norm, models.BatchNorm):
         raise ConfigError("norm", conf.norm.name, "bn: the probe shows batch norm's stats")
-    return PROBES[name](conf, given)
+    return PROBES[name](conf, given, **knobs)
 
 
 def run(name: str, overrides: list[str], out: Path, console: Console | None = None) -> Probe:
@@ -522,20 +708,27 @@ def _takes(name: str) -> str:
 
 
 def main(args: list[str]) -> int:
+    knobs = "\n".join(
+        f"  {key}={value}: {meaning}"
+        for key, values in KNOBS.items()
+        for value, meaning in values.items()
+    )
     parser = argparse.ArgumentParser(
         prog="regexp probe",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The lessons' demonstrations that need no training; each prints a table "
         "and writes a figure.\n\n"
-        + "\n".join(f"  {n:8} {SUMMARIES[n]}\n  {'':8} (takes {_takes(n)})" for n in PROBES),
+        + "\n".join(f"  {n:8} {SUMMARIES[n]}\n  {'':8} (takes {_takes(n)})" for n in PROBES)
+        + "\n\ndemo=, for lr and optim:\n"
+        + knobs,
     )
     parser.add_argument("name", choices=PROBES, help="which demonstration")
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="the regexp train overrides the probe takes (above); the lesson's settings "
-        "without them",
+        help="the regexp train overrides the probe takes (above), and demo=; the course's "
+        "settings without them",
     )
     parser.add_argument(
         "--out",
