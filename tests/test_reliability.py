@@ -75,6 +75,15 @@ BAD_INPUT = [
     ("data=digits data.n_train=2000", "data.n_train=2000 is not allowed: at most 1438, the size"),
     ("data=moons data.noise=-0.1", "data.noise=-0.1 is not allowed: a standard deviation >= 0"),
     ("data.function=quartic", "data.function=quartic is not allowed: one of cubic, linear, sin"),
+    ("data.draw=-1", "data.draw=-1 is not allowed: null or an integer from 0 to 2**32 - 1"),
+    ("data.draw=4294967296", "data.draw=4294967296 is not allowed: null or an integer from 0"),
+    ("data.draw=abc", "data.draw=abc: Value 'abc' of type 'str' could not be converted"),
+    ("data.draw=1.5", "data.draw=1.5: Value '1.5' of type 'float' could not be converted"),
+    (
+        "data=digits data.draw=1",
+        "data.draw=1 is not allowed: null with data.n_train=null (all 1438 training examples) "
+        "and no label noise: every draw would be the same set; set data.n_train below 1438",
+    ),
     # a dataset's files missing (or truncated, or of another format: tests/test_files.py)
     (
         "data=mnist data.root=nowhere",

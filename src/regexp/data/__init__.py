@@ -1,6 +1,6 @@
 """Every dataset, returned as tensors on the run's device plus what the model needs to know.
 
-base.py    the Dataset and the knobs all share (n_train, label_noise, standardize)
+base.py    the Dataset and the knobs all share (n_train, draw, label_noise, standardize)
 toys.py    the generated ones: the lessons' regression, the 2-D classification toys
 images.py  digits (bundled with scikit-learn), MNIST, Fashion-MNIST, CIFAR-10
 files.py   reading, checking and fetching the published files of the last three

@@ -1,13 +1,14 @@
-"""What every dataset returns, and the knobs they share: n_train, label_noise, standardize."""
+"""What every dataset returns, and the knobs they share: n_train, draw, label_noise,
+standardize."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from omegaconf import MISSING
 
-from regexp.errors import ConfigError
+from regexp.errors import ConfigError, show
 from regexp.lazy import lazy
 from regexp.options import need
 
@@ -24,13 +25,24 @@ class Data:
     n_train: int | None = None
     # Inputs to mean 0 and std 1 per feature (or image channel), with the training statistics.
     standardize: bool = False
+    # Which training set of this size the run draws: null, the one `seed` gives; d, the one
+    # seed d gives, tested on seed 0's valid set, so that every run with a draw, whatever its
+    # seed or draw, is tested on the same points (as a bias-variance decomposition needs).
+    draw: int | None = None
 
     def load(self, seed: int, device) -> Dataset:
         raise NotImplementedError
 
+    def seeds(self, seed: int) -> tuple[int, int]:
+        """The seeds (train, valid) that the run's training and valid sets are the ones of:
+        `seed` for both, or with data.draw=d, d for the training set and 0 for the valid set."""
+        return (seed, seed) if self.draw is None else (self.draw, 0)
+
     def check(self) -> None:
         n = self.n_train
         need(n is None or n >= 1, "data.n_train", n, "null or an integer >= 1")
+        d = self.draw
+        need(d is None or 0 <= d < 2**32, "data.draw", d, "null or an integer from 0 to 2**32 - 1")
 
 
 @dataclass
@@ -51,12 +63,41 @@ class Dataset:
     task: str  # "regression" or "classification"
     in_shape: tuple[int, ...]  # one example's shape: (1,) for the toy line, (1, 8, 8) for digits
     n_outputs: int  # regression targets, or classes
+    # What the data knows of its valid targets, None where it doesn't (only toy_regression
+    # does): the noise-free target f(x) of each valid input, shaped as y_valid, and the std of
+    # the noise added to it.
+    valid_target: torch.Tensor | None = None
+    valid_noise: float | None = None
 
     def to(self, device: torch.device) -> Dataset:
-        tensors = {
-            k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_valid", "y_valid")
-        }
-        return Dataset(**tensors, task=self.task, in_shape=self.in_shape, n_outputs=self.n_outputs)
+        """The same dataset with every tensor on `device`."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(
+            self, **{k: v.to(device) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+        )
+
+
+def subsample(x: np.ndarray, y: np.ndarray, cfg: ClassificationData, rng: np.random.Generator):
+    """The training pool (x, y) of an image set cut to a stratified data.n_train picked with
+    `rng` (all of it when n_train is null). A draw picks its own n_train; with the whole pool
+    and no label noise to draw, every draw would be the same set, so a draw is refused there."""
+    whole = cfg.n_train is None or cfg.n_train == len(y)
+    if cfg.draw is not None and whole and cfg.label_noise == 0:
+        raise ConfigError(
+            "data.draw",
+            cfg.draw,
+            f"null with data.n_train={show(cfg.n_train)} (all {len(y)} training examples) and "
+            f"no label noise: every draw would be the same set; set data.n_train below {len(y)} "
+            "or data.label_noise > 0",
+        )
+    if whole:
+        return x, y
+    if cfg.n_train > len(y):
+        raise ConfigError(
+            "data.n_train", cfg.n_train, f"at most {len(y)}, the size of {cfg.name}'s training set"
+        )
+    keep = stratified_pick(y, cfg.n_train, rng)
+    return x[keep], y[keep]
 
 
 def classification(
@@ -72,18 +113,9 @@ def classification(
     scale: float = 1.0,
 ) -> Dataset:
     """A classification Dataset on `device` from arrays in their natural shape: the training
-    set subsampled to n_train and its labels noised as `cfg` says, the inputs divided by
-    `scale` and standardized. Subsampling happens before the float conversion, so a uint8
+    labels noised as `cfg` says (with `rng`), the inputs divided by `scale` and standardized.
+    Arrays go in as they are (an image set's training set subsampled already), so a uint8
     image set becomes float32 once, on the device, and only for the examples kept."""
-    if cfg.n_train is not None and cfg.n_train != len(y_train):
-        if cfg.n_train > len(y_train):
-            raise ConfigError(
-                "data.n_train",
-                cfg.n_train,
-                f"at most {len(y_train)}, the size of {cfg.name}'s training set",
-            )
-        keep = stratified_pick(y_train, cfg.n_train, rng)
-        x_train, y_train = x_train[keep], y_train[keep]
     y_train = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
     if cfg.label_noise > 0:
         y_train = noisy_labels(y_train, cfg.label_noise, n_classes, rng)

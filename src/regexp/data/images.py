@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from regexp.data import files
-from regexp.data.base import ClassificationData, Dataset, classification, stratified_split
+from regexp.data.base import (
+    ClassificationData,
+    Dataset,
+    classification,
+    stratified_split,
+    subsample,
+)
 from regexp.errors import ConfigError, UserError
 from regexp.options import need, option
 
@@ -80,10 +86,16 @@ def digits(cfg: Digits, seed: int, device) -> Dataset:
             cfg.valid_fraction,
             f"a share of the {len(y)} digits that leaves at least one on each side",
         )
-    rng = np.random.default_rng(seed)
-    train, valid = stratified_split(y, cfg.valid_fraction, rng)
+    train_seed, valid_seed = cfg.seeds(seed)
+    train, valid = stratified_split(y, cfg.valid_fraction, np.random.default_rng(valid_seed))
+    # The subsample and the label noise go on from the stream of train_seed's split, as in a
+    # run of that seed: so data.draw=0 is seed 0's data, and a draw is a seed's but for the
+    # split, which stays seed 0's.
+    rng = np.random.default_rng(train_seed)
+    stratified_split(y, cfg.valid_fraction, rng)
+    x_train, y_train = subsample(x[train], y[train], cfg, rng)
     return classification(
-        x[train], y[train], x[valid], y[valid], cfg, rng, device, n_classes=10, scale=16.0
+        x_train, y_train, x[valid], y[valid], cfg, rng, device, n_classes=10, scale=16.0
     )
 
 
@@ -162,9 +174,10 @@ def idx_set(cfg: FileData, seed: int, device) -> Dataset:
         labels = files.read_idx(paths[LABELS.format(part)], (0,), f"{spec.title}'s {title} labels")
         _check_labels(paths[LABELS.format(part)], labels, len(images))
         split[part] = images[:, None], labels
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seeds(seed)[0])  # the test set is the valid set
+    x_train, y_train = subsample(*split["train"], cfg, rng)
     return classification(
-        *split["train"], *split["t10k"], cfg, rng, device, n_classes=10, scale=255.0
+        x_train, y_train, *split["t10k"], cfg, rng, device, n_classes=10, scale=255.0
     )
 
 
@@ -191,7 +204,8 @@ def cifar10(cfg: FileData, seed: int, device) -> Dataset:
     test = batches.pop("test_batch")
     x_train = np.concatenate([images for images, _ in batches.values()])
     y_train = np.concatenate([labels for _, labels in batches.values()])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seeds(seed)[0])  # the test set is the valid set
+    x_train, y_train = subsample(x_train, y_train, cfg, rng)
     return classification(x_train, y_train, *test, cfg, rng, device, n_classes=10, scale=255.0)
 
 

@@ -3,7 +3,8 @@
 The 2-D toys are TensorFlow Playground's shapes (circles, xor, gauss, spiral) and
 scikit-learn's moons, scaled to about [-1, 1]^2, two classes of equal size, with Gaussian
 jitter of std `noise` on each coordinate. Train and valid points come from two random
-streams of the run's seed, so the valid set stays the same when n_train changes.
+streams of the run's seed, so the valid set stays the same when n_train changes; with
+data.draw=d, the training stream is seed d's and the valid stream seed 0's.
 """
 
 from __future__ import annotations
@@ -60,18 +61,34 @@ class ToyRegression(Data):
 
 
 def toy_regression(cfg: ToyRegression, seed: int, device) -> Dataset:
-    """The lesson-24 data: train and valid on the same x grid, y = w*f(x) plus their own noise."""
-    g = torch.Generator().manual_seed(seed)
+    """The lesson-24 data: train and valid on the same x grid, y = w*f(x) plus their own noise
+    (one generator: the training noise first, then the valid noise). A draw is fresh noise on
+    the grid; the dataset knows f(x) and the noise std of its valid targets."""
     f = FUNCTIONS[cfg.function]
 
-    def points(n: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.linspace(*cfg.x_range, n).unsqueeze(1)
-        return x, cfg.w * f(x) + noise * torch.randn(x.shape, generator=g)
+    def both(seed: int):
+        """Seed's (x, w*f(x), y) of the training set, then of the valid set."""
+        g = torch.Generator().manual_seed(seed)
+        for n, noise in ((cfg.n_train, cfg.noise_train), (cfg.n_valid, cfg.noise_valid)):
+            x = torch.linspace(*cfg.x_range, n).unsqueeze(1)
+            target = cfg.w * f(x)
+            yield x, target, target + noise * torch.randn(x.shape, generator=g)
 
-    x_train, y_train = points(cfg.n_train, cfg.noise_train)
-    x_valid, y_valid = points(cfg.n_valid, cfg.noise_valid)
+    train_seed, valid_seed = cfg.seeds(seed)
+    (x_train, _, y_train), _ = both(train_seed)
+    _, (x_valid, target, y_valid) = both(valid_seed)
     x_train, x_valid = inputs(x_train, x_valid, device, standardize=cfg.standardize)
-    return Dataset(x_train, y_train.to(device), x_valid, y_valid.to(device), "regression", (1,), 1)
+    return Dataset(
+        x_train,
+        y_train.to(device),
+        x_valid,
+        y_valid.to(device),
+        "regression",
+        (1,),
+        1,
+        valid_target=target.to(device),
+        valid_noise=cfg.noise_valid,
+    )
 
 
 # Each shape: (class, count, rng) -> that many points of the class, before the jitter.
@@ -170,7 +187,8 @@ class Gauss(Toy2D):
 
 
 def toy_2d(cfg: Toy2D, seed: int, device) -> Dataset:
-    x_train, y_train = points_2d(cfg.name, cfg.n_train, cfg.noise, np.random.default_rng([seed, 0]))
-    x_valid, y_valid = points_2d(cfg.name, cfg.n_valid, cfg.noise, np.random.default_rng([seed, 1]))
-    rng = np.random.default_rng([seed, 2])  # label noise
+    t, v = cfg.seeds(seed)
+    x_train, y_train = points_2d(cfg.name, cfg.n_train, cfg.noise, np.random.default_rng([t, 0]))
+    x_valid, y_valid = points_2d(cfg.name, cfg.n_valid, cfg.noise, np.random.default_rng([v, 1]))
+    rng = np.random.default_rng([t, 2])  # label noise
     return classification(x_train, y_train, x_valid, y_valid, cfg, rng, device, n_classes=2)
