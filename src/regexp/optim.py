@@ -387,6 +387,50 @@ def model_outputs(name: str, task: str, n_outputs: int) -> int:
     return 1 if resolve_loss(name, task, n_outputs) == "bce" else n_outputs
 
 
-def build_loss(name: str, task: str, n_outputs: int) -> nn.Module:
-    """The loss `name` names; `auto` picks mse for regression and ce for classification."""
-    return LOSSES[resolve_loss(name, task, n_outputs)]()()
+def build_loss(name: str, task: str, n_outputs: int, reduction: str = "mean") -> nn.Module:
+    """The loss `name` names; `auto` picks mse for regression and ce for classification. A
+    population's loss is unreduced (reduction none): each member's is its own mean."""
+    return LOSSES[resolve_loss(name, task, n_outputs)]()(reduction=reduction)
+
+
+# --- TEMPORARY (replaced by the stacked updates of the optimizer options) --------------------
+
+
+class _DevSGD:
+    def __init__(self, cfgs, params, decayed=None):
+        col = lambda key: torch.tensor([float(getattr(c, key)) for c in cfgs], device=params.device).view(-1, 1)  # noqa: E731
+        self.lr, self.momentum, self.wd = col("lr"), col("momentum"), col("weight_decay")
+        self.dampening = col("dampening")
+        self.decay = self.wd if decayed is None else self.wd * decayed
+        self.buf = None
+        self.steps = 0
+
+    def step(self, params, grads, active=None):
+        with torch.no_grad():
+            g = grads.add(params * self.decay) if bool((self.wd != 0).any()) else grads
+            if bool((self.momentum != 0).any()):
+                if self.buf is None:
+                    self.buf = g.clone()
+                else:
+                    self.buf.mul_(self.momentum).add_(g * (1 - self.dampening))
+                g = self.buf
+            params.addcmul_(g, -self.lr)
+
+    def state_dict(self, k):
+        return {"buf": None if self.buf is None else self.buf[k].clone()}
+
+    def load_state_dict(self, k, state):
+        if state["buf"] is not None:
+            if self.buf is None:
+                self.buf = torch.zeros_like(self.lr.expand(-1, state["buf"].numel())).clone()
+            self.buf[k] = state["buf"]
+
+
+def build_update(cfgs, params, decayed=None):
+    return _DevSGD(cfgs, params, decayed)
+
+
+def build_schedule(cfgs, epochs, base_lr):
+    if cfgs[0].name == "none":
+        return None
+    raise NotImplementedError

@@ -6,6 +6,7 @@ config and a run dir, so it can be called in-process too.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ import random
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from omegaconf import DictConfig
 from regexp import config, data, init, models, optim, plots, rundir, train
 from regexp.errors import ConfigError, UserError
 from regexp.outcomes import Outcome
+from regexp.population import Stack
 from regexp.track import Tracker, write_json
 
 log = logging.getLogger("regexp")
@@ -64,6 +67,69 @@ def train_job(cfg: DictConfig) -> Outcome:
         elif not isinstance(exc, UserError):
             raise
         return Outcome(math.nan, "failed", None if sweep else exc)
+    return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
+
+
+# The keys whose values may differ between the members of one population: each member has its
+# own random state, data, initial weights and optimizer hyperparameters. Any other difference
+# (architecture, norm, data set, batch size, epochs, device...) makes another population.
+MAY_DIFFER = (
+    "seed",
+    "data.draw",
+    "data.label_noise",
+    "init.",
+    "model.dropout",
+    "model.dropout2d",
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.momentum",
+    "optim.dampening",
+    "optim.betas",
+    "optim.eps",
+    "optim.alpha",
+    "optim.lr_decay",
+    "optim.initial_accumulator_value",
+    "reg.l1",
+    "reg.l2",
+    "sched.",
+    "resume",
+)
+
+
+def population_key(conf: config.Config) -> str:
+    """What members of one population share: the config less the keys that MAY_DIFFER (and
+    the scheduler's name, which must match)."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(OmegaConf.structured(conf))
+    flat = _flat(tree)
+    kept = {k: v for k, v in flat.items() if not k.startswith(MAY_DIFFER)}
+    kept["sched.name"] = flat["sched.name"]
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def member_of(cfg: DictConfig) -> Member:
+    """The job Hydra is running, validated, as a member of a population; a value the checks
+    refuse is written to its summary.json and raised."""
+    hydra = HydraConfig.get()
+    run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
+    try:
+        return Member(config.validate(cfg), run_dir, overrides)
+    except UserError as exc:
+        if cfg.get("resume") is None:  # a resumed run keeps its own summary
+            write_json(run_dir / "summary.json", failure(exc, overrides))
+        raise
+
+
+def outcome(summary: dict | Exception) -> Outcome:
+    if isinstance(summary, Exception):
+        return Outcome(math.nan, "failed", summary)
     return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
 
 
@@ -196,104 +262,199 @@ def _number(text: str):
         return text
 
 
+@dataclass
+class Member:
+    """One run of a population: its config, its run dir and the overrides that made it."""
+
+    conf: config.Config
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+
+
 def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> dict:
-    """Train the run `conf` describes, recording into `run_dir`; returns its summary.
+    """Train the run `conf` describes, recording into `run_dir`; returns its summary. A lone
+    run is a population of one.
 
     With `conf.resume`, `run_dir` is that run's dir: its checkpoint is loaded and its record
     goes on from the checkpoint's epoch.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = list(overrides)
-    tracker = None
-    status, error = "failed", None
-    try:
-        seed_everything(conf.seed)
-        device = device_of(conf.device)
-        dataset = data.load(conf.data, conf.seed, device)
-        loss_fn = optim.build_loss(conf.loss, dataset.task, dataset.n_outputs)
-        model = build_model(conf, dataset).to(device)
-        check_batches(model, len(dataset.x_train), len(dataset.x_valid), conf.train.batch_size)
-        optimizer = optim.build_optimizer(model, conf.optim)
-        scheduler = optim.build_scheduler(optimizer, conf.sched, conf.train.epochs)
-        penalty = optim.build_penalty(model, conf.reg)
-        generator = torch.Generator().manual_seed(conf.seed)
-        checkpoint = run_dir / "checkpoint.pt"
-        start_epoch = 0
-        if conf.resume:
-            start_epoch = resume(checkpoint, conf, model, optimizer, scheduler, generator)
-        else:
-            table = models.describe(model, dataset.in_shape, device)
-            (run_dir / "model.txt").write_text(table + "\n")
-        metrics = ["train_loss", "valid_loss"]
-        if dataset.task == "classification":
-            metrics += ["train_acc", "valid_acc"]
-        tracker = Tracker(
-            run_dir,
-            epochs=conf.train.epochs,
-            hparams=hparams(conf, overrides),
-            metrics=metrics,
-            hist_every=conf.log.hist_every,
-            figure=plots.for_dataset(dataset) if conf.log.figure_every else None,
-            figure_every=conf.log.figure_every,
-            start_epoch=start_epoch,
-        )
-        with stop_on_signals() as received:
-            result = train.fit(
-                model,
-                optimizer,
-                loss_fn,
-                dataset,
-                epochs=conf.train.epochs,
-                batch_size=conf.train.batch_size,
-                scheduler=scheduler,
-                tracker=tracker,
-                generator=generator,
-                start_epoch=start_epoch,
-                checkpoint=checkpoint,
-                checkpoint_every=conf.train.checkpoint_every,
-                stop=lambda: bool(received),
-                penalty=penalty,
-                clip_grad_norm=conf.train.clip_grad_norm,
-                weight_stats_every=conf.log.weight_stats_every,
-            )
-        status, error = result.status, result.error
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except Exception as exc:
-        error = one_line(exc)
-        if tracker is None and not conf.resume:  # (a resumable run keeps its own summary)
-            write_json(run_dir / "summary.json", failure(exc, overrides))
-        raise
-    finally:
-        if tracker is not None:
-            summary = tracker.close(
-                status,
-                model,
-                params=models.count_params(model),
-                seed=conf.seed,
-                device=str(device),
-                threads=torch.get_num_threads(),
-                overrides=overrides,
-                **({"error": error} if error else {}),
-            )
-    if status == "interrupted":
-        log.warning(
-            "interrupted after epoch %d; resume with: regexp train resume=%s",
-            summary["epochs"],
-            run_dir,
-        )
-        raise Interrupted(received[0], run_dir, summary["epochs"])
-    if status == "diverged":
-        log.warning("diverged: %s; stopped there, everything up to it is in %s", error, run_dir)
-    tracker.print_summary(summary)
+    (summary,) = execute_population([Member(conf, run_dir, list(overrides))])
+    if isinstance(summary, Exception):
+        raise summary
     return summary
 
 
-def resume(checkpoint: Path, conf: config.Config, model, optimizer, scheduler, generator) -> int:
-    """Load `checkpoint` into the run's objects; returns the epoch it holds."""
+@dataclass
+class Built:
+    """A member set up for training: its dataset, model, generators, tracker."""
+
+    member: Member
+    dataset: data.Dataset
+    model: torch.nn.Module
+    dropout: torch.Generator  # its dropout masks, in the order its lone run draws them
+    batches: torch.Generator  # its batch order
+    device: torch.device
+    tracker: Tracker | None = None
+    start_epoch: int = 0
+
+
+def setup(member: Member) -> Built:
+    """What a lone run of `member` builds before its first epoch, with its own random state."""
+    conf = member.conf
+    member.run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(conf.seed)
+    device = device_of(conf.device)
+    dataset = data.load(conf.data, conf.seed, device)
+    model = build_model(conf, dataset).to(device)
+    check_batches(model, len(dataset.x_train), len(dataset.x_valid), conf.train.batch_size)
+    if device.type == "cpu":  # the masks come after the initial weights in torch's stream
+        dropout = torch.Generator().set_state(torch.get_rng_state())
+    else:  # on a GPU, from the device's own stream, which the weights (made on the CPU) left
+        dropout = torch.Generator(device).manual_seed(conf.seed)
+    batches = torch.Generator().manual_seed(conf.seed)
+    return Built(member, dataset, model, dropout, batches, device)
+
+
+def execute_population(members: list[Member]) -> list[dict | Exception]:
+    """Train `members` as one population and record each into its own run dir, exactly as
+    each would be alone; returns each member's summary, or the error that stopped it before
+    training (the others train all the same)."""
+    outcomes: list[dict | Exception | None] = [None] * len(members)
+    built: list[Built] = []
+    for i, member in enumerate(members):
+        try:
+            built.append(setup(member))
+        except Exception as exc:  # this member alone fails: its summary says why
+            if not member.conf.resume:
+                write_json(member.run_dir / "summary.json", failure(exc, member.overrides))
+            if not isinstance(exc, UserError):
+                raise
+            outcomes[i] = exc
+    if built:
+        summaries = iter(_train(built))
+        outcomes = [o if o is not None else next(summaries) for o in outcomes]
+    return outcomes
+
+
+def _train(built: list[Built]) -> list[dict]:
+    """Train the set-up members as one stack; returns their summaries in order."""
+    first = built[0].member.conf
+    dataset = built[0].dataset
+    stack = Stack([b.model for b in built], [b.dropout for b in built])
+    confs = [b.member.conf for b in built]
+    decayed = None if first.optim.decay_norm_and_bias else train.weight_mask(stack)
+    update = optim.build_update([c.optim for c in confs], stack.flat, decayed)
+    schedule = optim.build_schedule([c.sched for c in confs], first.train.epochs, [c.optim.lr for c in confs])
+    if schedule is not None:
+        update.lr.copy_(torch.tensor(schedule.lrs(), dtype=update.lr.dtype).view(-1, 1))
+    penalty = None
+    if any(c.reg.l1 or c.reg.l2 for c in confs):
+        column = lambda key: torch.tensor(  # noqa: E731
+            [[getattr(c.reg, key)] for c in confs], dtype=stack.flat.dtype, device=stack.flat.device
+        )
+        mask = train.weight_mask(stack, include_all=first.reg.include_bias)
+        penalty = train.Penalty(column("l1"), column("l2"), mask)
+    loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
+    status, errors = ["failed"] * len(built), [None] * len(built)
+    tables: dict[str, str] = {}
     try:
-        epoch = train.load_checkpoint(checkpoint, model, optimizer, scheduler, generator)
+        for i, b in enumerate(built):
+            conf, run_dir = b.member.conf, b.member.run_dir
+            if conf.resume:
+                b.start_epoch = resume(run_dir / "checkpoint.pt", conf, stack, i, update, schedule, b.batches)
+            else:
+                key = str(b.model)  # members differ in their layers only where their dropout does
+                if key not in tables:
+                    tables[key] = models.describe(b.model, b.dataset.in_shape, b.device)
+                (run_dir / "model.txt").write_text(tables[key] + "\n")
+        starts = {b.start_epoch for b in built}
+        if len(starts) > 1:
+            raise ValueError("the members of a population resume from one epoch")
+        metrics = ["train_loss", "valid_loss"]
+        if dataset.task == "classification":
+            metrics += ["train_acc", "valid_acc"]
+        for b in built:
+            conf = b.member.conf
+            b.tracker = Tracker(
+                b.member.run_dir,
+                epochs=conf.train.epochs,
+                hparams=hparams(conf, b.member.overrides),
+                metrics=metrics,
+                hist_every=conf.log.hist_every,
+                figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
+                figure_every=conf.log.figure_every,
+                start_epoch=b.start_epoch,
+                progress=len(built) == 1,
+            )
+        with stop_on_signals() as received:
+            results = train.fit(
+                stack,
+                update,
+                loss_fn,
+                train.stack_data([b.dataset for b in built]),
+                epochs=first.train.epochs,
+                batch_size=first.train.batch_size,
+                schedule=schedule,
+                trackers=[b.tracker for b in built],
+                generators=[b.batches for b in built],
+                start_epoch=built[0].start_epoch,
+                checkpoints=[b.member.run_dir / "checkpoint.pt" for b in built],
+                checkpoint_every=first.train.checkpoint_every,
+                stop=lambda: bool(received),
+                penalty=penalty,
+                clip_grad_norm=first.train.clip_grad_norm,
+                weight_stats_every=first.log.weight_stats_every,
+                lrs=[c.optim.lr for c in confs],
+            )
+        status = [r.status for r in results]
+        errors = [r.error for r in results]
+    except KeyboardInterrupt:
+        status = ["interrupted"] * len(built)
+        raise
+    except Exception as exc:
+        errors = [one_line(exc)] * len(built)
+        for b in built:
+            if b.tracker is None and not b.member.conf.resume:  # (a resumable run keeps its own)
+                write_json(b.member.run_dir / "summary.json", failure(exc, b.member.overrides))
+        raise
+    finally:
+        summaries = []
+        for b, state, error in zip(built, status, errors, strict=True):
+            if b.tracker is None:
+                continue
+            summaries.append(
+                b.tracker.close(
+                    state,
+                    b.model,
+                    params=models.count_params(b.model),
+                    seed=b.member.conf.seed,
+                    device=str(b.device),
+                    threads=torch.get_num_threads(),
+                    overrides=b.member.overrides,
+                    **({"error": error} if error else {}),
+                )
+            )
+    for b, summary in zip(built, summaries, strict=True):
+        run_dir = b.member.run_dir
+        if summary["status"] == "diverged":
+            log.warning("diverged: %s; stopped there, everything up to it is in %s", summary.get("error"), run_dir)
+        if summary["status"] == "interrupted":
+            log.warning(
+                "interrupted after epoch %d; resume with: regexp train resume=%s",
+                summary["epochs"],
+                run_dir,
+            )
+    if any(s["status"] == "interrupted" for s in summaries):
+        raise Interrupted(received[0], built[0].member.run_dir, summaries[0]["epochs"])
+    if len(built) == 1:
+        built[0].tracker.print_summary(summaries[0])
+    return summaries
+
+
+def resume(checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, generator) -> int:
+    """Load `checkpoint` into member `i` of the population; returns the epoch it holds."""
+    try:
+        epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, generator)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

@@ -82,6 +82,7 @@ class Tracker:
         figure_every: int = 0,
         start_epoch: int = 0,
         console: Console | None = None,
+        progress: bool = True,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,7 @@ class Tracker:
 
         self.console = console or Console()
         self._progress = None
-        if self.console.is_terminal:
+        if progress and self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -130,6 +131,7 @@ class Tracker:
         self._pending: list[tuple[int, dict[str, float]]] = []
         self._last_update = self._last_flush = time.perf_counter()
         self._every = max(1, epochs // 10)  # plain lines when not on a terminal
+        self.log_lines = progress
 
     def _resume(self, csv_path: Path, start_epoch: int) -> None:
         """Go on from `start_epoch`: the epochs after it are dropped from metrics.csv, and from
@@ -204,7 +206,7 @@ class Tracker:
                 self._csv.writerow(["epoch", *self._columns])
             # By column: an epoch without some metrics (weight stats) leaves those cells empty.
             self._csv.writerow([epoch, *(metrics.get(k, "") for k in self._columns)])
-            if self._progress is None and (epoch % self._every == 0 or epoch == self.epochs):
+            if self._progress is None and self.log_lines and (epoch % self._every == 0 or epoch == self.epochs):
                 log.info(
                     "epoch %d/%d  train %.4g  valid %.4g",
                     epoch,

@@ -1,10 +1,13 @@
-"""The training loop: train an epoch, evaluate, log, stop on divergence, checkpoint.
+"""The training loop of a population: train an epoch, evaluate, log, stop each member on
+divergence, checkpoint.
 
-It takes plain objects (model, optimizer, tensors, tracker) and knows nothing of Hydra or the
-command line. The data stays on the model's device; each epoch gathers it once in the order of
-a seeded permutation, and a batch is a slice of that (a large set is gathered batch by batch).
-The losses stay on the device and are read once per epoch, so nothing forces a device-to-host
-sync every step.
+The unit is a population of K >= 1 members (population.Stack): one run is a population of
+one, through the same code. It takes plain objects (the stack, its optimizer update, tensors,
+one tracker per member) and knows nothing of Hydra or the command line. The data stays on the
+device; each epoch gathers each member's training set once in the order of its own seeded
+permutation, and a batch is a slice of that (a large set is gathered batch by batch). The
+losses stay on the device and are read once per epoch, for every member at once, so nothing
+forces a device-to-host sync every step.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +25,7 @@ from torch import nn
 
 from regexp.data import Dataset
 from regexp.models import weights
+from regexp.population import Stack
 
 EVAL_CHUNK = 8192  # examples per forward pass in evaluation, to bound memory
 # With no checkpoint_every, a checkpoint whenever this many seconds of training have passed:
@@ -36,38 +40,18 @@ SPARSE_BELOW = 1e-3  # a weight with |w| under this counts as zero in weights/sp
 WEIGHT_STATS_POINTS = 50
 
 
-# Modules whose forward does not depend on the train/eval flag. For a model made of these
-# alone (the lesson-24 net), switching modes changes nothing and costs about 30 us an epoch,
-# a twentieth of that net's epoch, so the loop skips it. Exact types: a subclass may differ.
-MODE_FREE = (
-    nn.Sequential,
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.Flatten,
-    nn.Identity,
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.GELU,
-    nn.ELU,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
-
-
-def modes_matter(model: nn.Module) -> bool:
-    """Whether `model` computes differently in train and eval mode (dropout, batch norm...)."""
-    return any(type(m) not in MODE_FREE for m in model.modules())
-
-
 class Tracker(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None: ...
+
+
+class Update(Protocol):
+    """A population's optimizer: updates the (K, P) parameters from their gradients."""
+
+    lr: torch.Tensor  # (K, 1)
+
+    def step(self, params: torch.Tensor, grads: torch.Tensor, active=None) -> None: ...
+    def state_dict(self, k: int) -> dict: ...
+    def load_state_dict(self, k: int, state: dict) -> None: ...
 
 
 @dataclass
@@ -77,210 +61,319 @@ class Result:
     error: str | None = None
 
 
+@dataclass
+class Data:
+    """A population's data: each member's tensors stacked (K, n, ...), or where every member
+    has the same set, that one set (n, ...) with `shared` true."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_valid: torch.Tensor
+    y_valid: torch.Tensor
+    task: str
+    shared_train: bool
+    shared_valid: bool
+
+    @property
+    def n(self) -> int:
+        return self.x_train.shape[0 if self.shared_train else 1]
+
+    @property
+    def n_valid(self) -> int:
+        return self.x_valid.shape[0 if self.shared_valid else 1]
+
+
+def stack_data(datasets: Sequence[Dataset]) -> Data:
+    """The members' datasets as one Data; a set every member has is kept once."""
+
+    def same(a: str, b: str) -> bool:
+        first = datasets[0]
+        return all(
+            d is first or (torch.equal(getattr(d, a), getattr(first, a)))
+            and torch.equal(getattr(d, b), getattr(first, b))
+            for d in datasets
+        )
+
+    def pick(key: str, shared: bool) -> torch.Tensor:
+        if shared:
+            return getattr(datasets[0], key)
+        return torch.stack([getattr(d, key) for d in datasets])
+
+    shared_train, shared_valid = same("x_train", "y_train"), same("x_valid", "y_valid")
+    return Data(
+        pick("x_train", shared_train),
+        pick("y_train", shared_train),
+        pick("x_valid", shared_valid),
+        pick("y_valid", shared_valid),
+        datasets[0].task,
+        shared_train,
+        shared_valid,
+    )
+
+
+@dataclass
+class Penalty:
+    """reg.l1 * sum|w| + (reg.l2 / 2) * sum w^2 per member, over the entries `mask` marks (the
+    weights, or every parameter with reg.include_bias); `l1` and `l2` are (K, 1)."""
+
+    l1: torch.Tensor
+    l2: torch.Tensor
+    mask: torch.Tensor  # (P,), 1 where penalized
+
+    def value(self, flat: torch.Tensor) -> torch.Tensor:
+        w = flat * self.mask
+        return (self.l1 * w.abs()).sum(1) + (self.l2 / 2 * w * w).sum(1)
+
+    def add_grad(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
+        """Its gradient, l1 * sign(w) + l2 * w, added to `grad` (no autograd needed)."""
+        grad.addcmul_(torch.sign(flat), self.l1 * self.mask).addcmul_(flat, self.l2 * self.mask)
+
+
 def fit(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    stack: Stack,
+    update: Update,
     loss_fn: nn.Module,
-    data: Dataset,
+    data: Data,
     *,
     epochs: int,
     batch_size: int | None = None,
-    scheduler=None,
-    tracker: Tracker | None = None,
-    generator: torch.Generator | None = None,
+    schedule=None,
+    trackers: Sequence[Tracker | None] = (),
+    generators: Sequence[torch.Generator] = (),
     start_epoch: int = 0,
-    checkpoint: Path | None = None,
+    checkpoints: Sequence[Path | None] = (),
     checkpoint_every: int | None = None,
     stop: Callable[[], bool] | None = None,
-    penalty: Callable[[], torch.Tensor] | None = None,
+    penalty: Penalty | None = None,
     clip_grad_norm: float | None = None,
     weight_stats_every: int | None = None,
-) -> Result:
-    """Train from `start_epoch` + 1 to `epochs`; each epoch's metrics go to `tracker`.
+    lrs: Sequence[float] = (),
+) -> list[Result]:
+    """Train every member from `start_epoch` + 1 to `epochs`; member i's metrics go to
+    `trackers[i]`, its batch order comes from `generators[i]`, its state is saved to
+    `checkpoints[i]`. Returns each member's Result.
 
-    `penalty()` is added to each step's loss (the logged train loss stays the data loss);
-    gradients are clipped to a total norm of `clip_grad_norm`; the weight statistics are
-    taken every `weight_stats_every` epochs (None: WEIGHT_STATS_POINTS times a run; 0: never)
-    and in the first and last. With `checkpoint`, the state is saved there every
-    `checkpoint_every` epochs (or every CHECKPOINT_SECONDS), at the end and when `stop()`
-    turns true, which ends the run after the epoch in progress, so that a checkpoint always
-    holds whole epochs.
+    `penalty` is added to each step's objective (the logged train loss stays the data loss);
+    each member's gradients are clipped to a total norm of `clip_grad_norm`; the weight
+    statistics are taken every `weight_stats_every` epochs (None: WEIGHT_STATS_POINTS times a
+    run; 0: never) and in the first and last. A member whose loss turns NaN or infinite stops
+    at that epoch, with everything it logged kept, and the others go on. The state is saved
+    every `checkpoint_every` epochs (or every CHECKPOINT_SECONDS), at the end and when
+    `stop()` turns true, which ends the run after the epoch in progress, so that a checkpoint
+    always holds whole epochs. `lrs` are the members' learning rates as configured, which
+    `schedule` changes each epoch (the logged lr is the Python float torch would show).
     """
+    k = stack.k
+    trackers = list(trackers) or [None] * k
+    checkpoints = list(checkpoints) or [None] * k
+    generators = list(generators) or [None] * k
+    results: list[Result | None] = [None] * k
+    active = torch.ones(k, dtype=torch.bool, device=stack.flat.device)
 
-    def save(epoch: int) -> None:
-        nonlocal last_save
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, epoch, model, optimizer, scheduler, generator)
-            last_save = time.monotonic()
+    def save(i: int, epoch: int) -> None:
+        if checkpoints[i] is not None:
+            save_checkpoint(checkpoints[i], epoch, stack, i, update, schedule, generators[i])
 
     last_save = time.monotonic()
     classify = data.task == "classification"
-    n, n_valid = data.x_train.shape[0], data.x_valid.shape[0]
+    n, n_valid = data.n, data.n_valid
     size = n if batch_size is None else min(batch_size, n)
     every = weight_stats_every
     if every is None:
         every = max(1, epochs // WEIGHT_STATS_POINTS)
-    stats = WeightStats(model) if every else None
-    switch = modes_matter(model)
-    model.train()
+    stats = WeightStats(stack) if every else None
+    lrs = schedule.lrs() if schedule is not None else list(lrs) or update.lr.view(-1).tolist()
     for epoch in range(start_epoch + 1, epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
         train_stats, penalty_mean = _train_epoch(
-            model,
-            optimizer,
-            loss_fn,
-            data.x_train,
-            data.y_train,
-            size,
-            generator,
-            classify,
-            penalty,
-            clip_grad_norm,
-            switch,
+            stack, update, loss_fn, data, size, generators, classify, penalty, clip_grad_norm, active
         )
-        valid_stats = evaluate(model, loss_fn, data.x_valid, data.y_valid, classify, switch)
-        weight_stats = None
-        if stats and (epoch % every == 0 or epoch in (1, epochs)):
-            weight_stats = stats()
-        # The device-to-host reads of the epoch: a handful of numbers, once.
-        values = [v.item() for v in (*train_stats, *valid_stats)]
-        if classify:
-            metrics = {
-                "train_loss": values[0],
-                "valid_loss": values[2],
-                "train_acc": values[1] / n,
-                "valid_acc": values[3] / n_valid,
-            }
-        else:
-            metrics = {"train_loss": values[0], "valid_loss": values[1]}
-        metrics["lr"] = lr
+        valid_stats = evaluate(stack, loss_fn, data, classify)
+        columns = [*train_stats, *valid_stats]
         if penalty_mean is not None:
-            metrics["penalty"] = penalty_mean.item()
-        if weight_stats is not None:
-            metrics.update(stats.read(weight_stats))
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics["valid_loss"])
+            columns.append(penalty_mean)
+        weight_stats = bool(stats) and (epoch % every == 0 or epoch in (1, epochs))
+        if weight_stats:
+            columns += list(stats())
+        # The device-to-host read of the epoch: a handful of numbers per member, once.
+        values = torch.stack([c.float() for c in columns], 1).tolist()
+        running = [i for i in range(k) if results[i] is None]
+        valid_losses = []
+        for i in range(k):
+            row = values[i]
+            if classify:
+                metrics = {
+                    "train_loss": row[0],
+                    "valid_loss": row[2],
+                    "train_acc": row[1] / n,
+                    "valid_acc": row[3] / n_valid,
+                }
+                rest = row[4:]
             else:
-                scheduler.step()
-        if tracker is not None:
-            tracker.log_epoch(epoch, metrics, model)
-        bad = [k for k in ("train_loss", "valid_loss") if not math.isfinite(metrics[k])]
-        if bad:
-            return Result("diverged", epoch, f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}")
+                metrics = {"train_loss": row[0], "valid_loss": row[1]}
+                rest = row[2:]
+            metrics["lr"] = lrs[i]
+            if penalty_mean is not None:
+                metrics["penalty"], rest = rest[0], rest[1:]
+            if weight_stats:
+                metrics.update(stats.read(rest))
+            valid_losses.append(metrics["valid_loss"])
+            if i not in running:
+                continue
+            if trackers[i] is not None:
+                trackers[i].log_epoch(epoch, metrics, stack.models[i])
+            bad = [key for key in ("train_loss", "valid_loss") if not math.isfinite(metrics[key])]
+            if bad:
+                error = f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}"
+                results[i] = Result("diverged", epoch, error)
+                active[i] = False
+        if schedule is not None:
+            schedule.step(valid_losses)
+            lrs = schedule.lrs()
+            update.lr.copy_(torch.tensor(lrs, dtype=update.lr.dtype).view(-1, 1))
+        running = [i for i in range(k) if results[i] is None]
+        if not running:
+            break
         if stop is not None and stop():
-            save(epoch)
-            return Result("interrupted", epoch)
+            for i in running:
+                save(i, epoch)
+                results[i] = Result("interrupted", epoch)
+            break
         if epoch == epochs or (
             epoch % checkpoint_every == 0
             if checkpoint_every
             else time.monotonic() - last_save >= CHECKPOINT_SECONDS
         ):
-            save(epoch)
-    return Result("completed", epochs)
+            for i in running:
+                save(i, epoch)
+            last_save = time.monotonic()
+    return [r or Result("completed", epochs) for r in results]
 
 
-def _train_epoch(
-    model, optimizer, loss_fn, x, y, size, generator, classify, penalty, clip, switch=True
-):
-    """One pass over (x, y) in batches of `size`: the mean loss per example and, when classifying,
-    the count of correct predictions as the model trained, as device tensors; and the mean
-    penalty, or None without one."""
-    if switch:
-        model.train()
-    n = x.shape[0]  # (len() on a tensor is a slow Python call)
+def _train_epoch(stack, update, loss_fn, data, size, generators, classify, penalty, clip, active):
+    """One pass over each member's training set in batches of `size`: each member's mean loss
+    per example and, when classifying, its count of correct predictions as it trained, as
+    device tensors (K,); and each member's mean penalty, or None without one."""
+    x, y, shared = data.x_train, data.y_train, data.shared_train
+    n = data.n
     order = None
     if size < n:
-        order = torch.randperm(n, generator=generator).to(x.device)
-        if x.element_size() * x.numel() <= GATHER_ONCE_BYTES:
+        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(x.device)
+        whole = x.element_size() * x.numel() * (stack.k if shared else 1)
+        if whole <= GATHER_ONCE_BYTES:
             # One gather per epoch, then contiguous slices: cheaper than a gather per step.
-            x, y, order = x[order], y[order], None
-    params = [p for p in model.parameters() if p.requires_grad] if clip is not None else None
+            x, y, order = gather(x, shared, order), gather(y, shared, order), None
+            shared = False
     losses, outputs, terms = [], [], []
     for start in range(0, n, size):
         if order is not None:  # a large set: a gather per step, no second copy of it
-            idx = order[start : start + size]
-            xb, yb = x[idx], y[idx]
+            idx = order[:, start : start + size]
+            xb, yb, batch_shared = gather(x, shared, idx), gather(y, shared, idx), False
+        elif size == n:
+            xb, yb, batch_shared = x, y, shared
         else:
-            xb, yb = (x, y) if size == n else (x[start : start + size], y[start : start + size])
-        optimizer.zero_grad(set_to_none=True)
-        out = model(xb)
-        loss = loss_fn(out, yb)
-        if penalty is None:
-            loss.backward()
-        else:
-            term = penalty()
-            (loss + term).backward()  # the objective; the data loss alone is what is logged
-            terms.append(term.detach())
+            xb, yb = x[:, start : start + size], y[:, start : start + size]
+            batch_shared = False
+        stack.zero_grad()
+        out = stack.forward(xb, training=True, shared=batch_shared)
+        loss = member_losses(loss_fn, out, yb, batch_shared)
+        loss.sum().backward()  # each member's gradient is that of its own loss
+        if penalty is not None:
+            with torch.no_grad():
+                terms.append(penalty.value(stack.flat))
+                penalty.add_grad(stack.flat, stack.grad)
         if clip is not None:
-            nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
+            clip_grad_norms(stack.grad, clip)
+        update.step(stack.flat, stack.grad, active)
         losses.append(loss.detach())
         if classify:
             outputs.append(out.detach())  # scored once per epoch, not per step
     loss = example_mean(losses, n, size)
-    term = (terms[0] if len(terms) == 1 else torch.stack(terms).mean()) if terms else None
+    term = (terms[0] if len(terms) == 1 else torch.stack(terms).mean(0)) if terms else None
     if not classify:
         return [loss], term
-    labels = y if order is None else y[order]  # in the order the outputs came
-    return [loss, correct(torch.cat(outputs), labels)], term
+    labels = y if order is None else gather(y, shared, order)  # in the order the outputs came
+    return [loss, correct(torch.cat(outputs, 1), labels, shared)], term
+
+
+def gather(t: torch.Tensor, shared: bool, idx: torch.Tensor) -> torch.Tensor:
+    """Each member's examples at its indices `idx` (K, m): (K, m, ...)."""
+    if shared:
+        return t[idx]
+    return torch.stack([t[i][idx[i]] for i in range(idx.shape[0])])
+
+
+def member_losses(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor, shared: bool):
+    """Each member's mean loss over its batch: (K,). `loss_fn` is unreduced (reduction none)."""
+    k, b = out.shape[0], out.shape[1]
+    if y.dtype == torch.long:  # class labels: (K, B) or (B,)
+        labels = (y.expand(k, b) if shared else y).reshape(k * b)
+        return loss_fn(out.reshape(k * b, -1), labels).view(k, b).mean(1)
+    target = y.expand(k, *y.shape) if shared else y
+    return loss_fn(out, target).reshape(k, -1).mean(1)
+
+
+def clip_grad_norms(grad: torch.Tensor, max_norm: float) -> None:
+    """Scale each member's gradient to a total norm of at most `max_norm`, as
+    torch.nn.utils.clip_grad_norm_ does for one model."""
+    norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+    grad.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0))
 
 
 def example_mean(losses: list[torch.Tensor], n: int, size: int) -> torch.Tensor:
-    """The mean over the epoch's n examples of per-batch mean losses: a short last batch
-    weighs by its size, not as much as a full one."""
+    """The mean over the epoch's n examples of per-batch mean losses (each (K,)): a short last
+    batch weighs by its size, not as much as a full one."""
     if len(losses) == 1:
         return losses[0]
     stacked = torch.stack(losses)
     last = n - (len(losses) - 1) * size
     if last == size:
-        return stacked.mean()
-    weights = torch.full_like(stacked, size)
+        return stacked.mean(0)
+    weights = torch.full((len(losses), 1), float(size), device=stacked.device)
     weights[-1] = last
-    return (stacked * weights).sum() / n
+    return (stacked * weights).sum(0) / n
 
 
-def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """How many of the outputs `out` predict the class `y`: the top class, or with one logit
-    (binary cross-entropy) class 1 where the logit is > 0."""
-    predicted = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).long()
-    return (predicted == y).sum()
+def correct(out: torch.Tensor, y: torch.Tensor, shared: bool = False) -> torch.Tensor:
+    """How many of each member's outputs `out` (K, B, C) predict the class `y`: the top class,
+    or with one logit (binary cross-entropy) class 1 where the logit is > 0. (K,)"""
+    predicted = out.argmax(2) if out.shape[2] > 1 else (out[..., 0] > 0).long()
+    return (predicted == (y.unsqueeze(0) if shared else y)).sum(1)
 
 
-def evaluate(model, loss_fn, x, y, classify=False, switch=True):
-    """Mean loss and, when classifying, the correct count over (x, y) in eval mode (with
-    `switch` false, in the mode the model is in: for a model whose modes don't matter)."""
-    if switch:
-        model.eval()
-    n = x.shape[0]
+def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False) -> list[torch.Tensor]:
+    """Each member's mean loss and, when classifying, its correct count over its valid set in
+    eval mode: a list of (K,) tensors."""
+    x, y, shared = data.x_valid, data.y_valid, data.shared_valid
+    n = data.n_valid
     with torch.inference_mode():
-        if n <= EVAL_CHUNK:
-            out = model(x)
-            return [loss_fn(out, y), correct(out, y)] if classify else [loss_fn(out, y)]
         losses, right = [], []
         for i in range(0, n, EVAL_CHUNK):
-            xb, yb = x[i : i + EVAL_CHUNK], y[i : i + EVAL_CHUNK]
-            out = model(xb)
-            losses.append(loss_fn(out, yb) * xb.shape[0])
+            xb = x[i : i + EVAL_CHUNK] if shared else x[:, i : i + EVAL_CHUNK]
+            yb = y[i : i + EVAL_CHUNK] if shared else y[:, i : i + EVAL_CHUNK]
+            out = stack.forward(xb, training=False, shared=shared)
+            chunk = out.shape[1]
+            loss = member_losses(loss_fn, out, yb, shared)
+            losses.append(loss if chunk == n else loss * chunk)
             if classify:
-                right.append(correct(out, yb))
-        loss = torch.stack(losses).sum() / n
-        return [loss, torch.stack(right).sum()] if classify else [loss]
+                right.append(correct(out, yb, shared))
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum(0) / n
+        if not classify:
+            return [loss]
+        return [loss, right[0] if len(right) == 1 else torch.stack(right).sum(0)]
 
 
-def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler=None, generator=None):
-    """Everything a resumed run needs to go on exactly as if it had not stopped, written
+def save_checkpoint(path: Path, epoch: int, stack: Stack, i: int, update, schedule, generator):
+    """Everything member `i` needs to go on alone exactly as if it had not stopped, written
     atomically (a temp file, then a rename), so a kill mid-write leaves the last one whole."""
     state = {
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        # The random streams training draws from: dropout masks and batch order. (numpy's and
-        # Python's are used only to make the data, which a resumed run remakes from the seed.)
+        "model": {key: v.clone() for key, v in stack.models[i].state_dict().items()},
+        "optimizer": update.state_dict(i),
+        "scheduler": schedule.state_dict(i) if schedule is not None else None,
+        # The random streams training draws from: dropout masks and batch order. (The data is
+        # made from the seed again when a run resumes.)
         "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "dropout": stack.generators[i].get_state(),
             "batches": generator.get_state() if generator is not None else None,
         },
     }
@@ -289,56 +382,62 @@ def save_checkpoint(path: Path, epoch: int, model, optimizer, scheduler=None, ge
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler=None, generator=None) -> int:
-    """Restore what `save_checkpoint` saved; returns the epoch it was saved at.
+def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generator) -> int:
+    """Restore into member `i` what `save_checkpoint` saved; returns the epoch it was saved at.
 
     weights_only=True: the file may hold tensors and plain containers, never code to run.
     """
-    device = next(model.parameters()).device
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
+    state = torch.load(path, map_location=stack.flat.device, weights_only=True)
+    with torch.no_grad():
+        stack.models[i].load_state_dict(state["model"])
+    update.load_state_dict(i, state["optimizer"])
+    if schedule is not None and state["scheduler"] is not None:
+        schedule.load_state_dict(i, state["scheduler"])
+        update.lr[i] = schedule.lrs()[i]
     rng = state["rng"]
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    stack.generators[i].set_state(rng["dropout"].cpu())
     if generator is not None and rng["batches"] is not None:
         generator.set_state(rng["batches"].cpu())
     return int(state["epoch"])
 
 
 class WeightStats:
-    """The L2 norm, the L1 norm and the share of near-zero entries (|w| < SPARSE_BELOW) of the
-    model's weights (Linear and Conv weights: no biases, no norm layers), taken on the device
-    in a few ops over one flat copy."""
+    """Each member's L2 norm, L1 norm and share of near-zero entries (|w| < SPARSE_BELOW) of
+    its weights (Linear and Conv weights: no biases, no norm layers), taken on the device in a
+    few ops over the population's flat parameters."""
 
-    def __init__(self, model: nn.Module):
-        # Detached, made once: they follow the optimizer's in-place updates.
-        self.views = [w.detach() for w in weights(model)]
-        self.count = sum(v.numel() for v in self.views)
-        # One buffer, made once and worked in place: the less memory the statistics touch,
-        # the less of the training step's data they push out of the cache.
-        like = self.views[0] if self.views else torch.empty(0)
-        self.flat = like.new_empty(self.count)
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.mask = weight_mask(stack)
+        self.count = int(self.mask.sum())
 
     def __bool__(self) -> bool:
         return self.count > 0
 
-    def __call__(self) -> torch.Tensor:
-        # reshape is a view for contiguous weights, a copy for others (channels_last convs).
-        a = torch.cat([v.reshape(-1) for v in self.views], out=self.flat).abs_()
-        l2, l1 = torch.dot(a, a).sqrt(), a.sum()
-        # Minus the count of |w| < t, in float ops (several times faster on a CPU than a
-        # comparison into a bool tensor): min(|w| - t, 0) has the sign -1 below t, 0 from t on.
-        below = a.sub_(SPARSE_BELOW).clamp_(max=0).sign_().sum()
-        return torch.stack([l2, l1, below])
+    def __call__(self) -> list[torch.Tensor]:
+        a = (self.stack.flat * self.mask).abs_()
+        l2, l1 = (a * a).sum(1).sqrt(), a.sum(1)
+        # Minus the count of |w| < t among the weights, in float ops (several times faster on
+        # a CPU than a comparison into a bool tensor): min(|w| - t, 0) has the sign -1 below t.
+        below = (a.sub_(SPARSE_BELOW).clamp_(max=0).sign_() * self.mask).sum(1)
+        return [l2, l1, below]
 
-    def read(self, stats: torch.Tensor) -> dict[str, float]:
-        l2, l1, minus_below = stats.tolist()
+    def read(self, values: list[float]) -> dict[str, float]:
+        l2, l1, minus_below = values[:3]
         return {
             "weights_l2_norm": l2,
             "weights_l1_norm": l1,
             "weights_sparsity": abs(minus_below) / self.count,
         }
+
+
+def weight_mask(stack: Stack, include_all: bool = False) -> torch.Tensor:
+    """(P,): 1 where the population's flat parameters hold a weight of a Linear or Conv layer
+    (every parameter with `include_all`), else 0."""
+    model = stack.models[0]
+    chosen = {id(w) for w in weights(model)}
+    parts = [
+        torch.full((p.numel(),), float(include_all or id(p) in chosen))
+        for p in model.parameters()
+    ]
+    return torch.cat(parts).to(stack.flat)

@@ -1,0 +1,1 @@
+"""regexp's Hydra launcher plugin: `hydra/launcher=stacked` (see stacked_launcher.py)."""

@@ -1,0 +1,113 @@
+"""`hydra/launcher=stacked`: a sweep trained as populations, each job's run dir as the basic
+launcher writes it."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import read_events, read_json, regexp
+
+TINY = ["train.epochs=8", "model.hidden=[8]", "log.figure_every=4"]
+
+
+def job_dirs(sweep):
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def rows(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_2x2_sweep_of_p_and_lambda_as_one_population_writes_what_the_basic_launcher_does(
+    tmp_path,
+):
+    sweep = [*TINY, "model.dropout=0,0.5", "optim.weight_decay=0,1e-2"]
+    done = regexp(
+        "train", "-m", "hydra/launcher=stacked", *sweep, "hydra.sweep.dir=stacked", cwd=tmp_path
+    )
+    assert "4 jobs in 1 population of 4" in done.stdout + done.stderr
+    regexp("train", "-m", "hydra/launcher=basic", *sweep, "hydra.sweep.dir=basic", cwd=tmp_path)
+    stacked, basic = job_dirs(tmp_path / "stacked"), job_dirs(tmp_path / "basic")
+    assert [r.name for r in stacked] == [r.name for r in basic]
+    assert "model.dropout=0.5,model.hidden=[8],optim.weight_decay=0.01" in stacked[3].name
+    for a, b in zip(stacked, basic, strict=True):
+        files = lambda run: sorted(  # noqa: E731
+            p.name if not p.name.startswith("events") else "events" for p in run.iterdir()
+        )
+        assert files(a) == files(b)
+        assert (a / ".hydra" / "overrides.yaml").read_text() == (
+            b / ".hydra" / "overrides.yaml"
+        ).read_text()
+        assert (a / "model.txt").read_text() == (b / "model.txt").read_text()
+        for x, y in zip(rows(a), rows(b), strict=True):
+            for key in ("train_loss", "valid_loss"):
+                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-5)
+        summary = read_json(a / "summary.json")
+        assert summary["status"] == "completed" and summary["epochs"] == 8
+        events = read_events(a)
+        assert len(events.Scalars("loss/valid")) == 8
+        assert events.Images("figures/fit")  # the figure of each job
+    # The sweep reads in a report as any sweep does.
+    report = regexp("report", "stacked", cwd=tmp_path)
+    assert "4 runs" in report.stdout
+
+
+def test_two_architectures_become_two_populations(tmp_path):
+    done = regexp(
+        "train",
+        "-m",
+        "hydra/launcher=stacked",
+        "train.epochs=5",
+        "log.figure_every=0",
+        "model.hidden=[8],[8,8]",
+        "seed=0,1,2",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert "6 jobs in 2 populations of 3" in done.stdout + done.stderr
+    runs = job_dirs(tmp_path / "sweep")
+    assert len(runs) == 6
+    assert all(read_json(r / "summary.json")["status"] == "completed" for r in runs)
+
+
+def test_max_members_splits_a_population(tmp_path):
+    done = regexp(
+        "train",
+        "-m",
+        "hydra/launcher=stacked",
+        "hydra.launcher.max_members=2",
+        "train.epochs=3",
+        "log.figure_every=0",
+        "seed=0,1,2,3,4",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert "5 jobs in 3 populations of 1 to 2" in done.stdout + done.stderr
+
+
+def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
+    done = regexp(
+        "train",
+        "-m",
+        "hydra/launcher=stacked",
+        "train.epochs=5",
+        "log.figure_every=0",
+        "optim.lr=0.01,-1,0.02",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    summaries = {
+        next(p for p in r.name.split(",") if p.startswith("optim.lr")): read_json(
+            r / "summary.json"
+        )
+        for r in job_dirs(tmp_path / "sweep")
+    }
+    assert summaries["optim.lr=-1"]["status"] == "failed"
+    assert "optim.lr=-1.0 is not allowed" in summaries["optim.lr=-1"]["error"]
+    assert summaries["optim.lr=0.01"]["status"] == summaries["optim.lr=0.02"]["status"] == "completed"
+    assert "2 jobs in 1 population of 2" in done.stdout + done.stderr
