@@ -10,7 +10,8 @@ import torch
 from conftest import read_json, regexp
 from torch import nn
 
-from regexp import config, data, errors, models, run, train
+from regexp import config, data, errors, models, optim, run, train
+from regexp.population import Stack
 
 NORMS = ["none", "bn", "ln", "in", "gn"]
 SMALL = {"mlp": ["model.hidden=[16,16]"], "cnn": ["model.head=[16,16]"]}
@@ -55,8 +56,11 @@ def test_every_model_and_norm_trains_an_epoch_or_is_refused(compose, digits, mod
         return
     torch.manual_seed(0)
     net = run.build_model(conf, digits)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    result = train.fit(net, optimizer, nn.CrossEntropyLoss(), digits, epochs=1, batch_size=16)
+    stack = Stack([net], [torch.Generator().manual_seed(0)])  # a population of one
+    update = optim.build_update([optim.GD(lr=0.01)], stack.flat)
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    data = train.stack_data([digits])
+    (result,) = train.fit(stack, update, loss_fn, data, epochs=1, batch_size=16)
     assert result.status == "completed"
 
     # The layers present are the ones asked for, each norm right after its Linear or Conv

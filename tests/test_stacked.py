@@ -111,3 +111,42 @@ def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
     assert "optim.lr=-1.0 is not allowed" in summaries["optim.lr=-1"]["error"]
     assert summaries["optim.lr=0.01"]["status"] == summaries["optim.lr=0.02"]["status"] == "completed"
     assert "2 jobs in 1 population of 2" in done.stdout + done.stderr
+
+
+def test_sigint_mid_population_checkpoints_every_member_and_each_resumes_alone(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long = ["data=digits", "train.batch_size=128", "model.hidden=[16]", "train.epochs=300"]
+    long += ["train.checkpoint_every=7", "log.figure_every=0", "log.hist_every=0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regexp", "train", "-m", "hydra/launcher=stacked", *long]
+        + ["model.dropout=0,0.2", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:  # training is under way once both record epochs
+        csvs = list((tmp_path / "sweep").glob("*/metrics.csv"))
+        if len(csvs) == 2 and all(len(p.read_text().splitlines()) > 20 for p in csvs):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    members = job_dirs(tmp_path / "sweep")
+    for member in members:
+        summary = read_json(member / "summary.json")
+        assert summary["status"] == "interrupted" and summary["epochs"] < 300
+    member = next(m for m in members if "model.dropout=0.2" in m.name)
+    regexp("train", f"resume={member}", cwd=tmp_path)
+    regexp("train", *long, "model.dropout=0.2", "hydra.run.dir=reference", cwd=tmp_path)
+    for x, y in zip(rows(member), rows(tmp_path / "reference"), strict=True):
+        assert x["epoch"] == y["epoch"]
+        for key in ("train_loss", "valid_loss", "valid_acc"):
+            assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-5)
+    assert read_json(member / "summary.json")["status"] == "completed"

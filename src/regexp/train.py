@@ -291,8 +291,9 @@ def _train_epoch(stack, update, loss_fn, data, size, generators, classify, penal
     term = (terms[0] if len(terms) == 1 else torch.stack(terms).mean(0)) if terms else None
     if not classify:
         return [loss], term
-    labels = y if order is None else gather(y, shared, order)  # in the order the outputs came
-    return [loss, correct(torch.cat(outputs, 1), labels, shared)], term
+    if order is not None:  # the labels in the order the outputs came
+        y, shared = gather(y, shared, order), False
+    return [loss, correct(torch.cat(outputs, 1), y, shared)], term
 
 
 def gather(t: torch.Tensor, shared: bool, idx: torch.Tensor) -> torch.Tensor:
