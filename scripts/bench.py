@@ -8,6 +8,7 @@ It prints epochs/s for both and their ratio (regexp / hand-written; the target i
     python scripts/bench.py            # both loop cases, best of 5 repeats each
     python scripts/bench.py --repeats 3 --case digits
     python scripts/bench.py --case sweep   # an 8-job sweep: joblib launcher vs sequential
+    python scripts/bench.py --case stacked # sweeps as populations vs the basic launcher
 
 A benchmark, not a test: nothing here asserts a time.
 """
@@ -88,29 +89,59 @@ def regexp_loop(conf: config.Config, run_dir: Path) -> float:
 SWEEP = ["seed=0,1,2,3,4,5,6,7"]  # 8 jobs of the default experiment
 
 
-def sweep_seconds(launcher: list[str], repeats: int) -> float:
-    """Wall time of `regexp train -m` over SWEEP, as a user runs it (best of `repeats`)."""
-    times = []
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "regexp",
-                    "train",
-                    "-m",
-                    *SWEEP,
-                    *launcher,
-                    f"hydra.sweep.dir={tmp}/sweep",
-                ],
-                check=True,
-                capture_output=True,
-                cwd=tmp,
-            )
-            times.append(time.perf_counter() - start)
-    return min(times)
+def sweep_seconds(launcher: list[str], repeats: int, sweep: list[str] = SWEEP) -> float:
+    """Wall time of `regexp train -m` over `sweep`, as a user runs it (best of `repeats`)."""
+    return min(command_seconds(launcher, sweep) for _ in range(repeats))
+
+
+def command_seconds(launcher: list[str], sweep: list[str]) -> float:
+    """The wall seconds of one `regexp train -m` over `sweep`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "regexp", "train", "-m", *sweep, *launcher]
+            + [f"hydra.sweep.dir={tmp}/sweep"],
+            check=True,
+            capture_output=True,
+            cwd=tmp,
+        )
+        return time.perf_counter() - start
+
+
+# The stacked launcher's cases: (name, the sweep). Each runs with the basic launcher too.
+STACKED = {
+    "lesson24, 8 jobs": SWEEP,
+    "lesson24, 64 jobs": ["seed=range(64)"],
+    "digits MLP, 8 jobs": [
+        "data=digits",
+        "train.batch_size=64",
+        "train.epochs=30",
+        "model.hidden=[256,256]",
+        "seed=range(8)",
+    ],
+}
+
+
+def stacked(repeats: int) -> None:
+    table = Table(title=f"sweeps, wall seconds of the whole command, best of {repeats}")
+    for column in ("sweep", "basic", "stacked", "speed-up"):
+        table.add_column(column, justify="right")
+    for name, sweep in STACKED.items():
+        basic, ours = [], []
+        for _ in range(repeats):  # interleaved, so drift hits both alike
+            basic.append(command_seconds(["hydra/launcher=basic"], sweep))
+            ours.append(command_seconds(["hydra/launcher=stacked"], sweep))
+        table.add_row(
+            name, f"{min(basic):.1f}", f"{min(ours):.1f}", f"{min(basic) / min(ours):.2f}x"
+        )
+    Console().print(table)
+    import resource  # the largest child so far: the 64-member population's process
+
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak memory of one regexp process (the 64-job population's): {peak:.0f} MB")
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {platform.machine()}")
+    for name, sweep in STACKED.items():
+        print(f"{name}: regexp train -m {' '.join(sweep)} hydra/launcher=stacked|basic")
 
 
 def sweep(repeats: int) -> None:
@@ -132,7 +163,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
     parser.add_argument(
         "--case",
-        choices=[*CASES, "sweep", "all"],
+        choices=[*CASES, "sweep", "stacked", "all"],
         default="all",
         help="all: the two loop cases (the sweep takes a minute more)",
     )
@@ -140,6 +171,9 @@ def main() -> None:
     logging.getLogger("regexp").setLevel(logging.WARNING)
     if args.case == "sweep":
         sweep(min(args.repeats, 3))
+        return
+    if args.case == "stacked":
+        stacked(min(args.repeats, 3))
         return
 
     table = Table(title=f"training loop, epochs/s, best of {args.repeats}")

@@ -10,7 +10,7 @@ from torch import nn
 
 from regexp import models, optim, train
 from regexp.data import Dataset
-from regexp.population import Stack
+from regexp.stack import Stack
 
 
 def regression(n=12, n_valid=6) -> Dataset:

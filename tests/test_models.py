@@ -11,7 +11,7 @@ from conftest import read_json, regexp
 from torch import nn
 
 from regexp import config, data, errors, models, optim, run, train
-from regexp.population import Stack
+from regexp.stack import Stack
 
 NORMS = ["none", "bn", "ln", "in", "gn"]
 SMALL = {"mlp": ["model.hidden=[16,16]"], "cnn": ["model.head=[16,16]"]}

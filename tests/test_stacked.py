@@ -109,7 +109,9 @@ def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
     }
     assert summaries["optim.lr=-1"]["status"] == "failed"
     assert "optim.lr=-1.0 is not allowed" in summaries["optim.lr=-1"]["error"]
-    assert summaries["optim.lr=0.01"]["status"] == summaries["optim.lr=0.02"]["status"] == "completed"
+    assert (
+        summaries["optim.lr=0.01"]["status"] == summaries["optim.lr=0.02"]["status"] == "completed"
+    )
     assert "2 jobs in 1 population of 2" in done.stdout + done.stderr
 
 

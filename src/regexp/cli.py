@@ -57,9 +57,9 @@ def train(args: list[str]) -> int:
 def train_job(cfg):
     """Hydra's task function. torch and the training code are imported only here, where a
     job runs: a parallel launcher's main process never needs them, and starts faster."""
-    from regexp import run
+    from regexp import jobs
 
-    return run.train_job(cfg)
+    return jobs.train_job(cfg)
 
 
 def groups_help() -> str:
@@ -144,7 +144,7 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
     def plain(overrides):
         return [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
 
-    before = flat(OmegaConf.to_container(config.compose(plain(keep))))
+    before = config.flat(OmegaConf.to_container(config.compose(plain(keep))))
     after_cfg = config.compose(plain(keep + new))
     conf = config.validate(after_cfg)
     run_dir = checkpoint.parent
@@ -156,7 +156,7 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
         rundir.check_more_epochs(conf.train.epochs, done, run_dir)
     if not known:  # a bare checkpoint: no record of the run's config to compare with
         return
-    after = flat(OmegaConf.to_container(after_cfg))
+    after = config.flat(OmegaConf.to_container(after_cfg))
     changed = [
         k
         for k in dict.fromkeys([*before, *after])
@@ -179,13 +179,6 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
             "(sched.T_max=null) and would climb back past them; to extend runs later, start them "
             "with sched.T_max set",
         )
-
-
-def flat(tree, prefix: str = "") -> dict:
-    """A nested config as {dotted key: leaf value}."""
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
 
 def summary(args: list[str]) -> int:

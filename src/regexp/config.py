@@ -155,6 +155,13 @@ def check(conf: Config) -> None:
         rundir.checkpoint_of(conf.resume)
 
 
+def flat(tree, prefix: str = "") -> dict:
+    """A nested config as {dotted key: leaf value}."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """The train config with `overrides`, composed without running an app (no output dir)."""
     from hydra import compose as hydra_compose

@@ -393,12 +393,32 @@ def build_loss(name: str, task: str, n_outputs: int, reduction: str = "mean") ->
     return LOSSES[resolve_loss(name, task, n_outputs)]()(reduction=reduction)
 
 
+@dataclass
+class Penalty:
+    """reg.l1 * sum|w| + (reg.l2 / 2) * sum w^2 per member, over the entries `mask` marks (the
+    weights, or every parameter with reg.include_bias); `l1` and `l2` are (K, 1)."""
+
+    l1: torch.Tensor
+    l2: torch.Tensor
+    mask: torch.Tensor  # (P,), 1 where penalized
+
+    def value(self, flat: torch.Tensor) -> torch.Tensor:
+        w = flat * self.mask
+        return (self.l1 * w.abs()).sum(1) + (self.l2 / 2 * w * w).sum(1)
+
+    def add_grad(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
+        """Its gradient, l1 * sign(w) + l2 * w, added to `grad` (no autograd needed)."""
+        grad.addcmul_(torch.sign(flat), self.l1 * self.mask).addcmul_(flat, self.l2 * self.mask)
+
+
 # --- TEMPORARY (replaced by the stacked updates of the optimizer options) --------------------
 
 
 class _DevSGD:
     def __init__(self, cfgs, params, decayed=None):
-        col = lambda key: torch.tensor([float(getattr(c, key)) for c in cfgs], device=params.device).view(-1, 1)  # noqa: E731
+        col = lambda key: torch.tensor(
+            [float(getattr(c, key)) for c in cfgs], device=params.device
+        ).view(-1, 1)  # noqa: E731
         self.lr, self.momentum, self.wd = col("lr"), col("momentum"), col("weight_decay")
         self.dampening = col("dampening")
         self.decay = self.wd if decayed is None else self.wd * decayed

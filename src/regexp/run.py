@@ -1,15 +1,14 @@
-"""One training job: build what a validated config names, train it, record it.
+"""Runs, alone or as a population: build what each validated config names, as its lone run
+would, train the members as one stack, record each into its own run dir.
 
-`train_job` is the Hydra task function behind `regexp train`; `execute` does the work from a
-config and a run dir, so it can be called in-process too.
+`execute` trains one run (a population of one) from a config and a run dir, in-process;
+`execute_population` trains several; jobs.py is Hydra's side (the task function, the stacked
+launcher's grouping).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import pickle
 import random
 import signal
@@ -20,15 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
 
 from regexp import config, data, init, models, optim, plots, rundir, train
 from regexp.errors import ConfigError, UserError
-from regexp.outcomes import Outcome
-from regexp.population import Stack
-from regexp.track import Tracker, write_json
+from regexp.stack import Stack, weight_mask
+from regexp.track import PopulationProgress, Tracker, write_json
 
 log = logging.getLogger("regexp")
 
@@ -39,108 +34,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, run_dir: Path | None = None, epoch: int | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.run_dir, self.epoch = signum, run_dir, epoch
-
-
-def train_job(cfg: DictConfig) -> Outcome:
-    """Train one run into Hydra's output dir; returns its outcome, whose value is the best
-    valid loss, which sweepers minimize. A job that fails is recorded in its summary.json; a
-    user's mistake comes back in the outcome, to be said in one line once Hydra is done (the
-    callback `outcomes.SweepReport` raises it), rather than as a failed job's traceback; in
-    a sweep, the sweep goes on."""
-    hydra = HydraConfig.get()
-    run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
-    sweep = hydra.mode == RunMode.MULTIRUN
-    try:
-        try:
-            conf = config.validate(cfg)
-        except UserError as exc:
-            if cfg.get("resume") is None:  # a resumed run keeps its own summary
-                write_json(run_dir / "summary.json", failure(exc, overrides))
-            raise
-        threads = conf.threads or threads_per_job(hydra.launcher)
-        if threads:
-            torch.set_num_threads(threads)
-        summary = execute(conf, run_dir, overrides)
-    except Exception as exc:
-        if sweep:
-            log.error("job failed: %s (in %s)", one_line(exc), run_dir)
-        elif not isinstance(exc, UserError):
-            raise
-        return Outcome(math.nan, "failed", None if sweep else exc)
-    return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
-
-
-# The keys whose values may differ between the members of one population: each member has its
-# own random state, data, initial weights and optimizer hyperparameters. Any other difference
-# (architecture, norm, data set, batch size, epochs, device...) makes another population.
-MAY_DIFFER = (
-    "seed",
-    "data.draw",
-    "data.label_noise",
-    "init.",
-    "model.dropout",
-    "model.dropout2d",
-    "optim.lr",
-    "optim.weight_decay",
-    "optim.momentum",
-    "optim.dampening",
-    "optim.betas",
-    "optim.eps",
-    "optim.alpha",
-    "optim.lr_decay",
-    "optim.initial_accumulator_value",
-    "reg.l1",
-    "reg.l2",
-    "sched.",
-    "resume",
-)
-
-
-def population_key(conf: config.Config) -> str:
-    """What members of one population share: the config less the keys that MAY_DIFFER (and
-    the scheduler's name, which must match)."""
-    from omegaconf import OmegaConf
-
-    tree = OmegaConf.to_container(OmegaConf.structured(conf))
-    flat = _flat(tree)
-    kept = {k: v for k, v in flat.items() if not k.startswith(MAY_DIFFER)}
-    kept["sched.name"] = flat["sched.name"]
-    return json.dumps(kept, sort_keys=True, default=str)
-
-
-def _flat(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-
-
-def member_of(cfg: DictConfig) -> Member:
-    """The job Hydra is running, validated, as a member of a population; a value the checks
-    refuse is written to its summary.json and raised."""
-    hydra = HydraConfig.get()
-    run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
-    try:
-        return Member(config.validate(cfg), run_dir, overrides)
-    except UserError as exc:
-        if cfg.get("resume") is None:  # a resumed run keeps its own summary
-            write_json(run_dir / "summary.json", failure(exc, overrides))
-        raise
-
-
-def outcome(summary: dict | Exception) -> Outcome:
-    if isinstance(summary, Exception):
-        return Outcome(math.nan, "failed", summary)
-    return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
-
-
-def threads_per_job(launcher: DictConfig) -> int | None:
-    """torch's threads for a job of `launcher`: the cores shared out among the jobs a joblib
-    launcher runs at once, or the CPUs a submitit job was given; None leaves torch's default."""
-    cores = os.cpu_count() or 1
-    if launcher.get("n_jobs") is not None:  # joblib: -1 is one job per core
-        jobs = cores if launcher.n_jobs < 0 else min(launcher.n_jobs, cores)
-        return max(1, cores // jobs)
-    return launcher.get("cpus_per_task")
 
 
 def failure(exc: BaseException, overrides: list[str]) -> dict:
@@ -342,9 +235,10 @@ def _train(built: list[Built]) -> list[dict]:
     dataset = built[0].dataset
     stack = Stack([b.model for b in built], [b.dropout for b in built])
     confs = [b.member.conf for b in built]
-    decayed = None if first.optim.decay_norm_and_bias else train.weight_mask(stack)
+    decayed = None if first.optim.decay_norm_and_bias else weight_mask(stack)
     update = optim.build_update([c.optim for c in confs], stack.flat, decayed)
-    schedule = optim.build_schedule([c.sched for c in confs], first.train.epochs, [c.optim.lr for c in confs])
+    lrs = [c.optim.lr for c in confs]
+    schedule = optim.build_schedule([c.sched for c in confs], first.train.epochs, lrs)
     if schedule is not None:
         update.lr.copy_(torch.tensor(schedule.lrs(), dtype=update.lr.dtype).view(-1, 1))
     penalty = None
@@ -352,16 +246,19 @@ def _train(built: list[Built]) -> list[dict]:
         column = lambda key: torch.tensor(  # noqa: E731
             [[getattr(c.reg, key)] for c in confs], dtype=stack.flat.dtype, device=stack.flat.device
         )
-        mask = train.weight_mask(stack, include_all=first.reg.include_bias)
-        penalty = train.Penalty(column("l1"), column("l2"), mask)
+        mask = weight_mask(stack, include_all=first.reg.include_bias)
+        penalty = optim.Penalty(column("l1"), column("l2"), mask)
     loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
     status, errors = ["failed"] * len(built), [None] * len(built)
     tables: dict[str, str] = {}
+    progress = None
     try:
         for i, b in enumerate(built):
             conf, run_dir = b.member.conf, b.member.run_dir
             if conf.resume:
-                b.start_epoch = resume(run_dir / "checkpoint.pt", conf, stack, i, update, schedule, b.batches)
+                b.start_epoch = resume(
+                    run_dir / "checkpoint.pt", conf, stack, i, update, schedule, b.batches
+                )
             else:
                 key = str(b.model)  # members differ in their layers only where their dropout does
                 if key not in tables:
@@ -386,6 +283,8 @@ def _train(built: list[Built]) -> list[dict]:
                 start_epoch=b.start_epoch,
                 progress=len(built) == 1,
             )
+        if len(built) > 1:
+            progress = PopulationProgress(len(built), first.train.epochs, built[0].start_epoch)
         with stop_on_signals() as received:
             results = train.fit(
                 stack,
@@ -404,7 +303,8 @@ def _train(built: list[Built]) -> list[dict]:
                 penalty=penalty,
                 clip_grad_norm=first.train.clip_grad_norm,
                 weight_stats_every=first.log.weight_stats_every,
-                lrs=[c.optim.lr for c in confs],
+                lrs=lrs,
+                progress=progress,
             )
         status = [r.status for r in results]
         errors = [r.error for r in results]
@@ -418,6 +318,8 @@ def _train(built: list[Built]) -> list[dict]:
                 write_json(b.member.run_dir / "summary.json", failure(exc, b.member.overrides))
         raise
     finally:
+        if progress is not None:
+            progress.close()
         summaries = []
         for b, state, error in zip(built, status, errors, strict=True):
             if b.tracker is None:
@@ -437,7 +339,11 @@ def _train(built: list[Built]) -> list[dict]:
     for b, summary in zip(built, summaries, strict=True):
         run_dir = b.member.run_dir
         if summary["status"] == "diverged":
-            log.warning("diverged: %s; stopped there, everything up to it is in %s", summary.get("error"), run_dir)
+            log.warning(
+                "diverged: %s; stopped there, everything up to it is in %s",
+                summary.get("error"),
+                run_dir,
+            )
         if summary["status"] == "interrupted":
             log.warning(
                 "interrupted after epoch %d; resume with: regexp train resume=%s",
@@ -451,10 +357,10 @@ def _train(built: list[Built]) -> list[dict]:
     return summaries
 
 
-def resume(checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, generator) -> int:
+def resume(checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, batches) -> int:
     """Load `checkpoint` into member `i` of the population; returns the epoch it holds."""
     try:
-        epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, generator)
+        epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, batches)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

@@ -206,7 +206,11 @@ class Tracker:
                 self._csv.writerow(["epoch", *self._columns])
             # By column: an epoch without some metrics (weight stats) leaves those cells empty.
             self._csv.writerow([epoch, *(metrics.get(k, "") for k in self._columns)])
-            if self._progress is None and self.log_lines and (epoch % self._every == 0 or epoch == self.epochs):
+            if (
+                self._progress is None
+                and self.log_lines
+                and (epoch % self._every == 0 or epoch == self.epochs)
+            ):
                 log.info(
                     "epoch %d/%d  train %.4g  valid %.4g",
                     epoch,
@@ -307,6 +311,45 @@ class Tracker:
             f"params {params:,}  weight norm {norm}  {summary['seconds']:.1f} s"
         )
         self.console.print(f"run dir {self.run_dir}", soft_wrap=True)
+
+
+class PopulationProgress:
+    """The epochs of a population of K members, on one line: a progress bar on a terminal,
+    else a log line every tenth of the run (each member's own record goes to its dir)."""
+
+    def __init__(self, k: int, epochs: int, start_epoch: int = 0, console: Console | None = None):
+        self.k, self.epochs = k, epochs
+        self.console = console or Console()
+        self._every = max(1, epochs // 10)
+        self._last = 0.0
+        self._progress = None
+        if self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn(f"[bold]population of {k}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[losses]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._task = self._progress.add_task("", total=epochs, completed=start_epoch, losses="")
+            self._progress.start()
+
+    def __call__(self, epoch: int, valid_losses: list[float], running: int) -> None:
+        finite = [v for v in valid_losses if math.isfinite(v)]
+        best = f"best valid {min(finite):.4g}" if finite else ""
+        text = f"{running} of {self.k} training  {best}"
+        if self._progress is not None:
+            now = time.perf_counter()
+            if now - self._last > 0.1 or epoch == self.epochs:
+                self._last = now
+                self._progress.update(self._task, completed=epoch, losses=text)
+        elif epoch % self._every == 0 or epoch == self.epochs:
+            log.info("population of %d: epoch %d/%d  %s", self.k, epoch, self.epochs, text)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def weight_norm(model: nn.Module) -> float:

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from regexp.data import Dataset
-from regexp.models import weights
-from regexp.population import Stack
+from regexp.optim import Penalty
+from regexp.stack import Stack, WeightStats
 
 EVAL_CHUNK = 8192  # examples per forward pass in evaluation, to bound memory
 # With no checkpoint_every, a checkpoint whenever this many seconds of training have passed:
@@ -34,7 +34,6 @@ CHECKPOINT_SECONDS = 60.0
 # A training set up to this size is gathered in its shuffled order once per epoch (a copy);
 # a larger one (MNIST's 188 MB, CIFAR-10's 614 MB) batch by batch, to keep one copy only.
 GATHER_ONCE_BYTES = 64 * 2**20
-SPARSE_BELOW = 1e-3  # a weight with |w| under this counts as zero in weights/sparsity
 # Weight statistics by default about this many times a run: each costs a few tenths of a
 # lesson-24 epoch, so every epoch would slow that run down by a quarter.
 WEIGHT_STATS_POINTS = 50
@@ -89,7 +88,8 @@ def stack_data(datasets: Sequence[Dataset]) -> Data:
     def same(a: str, b: str) -> bool:
         first = datasets[0]
         return all(
-            d is first or (torch.equal(getattr(d, a), getattr(first, a)))
+            d is first
+            or (torch.equal(getattr(d, a), getattr(first, a)))
             and torch.equal(getattr(d, b), getattr(first, b))
             for d in datasets
         )
@@ -111,24 +111,6 @@ def stack_data(datasets: Sequence[Dataset]) -> Data:
     )
 
 
-@dataclass
-class Penalty:
-    """reg.l1 * sum|w| + (reg.l2 / 2) * sum w^2 per member, over the entries `mask` marks (the
-    weights, or every parameter with reg.include_bias); `l1` and `l2` are (K, 1)."""
-
-    l1: torch.Tensor
-    l2: torch.Tensor
-    mask: torch.Tensor  # (P,), 1 where penalized
-
-    def value(self, flat: torch.Tensor) -> torch.Tensor:
-        w = flat * self.mask
-        return (self.l1 * w.abs()).sum(1) + (self.l2 / 2 * w * w).sum(1)
-
-    def add_grad(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        """Its gradient, l1 * sign(w) + l2 * w, added to `grad` (no autograd needed)."""
-        grad.addcmul_(torch.sign(flat), self.l1 * self.mask).addcmul_(flat, self.l2 * self.mask)
-
-
 def fit(
     stack: Stack,
     update: Update,
@@ -148,6 +130,7 @@ def fit(
     clip_grad_norm: float | None = None,
     weight_stats_every: int | None = None,
     lrs: Sequence[float] = (),
+    progress: Callable[[int, list[float], int], None] | None = None,
 ) -> list[Result]:
     """Train every member from `start_epoch` + 1 to `epochs`; member i's metrics go to
     `trackers[i]`, its batch order comes from `generators[i]`, its state is saved to
@@ -162,6 +145,7 @@ def fit(
     `stop()` turns true, which ends the run after the epoch in progress, so that a checkpoint
     always holds whole epochs. `lrs` are the members' learning rates as configured, which
     `schedule` changes each epoch (the logged lr is the Python float torch would show).
+    `progress(epoch, valid_losses, running)` hears of each epoch of the whole population.
     """
     k = stack.k
     trackers = list(trackers) or [None] * k
@@ -185,7 +169,16 @@ def fit(
     lrs = schedule.lrs() if schedule is not None else list(lrs) or update.lr.view(-1).tolist()
     for epoch in range(start_epoch + 1, epochs + 1):
         train_stats, penalty_mean = _train_epoch(
-            stack, update, loss_fn, data, size, generators, classify, penalty, clip_grad_norm, active
+            stack,
+            update,
+            loss_fn,
+            data,
+            size,
+            generators,
+            classify,
+            penalty,
+            clip_grad_norm,
+            active,
         )
         valid_stats = evaluate(stack, loss_fn, data, classify)
         columns = [*train_stats, *valid_stats]
@@ -231,6 +224,8 @@ def fit(
             lrs = schedule.lrs()
             update.lr.copy_(torch.tensor(lrs, dtype=update.lr.dtype).view(-1, 1))
         running = [i for i in range(k) if results[i] is None]
+        if progress is not None:
+            progress(epoch, valid_losses, len(running))
         if not running:
             break
         if stop is not None and stop():
@@ -400,45 +395,3 @@ def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generato
     if generator is not None and rng["batches"] is not None:
         generator.set_state(rng["batches"].cpu())
     return int(state["epoch"])
-
-
-class WeightStats:
-    """Each member's L2 norm, L1 norm and share of near-zero entries (|w| < SPARSE_BELOW) of
-    its weights (Linear and Conv weights: no biases, no norm layers), taken on the device in a
-    few ops over the population's flat parameters."""
-
-    def __init__(self, stack: Stack):
-        self.stack = stack
-        self.mask = weight_mask(stack)
-        self.count = int(self.mask.sum())
-
-    def __bool__(self) -> bool:
-        return self.count > 0
-
-    def __call__(self) -> list[torch.Tensor]:
-        a = (self.stack.flat * self.mask).abs_()
-        l2, l1 = (a * a).sum(1).sqrt(), a.sum(1)
-        # Minus the count of |w| < t among the weights, in float ops (several times faster on
-        # a CPU than a comparison into a bool tensor): min(|w| - t, 0) has the sign -1 below t.
-        below = (a.sub_(SPARSE_BELOW).clamp_(max=0).sign_() * self.mask).sum(1)
-        return [l2, l1, below]
-
-    def read(self, values: list[float]) -> dict[str, float]:
-        l2, l1, minus_below = values[:3]
-        return {
-            "weights_l2_norm": l2,
-            "weights_l1_norm": l1,
-            "weights_sparsity": abs(minus_below) / self.count,
-        }
-
-
-def weight_mask(stack: Stack, include_all: bool = False) -> torch.Tensor:
-    """(P,): 1 where the population's flat parameters hold a weight of a Linear or Conv layer
-    (every parameter with `include_all`), else 0."""
-    model = stack.models[0]
-    chosen = {id(w) for w in weights(model)}
-    parts = [
-        torch.full((p.numel(),), float(include_all or id(p) in chosen))
-        for p in model.parameters()
-    ]
-    return torch.cat(parts).to(stack.flat)

@@ -2,22 +2,26 @@
 
 Every job is set up as Hydra's basic launcher sets it up (its run dir, its .hydra/ files, its
 log), and checked; the jobs are then grouped by what cannot differ within a population
-(regexp.run.population_key), each group split into populations of at most `max_members`, and
+(regexp.jobs.population_key), each group split into populations of at most `max_members`, and
 each population trained as one stacked model, in this process, writing each job's run dir
 exactly as a lone run would. A job whose config is refused fails alone, in one line; the
 rest train.
 """
 
-
-
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job
-from hydra.core.utils import setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -31,7 +35,7 @@ class StackedLauncherConf:
     # The most members one population holds (its memory grows with them); a larger group of
     # jobs is split into populations of about equal size.
     max_members: int = 64
-    threads: Optional[int] = None  # torch's threads; null: regexp's default
+    threads: int | None = None  # torch's threads; null: regexp's default
 
 
 ConfigStore.instance().store(
@@ -40,10 +44,10 @@ ConfigStore.instance().store(
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_members: int = 64, threads: Optional[int] = None) -> None:
+    def __init__(self, max_members: int = 64, threads: int | None = None) -> None:
         self.max_members, self.threads = max_members, threads
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -53,7 +57,7 @@ class StackedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from regexp import run
+        from regexp import jobs, run
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -72,7 +76,7 @@ class StackedLauncher(Launcher):
             returns.append(
                 run_job(
                     hydra_context=self.hydra_context,
-                    task_function=run.member_of,
+                    task_function=jobs.member_of,
                     config=sweep_config,
                     job_dir_key="hydra.sweep.dir",
                     job_subdir_key="hydra.sweep.subdir",
@@ -84,10 +88,10 @@ class StackedLauncher(Launcher):
             if i not in ready:  # refused: its summary.json says why; as the basic launcher says
                 where = r.hydra_cfg.hydra.runtime.output_dir
                 log.error("job failed: %s (in %s)", run.one_line(r._return_value), where)
-                r.return_value, r.status = run.outcome(r._return_value), JobStatus.COMPLETED
+                r.return_value, r.status = jobs.outcome(r._return_value), JobStatus.COMPLETED
         groups: dict[str, list[int]] = {}
         for i in ready:
-            groups.setdefault(run.population_key(returns[i].return_value.conf), []).append(i)
+            groups.setdefault(jobs.population_key(returns[i].return_value.conf), []).append(i)
         populations = [p for jobs in groups.values() for p in _split(jobs, self.max_members)]
         sizes = sorted({len(p) for p in populations})
         log.info(
@@ -107,7 +111,7 @@ class StackedLauncher(Launcher):
                 if isinstance(summary, Exception):
                     where = returns[i].hydra_cfg.hydra.runtime.output_dir
                     log.error("job failed: %s (in %s)", run.one_line(summary), where)
-                returns[i].return_value = run.outcome(summary)
+                returns[i].return_value = jobs.outcome(summary)
                 returns[i].status = JobStatus.COMPLETED
         return returns
 

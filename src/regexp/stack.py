@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from regexp.models import weights
+
 # A member's parameters are rows of the (K, P) buffer: for K > 1 each layer's stacked weight
 # is a strided view, which autograd accumulates into in place (what we want) with a warning.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
@@ -136,7 +138,9 @@ class Stack:
                 stacked = stacked.view(self.k)
             for i, m in enumerate(layers):
                 size = value.numel()
-                setattr(m, key, stacked[i] if value.dim() == 0 else stacked[i * size : (i + 1) * size])
+                setattr(
+                    m, key, stacked[i] if value.dim() == 0 else stacked[i * size : (i + 1) * size]
+                )
             buffers[key] = stacked
         weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
         return layer, self._view(weight), self._view(bias), buffers
@@ -268,3 +272,49 @@ def _named_layers(model: nn.Module):
     if isinstance(model, nn.Sequential):
         return list(model.named_children())
     return [("", model)]
+
+
+# --- what the stack knows of its weights ----------------------------------------------------
+
+SPARSE_BELOW = 1e-3  # a weight with |w| under this counts as zero in weights/sparsity
+
+
+class WeightStats:
+    """Each member's L2 norm, L1 norm and share of near-zero entries (|w| < SPARSE_BELOW) of
+    its weights (Linear and Conv weights: no biases, no norm layers), taken on the device in a
+    few ops over the population's flat parameters."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.mask = weight_mask(stack)
+        self.count = int(self.mask.sum())
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __call__(self) -> list[torch.Tensor]:
+        a = (self.stack.flat * self.mask).abs_()
+        l2, l1 = (a * a).sum(1).sqrt(), a.sum(1)
+        # Minus the count of |w| < t among the weights, in float ops (several times faster on
+        # a CPU than a comparison into a bool tensor): min(|w| - t, 0) has the sign -1 below t.
+        below = (a.sub_(SPARSE_BELOW).clamp_(max=0).sign_() * self.mask).sum(1)
+        return [l2, l1, below]
+
+    def read(self, values: list[float]) -> dict[str, float]:
+        l2, l1, minus_below = values[:3]
+        return {
+            "weights_l2_norm": l2,
+            "weights_l1_norm": l1,
+            "weights_sparsity": abs(minus_below) / self.count,
+        }
+
+
+def weight_mask(stack: Stack, include_all: bool = False) -> torch.Tensor:
+    """(P,): 1 where the population's flat parameters hold a weight of a Linear or Conv layer
+    (every parameter with `include_all`), else 0."""
+    model = stack.models[0]
+    chosen = {id(w) for w in weights(model)}
+    parts = [
+        torch.full((p.numel(),), float(include_all or id(p) in chosen)) for p in model.parameters()
+    ]
+    return torch.cat(parts).to(stack.flat)

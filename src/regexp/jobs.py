@@ -1,0 +1,116 @@
+"""Hydra's side of training: the task function behind `regexp train`, a sweep job as a member
+of a population for the stacked launcher, and what decides which jobs share a population."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from regexp import config
+from regexp.errors import UserError
+from regexp.outcomes import Outcome
+from regexp.run import Member, execute, failure, one_line
+from regexp.track import write_json
+
+log = logging.getLogger("regexp")
+
+
+def train_job(cfg: DictConfig) -> Outcome:
+    """Train one run into Hydra's output dir; returns its outcome, whose value is the best
+    valid loss, which sweepers minimize. A job that fails is recorded in its summary.json; a
+    user's mistake comes back in the outcome, to be said in one line once Hydra is done (the
+    callback `outcomes.SweepReport` raises it), rather than as a failed job's traceback; in
+    a sweep, the sweep goes on."""
+    hydra = HydraConfig.get()
+    run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
+    sweep = hydra.mode == RunMode.MULTIRUN
+    try:
+        try:
+            conf = config.validate(cfg)
+        except UserError as exc:
+            if cfg.get("resume") is None:  # a resumed run keeps its own summary
+                write_json(run_dir / "summary.json", failure(exc, overrides))
+            raise
+        threads = conf.threads or threads_per_job(hydra.launcher)
+        if threads:
+            torch.set_num_threads(threads)
+        summary = execute(conf, run_dir, overrides)
+    except Exception as exc:
+        if sweep:
+            log.error("job failed: %s (in %s)", one_line(exc), run_dir)
+        elif not isinstance(exc, UserError):
+            raise
+        return Outcome(math.nan, "failed", None if sweep else exc)
+    return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
+
+
+# The keys whose values may differ between the members of one population: each member has its
+# own random state, data, initial weights and optimizer hyperparameters. Any other difference
+# (architecture, norm, data set, batch size, epochs, device...) makes another population.
+MAY_DIFFER = (
+    "seed",
+    "data.draw",
+    "data.label_noise",
+    "init.",
+    "model.dropout",
+    "model.dropout2d",
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.momentum",
+    "optim.dampening",
+    "optim.betas",
+    "optim.eps",
+    "optim.alpha",
+    "optim.lr_decay",
+    "optim.initial_accumulator_value",
+    "reg.l1",
+    "reg.l2",
+    "sched.",
+    "resume",
+)
+
+
+def population_key(conf: config.Config) -> str:
+    """What members of one population share: the config less the keys that MAY_DIFFER (and
+    the scheduler's name, which must match)."""
+    flat = config.flat(OmegaConf.to_container(OmegaConf.structured(conf)))
+    kept = {k: v for k, v in flat.items() if not k.startswith(MAY_DIFFER)}
+    kept["sched.name"] = flat["sched.name"]
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def member_of(cfg: DictConfig) -> Member:
+    """The job Hydra is running, validated, as a member of a population; a value the checks
+    refuse is written to its summary.json and raised."""
+    hydra = HydraConfig.get()
+    run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
+    try:
+        return Member(config.validate(cfg), run_dir, overrides)
+    except UserError as exc:
+        if cfg.get("resume") is None:  # a resumed run keeps its own summary
+            write_json(run_dir / "summary.json", failure(exc, overrides))
+        raise
+
+
+def outcome(summary: dict | Exception) -> Outcome:
+    if isinstance(summary, Exception):
+        return Outcome(math.nan, "failed", summary)
+    return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
+
+
+def threads_per_job(launcher: DictConfig) -> int | None:
+    """torch's threads for a job of `launcher`: the cores shared out among the jobs a joblib
+    launcher runs at once, or the CPUs a submitit job was given; None leaves torch's default."""
+    cores = os.cpu_count() or 1
+    if launcher.get("n_jobs") is not None:  # joblib: -1 is one job per core
+        jobs = cores if launcher.n_jobs < 0 else min(launcher.n_jobs, cores)
+        return max(1, cores // jobs)
+    return launcher.get("cpus_per_task")
