@@ -16,7 +16,8 @@ from regexp.options import OPTIONS, option
 
 PACKAGE = Path(config.__file__).parent
 LONG = 400  # lines; a longer module says why at its top
-DOMAIN = ("data", "models", "init", "optim")  # the modules that hold config groups' schemas
+# the modules that hold config groups' schemas
+DOMAIN = ("data", "models", "init", "optim", "schedules")
 
 
 def module_name(path: Path) -> str:

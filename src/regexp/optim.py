@@ -1,8 +1,8 @@
-"""Optimizers and their param groups, learning-rate schedulers, L1/L2 penalties and losses."""
+"""Optimizers and their param groups, L1/L2 penalties and losses. The learning-rate schedules
+are in schedules.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +12,8 @@ from omegaconf import MISSING
 from regexp.errors import ConfigError
 from regexp.lazy import lazy
 from regexp.models import weights
-from regexp.options import need, option
+from regexp.options import knobs, need, option
+from regexp.schedules import Sched
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
@@ -36,7 +37,7 @@ class Optim:
 
     def build(self, groups: list[dict]):
         cls = getattr(torch.optim, self.torch_class)
-        return cls(groups, **_knobs(self, "decay_norm_and_bias"))
+        return cls(groups, **knobs(self, "decay_norm_and_bias"))
 
     def check(self) -> None:
         """The values PyTorch's optimizers would refuse with a traceback, refused in one line."""
@@ -141,110 +142,6 @@ class Adagrad(Optim):
         need(value >= 0, "optim.initial_accumulator_value", value, "a value >= 0")
 
 
-# --- schedulers, stepped once per epoch (plateau with the valid loss) ------------------------
-
-
-@dataclass
-class Sched:
-    name: str = MISSING
-    torch_class = ""  # (not a config key); none: no scheduler
-
-    def build(self, optimizer, epochs: int):
-        """The torch.optim.lr_scheduler this option configures, over a run of `epochs`."""
-        return getattr(torch.optim.lr_scheduler, self.torch_class)(optimizer, **_knobs(self))
-
-    def check(self) -> None:
-        gamma = getattr(self, "gamma", 1)
-        need(gamma > 0, "sched.gamma", gamma, "a factor > 0")
-
-
-@option("sched")
-@dataclass
-class NoSched(Sched):
-    name: str = "none"
-
-    def build(self, optimizer, epochs: int) -> None:
-        return None
-
-
-@option("sched")
-@dataclass
-class StepLR(Sched):
-    name: str = "step"
-    step_size: int = 20
-    gamma: float = 0.8
-    torch_class = "StepLR"
-
-    def check(self) -> None:
-        super().check()
-        need(self.step_size >= 1, "sched.step_size", self.step_size, "an integer >= 1")
-
-
-@option("sched")
-@dataclass
-class MultiStepLR(Sched):
-    name: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [20, 60, 90, 135, 180])
-    gamma: float = 0.8
-    torch_class = "MultiStepLR"
-
-    def build(self, optimizer, epochs: int):
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.milestones), self.gamma)
-
-    def check(self) -> None:
-        super().check()
-        need(
-            len(self.milestones) > 0 and all(m >= 1 for m in self.milestones),
-            "sched.milestones",
-            self.milestones,
-            "a list of epochs >= 1, e.g. [20,60,90]",
-        )
-
-
-@option("sched")
-@dataclass
-class ExponentialLR(Sched):
-    name: str = "exponential"
-    gamma: float = 0.8
-    torch_class = "ExponentialLR"
-
-
-@option("sched")
-@dataclass
-class CosineAnnealingLR(Sched):
-    name: str = "cosine"
-    T_max: int | None = None  # null: train.epochs
-    eta_min: float = 0.0
-    torch_class = "CosineAnnealingLR"
-
-    def build(self, optimizer, epochs: int):
-        t_max = epochs if self.T_max is None else self.T_max  # null spans the run
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t_max, self.eta_min)
-
-    def check(self) -> None:
-        super().check()
-        need(self.T_max is None or self.T_max >= 1, "sched.T_max", self.T_max, "null or >= 1")
-        need(self.eta_min >= 0, "sched.eta_min", self.eta_min, "a learning rate >= 0")
-
-
-@option("sched")
-@dataclass
-class ReduceLROnPlateau(Sched):
-    """Stepped with the valid loss of each epoch."""
-
-    name: str = "plateau"
-    mode: str = "min"
-    factor: float = 0.1
-    patience: int = 10
-    torch_class = "ReduceLROnPlateau"
-
-    def check(self) -> None:
-        super().check()
-        need(self.mode in ("min", "max"), "sched.mode", self.mode, "min or max")
-        need(0 < self.factor < 1, "sched.factor", self.factor, "a factor in (0, 1)")
-        need(self.patience >= 0, "sched.patience", self.patience, "an integer >= 0")
-
-
 # --- penalties ------------------------------------------------------------------------------
 
 
@@ -287,15 +184,6 @@ LOSSES: dict[str, Callable[[], type]] = {
 
 # Which losses fit which task; `auto` takes the first.
 LOSSES_FOR = {"regression": ["mse", "l1", "smooth_l1"], "classification": ["ce", "bce"]}
-
-
-def _knobs(cfg, *skip: str) -> dict:
-    """The config's fields as keyword arguments for PyTorch (lists become tuples)."""
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("name", *skip)
-    }
 
 
 def param_groups(model: nn.Module, decay_norm_and_bias: bool = True) -> list[dict]:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from regexp import config, init, models, optim, plots
+from regexp import config, init, models, optim, plots, schedules
 from regexp.console import console as default_console
 from regexp.errors import ConfigError, UserError
 
@@ -281,11 +281,11 @@ def _depth_stds(init_cfg, norm_cfg, x, seed) -> tuple[list[float], list[float]]:
 # --- lr: experiment 9 --------------------------------------------------------------------
 
 LESSON_SCHEDULES = {  # lr 0.1 for 200 epochs
-    "StepLR(20, 0.8)": optim.StepLR(step_size=20, gamma=0.8),
-    "MultiStepLR([20,60,90,135,180], 0.8)": optim.MultiStepLR(
+    "StepLR(20, 0.8)": schedules.StepLR(step_size=20, gamma=0.8),
+    "MultiStepLR([20,60,90,135,180], 0.8)": schedules.MultiStepLR(
         milestones=[20, 60, 90, 135, 180], gamma=0.8
     ),
-    "ExponentialLR(0.8)": optim.ExponentialLR(gamma=0.8),
+    "ExponentialLR(0.8)": schedules.ExponentialLR(gamma=0.8),
 }
 
 
