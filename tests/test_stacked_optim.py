@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -288,3 +290,22 @@ def test_a_schedule_writes_the_updates_lr_and_the_update_follows():
     assert update.lr[:, 0].tolist() == [0.1 / 32, 0.3 / 32]
     for i, member in enumerate(alone):
         assert relative(flat[i], member.flat()) <= TOLERANCE
+
+
+def test_a_population_steps_and_schedules_without_building_torch_optim():
+    # Building a torch.optim optimizer imports torch._dynamo and sympy: a second of start-up.
+    code = """
+import sys, torch
+from regexp import optim, schedules
+flat = torch.randn(2, 10)
+for cfg in (optim.SGD(momentum=0.9), optim.Adam(), optim.RMSprop(), optim.Adagrad()):
+    update = optim.build_update([cfg, cfg], flat)
+    update.step(flat, torch.randn(2, 10))
+schedule = schedules.build_schedule([schedules.ReduceLROnPlateau()] * 2, 5, [0.1, 0.2])
+schedule.step([1.0, 2.0])
+update.set_lr(schedule.lrs())
+print(sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
