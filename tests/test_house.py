@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.config_store import ConfigStore
 
 from regexp import config, optim, run
@@ -16,7 +17,8 @@ from regexp.options import OPTIONS, option
 
 PACKAGE = Path(config.__file__).parent
 LONG = 400  # lines; a longer module says why at its top
-DOMAIN = ("data", "models", "init", "optim")  # the modules that hold config groups' schemas
+# the modules that hold config groups' schemas
+DOMAIN = ("data", "models", "init", "optim", "schedules")
 
 
 def module_name(path: Path) -> str:
@@ -92,11 +94,8 @@ def halved_sgd(tmp_path):
 
         name: str = "halved_sgd"
 
-        def build(self, groups):
-            built = super().build(groups)
-            for group in built.param_groups:
-                group["lr"] = self.lr / 2
-            return built
+        def knobs(self):  # what torch.optim.SGD and a population's update both take
+            return {**super().knobs(), "lr": self.lr / 2}
 
     (tmp_path / "optim").mkdir()
     (tmp_path / "optim" / "halved_sgd.yaml").write_text(
@@ -119,6 +118,18 @@ def test_a_made_up_optimizer_option_trains_as_its_builder_says(halved_sgd, tmp_p
             records.append([(r["train_loss"], r["valid_loss"], r["lr"]) for r in csv.DictReader(f)])
     assert records[0] == records[1]  # SGD at lr 0.02 / 2 is SGD at 0.01, number for number
     assert float(records[0][0][2]) == 0.01
+
+    # A population of it steps as one of SGD at 0.01 does.
+    flat = torch.randn(3, 50)
+    twin = flat.clone()
+    halved = optim.build_update([made_up.optim] * 3, flat)
+    plain = optim.build_update([sgd.optim] * 3, twin)
+    assert halved.lr[:, 0].tolist() == [0.01] * 3
+    for _ in range(5):
+        grad = torch.randn(3, 50)
+        halved.step(flat, grad)
+        plain.step(twin, grad)
+    assert torch.equal(flat, twin)
 
 
 def test_an_unknown_option_name_lists_the_known_ones(compose):

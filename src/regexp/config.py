@@ -1,10 +1,11 @@
 """The root config, its registration with Hydra's ConfigStore, and the checks that span groups.
 
 Each config group's options have their schema dataclasses beside the code that builds them
-(data/, models.py, init.py, optim.py), registered as `schema/<group>/<name>` when those
-modules are imported, which this one does. The root schema `Config` below is registered as
-`schema`: conf/train.yaml names it first in its defaults list, so Hydra types every key while
-composing. `validate` then turns the composed config into dataclasses and runs every check.
+(data/, models.py, init.py, optim.py, schedules.py), registered as `schema/<group>/<name>`
+when those modules are imported, which this one does. The root schema `Config` below is
+registered as `schema`: conf/train.yaml names it first in its defaults list, so Hydra types
+every key while composing. `validate` then turns the composed config into dataclasses and
+runs every check.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from regexp.data import Data
 from regexp.errors import ConfigError
 from regexp.init import Init
 from regexp.models import MLP, Model, Norm
-from regexp.optim import LOSSES, Optim, Reg, Sched
+from regexp.optim import LOSSES, Optim, Reg
 from regexp.options import known, names, need
+from regexp.schedules import Sched
 
 
 def conf_dir() -> Path:

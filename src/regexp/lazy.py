@@ -20,7 +20,11 @@ class LazyModule:
     def __getattr__(self, attr: str):
         if self._module is None:
             self._module = importlib.import_module(self._name)
-        return getattr(self._module, attr)
+        value = getattr(self._module, attr)
+        # Kept, so that the next read is a plain attribute's, as cheap as the module's own:
+        # a hot loop (an optimizer step) reads torch.X often.
+        setattr(self, attr, value)
+        return value
 
 
 def lazy(name: str) -> LazyModule:

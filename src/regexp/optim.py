@@ -1,10 +1,16 @@
-"""Optimizers and their param groups, learning-rate schedulers, L1/L2 penalties and losses."""
+"""Optimizers, for one run (torch.optim) and for a population (stacked updates), their param
+groups, L1/L2 penalties and losses. The learning-rate schedules are in schedules.py.
+
+Why it is long: each optimizer option's schema sits beside both things it builds, the
+torch.optim optimizer of the one-run loop and the stacked update of a population, which
+replays that optimizer's step over K members at once. The first goes when the loop trains a
+run as a population of one (optim.build_optimizer and each schema's `build`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
@@ -12,15 +18,185 @@ from omegaconf import MISSING
 from regexp.errors import ConfigError
 from regexp.lazy import lazy
 from regexp.models import weights
-from regexp.options import need, option
+from regexp.options import knobs, need, option
+from regexp.schedules import Sched
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
 F = lazy("torch.nn.functional")
 
 
+# --- a population's optimizer step ------------------------------------------------------------
+
+
+class Update:
+    """One optimizer's step for a population of K members: their parameters are the rows of
+    one flat (K, P) buffer, their gradients those of another, and each hyperparameter is a
+    (K, 1) column, so that a step is a few large in-place operations whatever K and however
+    many layers. Each option's subclass is torch.optim's single-tensor step (foreach=False)
+    written over the rows, operation for operation, every scalar rounded to float32 where
+    torch's kernels round it: a member's numbers are those torch.optim gives it alone.
+
+    `lr` is each member's lr, (K, 1) float64 on the CPU: the very Python float torch.optim
+    holds, so that the scalars torch computes from it in double (Adam's lr / (1 - beta1^t))
+    come out the same, without a device sync. The schedule writes it (`set_lr`) once an
+    epoch. Step counts are host ints, and `active` is read on the host: keep it on the CPU.
+
+    A subclass sets up its state and columns in `setup` and steps in `apply`; `on_lr` derives
+    what depends on the lr whenever it changes. Its state is the (K, P) tensors in `state`.
+    """
+
+    def __init__(self, cfgs: Sequence[Optim], params: torch.Tensor, decayed=None):
+        if params.dim() != 2 or params.shape[0] != len(cfgs):
+            shape = tuple(params.shape)
+            raise ValueError(f"{len(cfgs)} members need parameters of shape (K, P), got {shape}")
+        self.knobs = [cfg.knobs() for cfg in cfgs]
+        self.k, self.device = len(cfgs), params.device
+        self.lr = torch.tensor([[k["lr"]] for k in self.knobs], dtype=torch.float64)
+        self.steps = [0] * self.k
+        self.state: dict[str, torch.Tensor] = {}
+        self.unused: set[tuple[str, int]] = set()  # (state, member) a member's algorithm lacks
+        self.scratches: list[torch.Tensor] = []
+        if decayed is not None:
+            if decayed.shape != params.shape[1:]:
+                raise ValueError(f"decayed is (P,) = {tuple(params.shape[1:])}")
+            decayed = decayed.to(self.device, torch.bool)
+            decayed = None if bool(decayed.all()) else decayed
+        self.decayed = decayed  # (P,) bool: the entries weight decay applies to; None: all
+        self.weight_decay = self.decay_column(self.knob("weight_decay"))
+        self._lr_seen = None
+        self.setup(params)
+
+    # --- what subclasses use
+
+    def knob(self, name: str) -> list:
+        """Each member's value of a knob (a keyword argument of the torch optimizer)."""
+        return [k[name] for k in self.knobs]
+
+    def same(self, name: str):
+        """A knob that changes the algorithm, the same for every member (or ValueError)."""
+        values = set(self.knob(name))
+        if len(values) > 1:
+            raise ValueError(
+                f"optim.{name} differs between the members of a population ({sorted(values)}):"
+                f" train each value as a population of its own"
+            )
+        return values.pop()
+
+    def column(self, values: Sequence) -> torch.Tensor:
+        """Per-member scalars as float32 on the device, (K, 1) (or (K, n) for n-tuples), each
+        Python float rounded as torch's kernels round a scalar argument."""
+        t = torch.tensor(values, dtype=torch.float32)
+        t = t.view(-1, 1) if t.dim() == 1 else t
+        if self.device.type == "cpu":
+            return t
+        # From pageable memory, a non-blocking copy is staged at once: no sync with the device.
+        return t.to(self.device, non_blocking=True)
+
+    def decay_column(self, values: Sequence[float]):
+        """Per-member weight decay where `decayed`, 0 elsewhere; None if all are 0."""
+        if not any(values):
+            return None
+        col = self.column(values)
+        return col if self.decayed is None else col * self.decayed
+
+    def buffer(self, name: str, params: torch.Tensor, fill=None, used=None) -> torch.Tensor:
+        """A state tensor like `params`: zeros, or each member's row filled with `fill`; `used`
+        (K bools) marks the members whose algorithm has it (None: all), which save it."""
+        t = torch.zeros_like(params) if fill is None else fill.expand_as(params).clone()
+        self.state[name] = t
+        if used is not None:
+            self.unused |= {(name, k) for k in range(self.k) if not used[k]}
+        return t
+
+    def scratch(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        """The i-th tensor of intermediates, kept from step to step: a fresh (K, P) tensor
+        each step would cost more than the arithmetic (new pages to fault in)."""
+        while len(self.scratches) <= i:
+            self.scratches.append(torch.empty_like(like))
+        return self.scratches[i]
+
+    def coupled_decay(self, params: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """grad + weight_decay * param, as torch's `grad.add(param, alpha=wd)` (in scratch 0:
+        the gradients stay as they are)."""
+        if self.weight_decay is None:
+            return grads
+        return torch.addcmul(grads, params, self.weight_decay, out=self.scratch(0, grads))
+
+    def setup(self, params: torch.Tensor) -> None:
+        pass
+
+    def on_lr(self, lrs: list[float]) -> None:
+        self.lrs = lrs
+        self.neg_lr = self.column([-lr for lr in lrs])
+
+    def apply(self, params: torch.Tensor, grads: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    # --- what the loop uses
+
+    def set_lr(self, lrs: Sequence[float]) -> None:
+        """Each member's lr, as Python floats (a schedule's `lrs()`)."""
+        self.lr.copy_(torch.tensor(lrs, dtype=torch.float64).view(-1, 1))
+
+    def step(self, params: torch.Tensor, grads: torch.Tensor, active=None) -> None:
+        """Update `params` in place from `grads`, both (K, P). Members that `active` (K bools,
+        or None: all) marks False are not touched at all, nor their state or step count."""
+        on = [True] * self.k if active is None else [bool(a) for a in _host(active)]
+        frozen = [k for k in range(self.k) if not on[k]]
+        if len(frozen) == self.k:
+            return
+        self.steps = [s + 1 if a else s for s, a in zip(self.steps, on, strict=True)]
+        seen = (id(self.lr), self.lr._version)  # any write to lr bumps its version
+        if seen != self._lr_seen:
+            self.on_lr(self.lr[:, 0].tolist())
+            self._lr_seen = seen
+        if params.requires_grad:  # a leaf of autograd: stepped in place through an alias
+            params = params.detach()  # (cheaper than torch.no_grad())
+        if frozen:  # the frozen rows, put back after a step of every row
+            rows = torch.tensor(frozen, device=self.device)
+            kept = [(t, t.index_select(0, rows)) for t in (params, *self.state.values())]
+        self.apply(params, grads)
+        if frozen:
+            for t, rows_before in kept:
+                t.index_copy_(0, rows, rows_before)
+
+    def state_dict(self, k: int) -> dict:
+        """Member k's state alone: its step count, lr and rows of the state tensors (those
+        its algorithm has: no momentum buffer without momentum, as torch.optim)."""
+        rows = {
+            name: t[k].clone() for name, t in self.state.items() if (name, k) not in self.unused
+        }
+        return {"step": self.steps[k], "lr": float(self.lr[k, 0]), "state": rows}
+
+    def load_state_dict(self, k: int, state: dict) -> None:
+        ours = sorted(name for name in self.state if (name, k) not in self.unused)
+        if sorted(state["state"]) != ours:
+            theirs = sorted(state["state"])
+            raise ValueError(f"an optimizer state of {theirs} does not fit one of {ours}")
+        for name, row in state["state"].items():
+            self.state[name][k].copy_(row)
+        self.steps[k] = int(state["step"])
+        self.lr[k, 0] = float(state["lr"])
+
+
+def _host(active) -> list:
+    return active.tolist() if hasattr(active, "tolist") else list(active)
+
+
+def build_update(cfgs: Sequence[Optim], params: torch.Tensor, decayed=None) -> Update:
+    """The step of a population whose members' configs are `cfgs` (options that share one
+    update: sgd and gd may mix) and whose parameters are the rows of `params` (K, P); weight
+    decay only where `decayed` (P,) is true (None: everywhere)."""
+    kinds = {type(cfg).update for cfg in cfgs}
+    if len(kinds) != 1:
+        names = sorted({cfg.name for cfg in cfgs})
+        raise ValueError(f"one population, one optimizer: got optim={', '.join(names)}")
+    return kinds.pop()(cfgs, params, decayed)
+
+
 # --- optimizers: each option's `torch_class` is the torch.optim class it configures, its
-# knobs the fields under their PyTorch names --------------------------------------------------
+# knobs the fields under their PyTorch names, `update` its step for a population --------------
 
 
 @dataclass
@@ -33,16 +209,63 @@ class Optim:
     # false: biases and norm-layer parameters go into a param group with no decay.
     decay_norm_and_bias: bool = True
     torch_class = ""  # (not a config key)
+    update = Update  # (not a config key) the option's step for a population
+
+    def knobs(self) -> dict:
+        """The hyperparameters under PyTorch's names: the torch optimizer's keyword arguments,
+        and each member's in a population's update."""
+        return knobs(self, "decay_norm_and_bias")
 
     def build(self, groups: list[dict]):
         cls = getattr(torch.optim, self.torch_class)
-        return cls(groups, **_knobs(self, "decay_norm_and_bias"))
+        return cls(groups, **self.knobs())
 
     def check(self) -> None:
         """The values PyTorch's optimizers would refuse with a traceback, refused in one line."""
         need(self.lr > 0, "optim.lr", self.lr, "a learning rate > 0")
         decay = self.weight_decay
         need(decay >= 0, "optim.weight_decay", decay, "a weight decay >= 0")
+
+
+class SGDUpdate(Update):
+    """torch.optim.SGD's step."""
+
+    def setup(self, params):
+        self.nesterov = self.same("nesterov")
+        momentum, dampening = self.knob("momentum"), self.knob("dampening")
+        self.momentum = None
+        if any(momentum):
+            used = [m != 0 for m in momentum]
+            self.buf = self.buffer("momentum_buffer", params, used=used)
+            # A member without momentum (torch keeps no buffer) has its gradient there.
+            self.kept = [0.0 if m == 0 else m for m in momentum]
+            self.added = [
+                1.0 if m == 0 else 1 - d for m, d in zip(momentum, dampening, strict=True)
+            ]
+            self.momentum = self.column(momentum)
+            self.kept_column, self.added_column = self.column(self.kept), self.column(self.added)
+
+    def apply(self, params, grads):
+        grad = self.coupled_decay(params, grads)
+        if self.momentum is not None:
+            first = [s == 1 for s in self.steps]  # torch's first step: buffer = gradient
+            if all(first):
+                self.buf.copy_(grad)
+            else:
+                kept, added = self.kept_column, self.added_column
+                if any(first):  # and members whose first step comes later (frozen until now)
+                    kept = self.column(
+                        [0.0 if f else m for f, m in zip(first, self.kept, strict=True)]
+                    )
+                    added = self.column(
+                        [1.0 if f else a for f, a in zip(first, self.added, strict=True)]
+                    )
+                self.buf.mul_(kept).addcmul_(grad, added)
+            if self.nesterov:
+                grad = torch.addcmul(grad, self.buf, self.momentum, out=self.scratch(1, grad))
+            else:
+                grad = self.buf
+        params.addcmul_(grad, self.neg_lr)
 
 
 @option("optim")
@@ -53,6 +276,7 @@ class SGD(Optim):
     dampening: float = 0.0
     nesterov: bool = False
     torch_class = "SGD"
+    update = SGDUpdate
 
     def check(self) -> None:
         super().check()
@@ -78,6 +302,63 @@ class GD(SGD):
         need(m == 0, "optim.momentum", m, "0 with optim=gd; optim=sgd has one")
 
 
+class AdamUpdate(Update):
+    """torch.optim.Adam's step (AdamW's with `decoupled`)."""
+
+    decoupled = False
+
+    def setup(self, params):
+        self.amsgrad = self.same("amsgrad")
+        self.beta1, self.beta2 = (list(b) for b in zip(*self.knob("betas"), strict=True))
+        self.one_minus_beta1 = self.column([1 - b for b in self.beta1])
+        self.beta2_column = self.column(self.beta2)
+        self.one_minus_beta2 = self.column([1 - b for b in self.beta2])
+        self.eps = self.column(self.knob("eps"))
+        self.exp_avg = self.buffer("exp_avg", params)
+        self.exp_avg_sq = self.buffer("exp_avg_sq", params)
+        if self.amsgrad:
+            self.max_exp_avg_sq = self.buffer("max_exp_avg_sq", params)
+        self.shrink = None
+        if self.decoupled:
+            self.weight_decay = None  # not added to the gradient: the weights shrink
+
+    def on_lr(self, lrs):
+        super().on_lr(lrs)
+        decay = self.knob("weight_decay")
+        if self.decoupled and any(decay):
+            shrink = self.column([1 - lr * wd for lr, wd in zip(lrs, decay, strict=True)])
+            self.shrink = shrink if self.decayed is None else torch.where(self.decayed, shrink, 1.0)
+
+    def apply(self, params, grads):
+        if self.shrink is not None:
+            params.mul_(self.shrink)
+        grad = self.coupled_decay(params, grads)
+        self.exp_avg.lerp_(grad, self.one_minus_beta1)
+        scaled = torch.mul(grad, self.one_minus_beta2, out=self.scratch(1, grad))
+        self.exp_avg_sq.mul_(self.beta2_column).addcmul_(grad, scaled)
+        # Step t's scalars, in double as torch computes them (a frozen member's are unused).
+        t = [float(max(s, 1)) for s in self.steps]
+        scalars = self.column(
+            [
+                (-(lr / (1 - b1**s)), (1 - b2**s) ** 0.5)
+                for lr, b1, b2, s in zip(self.lrs, self.beta1, self.beta2, t, strict=True)
+            ]
+        )
+        second = self.exp_avg_sq
+        if self.amsgrad:
+            second = torch.maximum(self.max_exp_avg_sq, second, out=self.max_exp_avg_sq)
+        denom = torch.sqrt(second, out=self.scratch(1, grad))
+        denom.div_(scalars[:, 1:]).add_(self.eps)
+        stepped = torch.mul(self.exp_avg, scalars[:, :1], out=self.scratch(2, grad))
+        params.addcdiv_(stepped, denom)
+
+
+class AdamWUpdate(AdamUpdate):
+    """torch.optim.AdamW's step: Adam's, with the weight decay decoupled."""
+
+    decoupled = True
+
+
 @option("optim")
 @dataclass
 class Adam(Optim):
@@ -87,6 +368,7 @@ class Adam(Optim):
     eps: float = 1e-8
     amsgrad: bool = False
     torch_class = "Adam"
+    update = AdamUpdate
 
     def check(self) -> None:
         super().check()
@@ -105,6 +387,54 @@ class AdamW(Adam):
     name: str = "adamw"
     weight_decay: float = 0.01  # PyTorch's default for AdamW
     torch_class = "AdamW"
+    update = AdamWUpdate
+
+
+class RMSpropUpdate(Update):
+    """torch.optim.RMSprop's step."""
+
+    def setup(self, params):
+        self.centered = self.same("centered")
+        alpha, momentum = self.knob("alpha"), self.knob("momentum")
+        self.alpha = self.column(alpha)
+        self.one_minus_alpha = self.column([1 - a for a in alpha])
+        self.eps = self.column(self.knob("eps"))
+        self.square_avg = self.buffer("square_avg", params)
+        if self.centered:
+            self.grad_avg = self.buffer("grad_avg", params)
+        self.momentum = self.with_momentum = None
+        if any(m > 0 for m in momentum):
+            used = [m > 0 for m in momentum]
+            self.buf = self.buffer("momentum_buffer", params, used=used)
+            self.momentum = self.column(momentum)
+            if not all(m > 0 for m in momentum):  # and members without, stepped as torch does
+                self.with_momentum = self.column([m > 0 for m in momentum]).bool()
+
+    def apply(self, params, grads):
+        grad = self.coupled_decay(params, grads)
+        scaled = torch.mul(grad, self.one_minus_alpha, out=self.scratch(1, grad))
+        self.square_avg.mul_(self.alpha).addcmul_(grad, scaled)
+        avg = self.scratch(1, grad)
+        if self.centered:
+            self.grad_avg.lerp_(grad, self.one_minus_alpha)
+            torch.addcmul(self.square_avg, self.grad_avg, self.grad_avg, value=-1, out=avg)
+            avg.sqrt_()
+        else:
+            torch.sqrt(self.square_avg, out=avg)
+        avg.add_(self.eps)
+        plain = None  # torch's step without momentum: param + (-lr * grad) / avg
+        if self.momentum is None or self.with_momentum is not None:
+            plain = torch.mul(grad, self.neg_lr, out=self.scratch(2, grad))
+        if self.momentum is None:
+            params.addcdiv_(plain, avg)
+            return
+        self.buf.mul_(self.momentum).addcdiv_(grad, avg)
+        if self.with_momentum is None:
+            params.addcmul_(self.buf, self.neg_lr)
+        else:  # each member by its own rule
+            plain = torch.addcdiv(params, plain, avg, out=plain)
+            params.addcmul_(self.buf, self.neg_lr)
+            torch.where(self.with_momentum, params, plain, out=params)
 
 
 @option("optim")
@@ -116,12 +446,33 @@ class RMSprop(Optim):
     momentum: float = 0.0
     centered: bool = False
     torch_class = "RMSprop"
+    update = RMSpropUpdate
 
     def check(self) -> None:
         super().check()
         need(self.momentum >= 0, "optim.momentum", self.momentum, "a momentum >= 0")
         need(self.eps > 0, "optim.eps", self.eps, "an epsilon > 0")
         need(0 <= self.alpha < 1, "optim.alpha", self.alpha, "a smoothing constant in [0, 1)")
+
+
+class AdagradUpdate(Update):
+    """torch.optim.Adagrad's step."""
+
+    def setup(self, params):
+        self.lr_decay = self.knob("lr_decay")
+        self.eps = self.column(self.knob("eps"))
+        start = self.column(self.knob("initial_accumulator_value"))
+        self.sum = self.buffer("sum", params, fill=start)
+
+    def apply(self, params, grads):
+        grad = self.coupled_decay(params, grads)
+        neg_clr = self.neg_lr
+        if any(self.lr_decay):  # lr / (1 + (t - 1) * lr_decay), in double as torch has it
+            steps = zip(self.lrs, self.steps, self.lr_decay, strict=True)
+            neg_clr = self.column([-(lr / (1 + (max(s, 1) - 1) * d)) for lr, s, d in steps])
+        self.sum.addcmul_(grad, grad)
+        std = torch.sqrt(self.sum, out=self.scratch(1, grad)).add_(self.eps)
+        params.addcdiv_(torch.mul(grad, neg_clr, out=self.scratch(2, grad)), std)
 
 
 @option("optim")
@@ -132,6 +483,7 @@ class Adagrad(Optim):
     eps: float = 1e-10
     initial_accumulator_value: float = 0.0
     torch_class = "Adagrad"
+    update = AdagradUpdate
 
     def check(self) -> None:
         super().check()
@@ -139,135 +491,6 @@ class Adagrad(Optim):
         need(self.lr_decay >= 0, "optim.lr_decay", self.lr_decay, "a decay >= 0")
         value = self.initial_accumulator_value
         need(value >= 0, "optim.initial_accumulator_value", value, "a value >= 0")
-
-
-# --- schedulers, stepped once per epoch (plateau with the valid loss) ------------------------
-
-
-@dataclass
-class Sched:
-    name: str = MISSING
-    torch_class = ""  # (not a config key); none: no scheduler
-
-    def build(self, optimizer, epochs: int):
-        """The torch.optim.lr_scheduler this option configures, over a run of `epochs`."""
-        return getattr(torch.optim.lr_scheduler, self.torch_class)(optimizer, **_knobs(self))
-
-    def check(self) -> None:
-        gamma = getattr(self, "gamma", 1)
-        need(gamma > 0, "sched.gamma", gamma, "a factor > 0")
-
-
-@option("sched")
-@dataclass
-class NoSched(Sched):
-    name: str = "none"
-
-    def build(self, optimizer, epochs: int) -> None:
-        return None
-
-
-@option("sched")
-@dataclass
-class StepLR(Sched):
-    name: str = "step"
-    step_size: int = 20
-    gamma: float = 0.8
-    torch_class = "StepLR"
-
-    def check(self) -> None:
-        super().check()
-        need(self.step_size >= 1, "sched.step_size", self.step_size, "an integer >= 1")
-
-
-@option("sched")
-@dataclass
-class MultiStepLR(Sched):
-    name: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [20, 60, 90, 135, 180])
-    gamma: float = 0.8
-    torch_class = "MultiStepLR"
-
-    def build(self, optimizer, epochs: int):
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.milestones), self.gamma)
-
-    def check(self) -> None:
-        super().check()
-        need(
-            len(self.milestones) > 0 and all(m >= 1 for m in self.milestones),
-            "sched.milestones",
-            self.milestones,
-            "a list of epochs >= 1, e.g. [20,60,90]",
-        )
-
-
-@option("sched")
-@dataclass
-class ExponentialLR(Sched):
-    name: str = "exponential"
-    gamma: float = 0.8
-    torch_class = "ExponentialLR"
-
-
-@option("sched")
-@dataclass
-class CosineAnnealingLR(Sched):
-    name: str = "cosine"
-    T_max: int | None = None  # null: train.epochs
-    eta_min: float = 0.0
-    torch_class = "CosineAnnealingLR"
-
-    def build(self, optimizer, epochs: int):
-        t_max = epochs if self.T_max is None else self.T_max  # null spans the run
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t_max, self.eta_min)
-
-    def check(self) -> None:
-        super().check()
-        need(self.T_max is None or self.T_max >= 1, "sched.T_max", self.T_max, "null or >= 1")
-        need(self.eta_min >= 0, "sched.eta_min", self.eta_min, "a learning rate >= 0")
-
-
-@option("sched")
-@dataclass
-class ReduceLROnPlateau(Sched):
-    """Stepped with the valid loss of each epoch."""
-
-    name: str = "plateau"
-    mode: str = "min"
-    factor: float = 0.1
-    patience: int = 10
-    cooldown: int = 0  # epochs after a reduction before bad epochs count again
-    min_lr: float = 0.0  # the lr never falls below this
-    torch_class = "ReduceLROnPlateau"
-
-    def check(self) -> None:
-        super().check()
-        need(self.mode in ("min", "max"), "sched.mode", self.mode, "min or max")
-        need(0 < self.factor < 1, "sched.factor", self.factor, "a factor in (0, 1)")
-        need(self.patience >= 0, "sched.patience", self.patience, "an integer >= 0")
-        need(self.cooldown >= 0, "sched.cooldown", self.cooldown, "an integer >= 0")
-        need(self.min_lr >= 0, "sched.min_lr", self.min_lr, "a learning rate >= 0")
-
-
-@option("sched")
-@dataclass
-class LambdaLR(Sched):
-    """torch's LambdaLR with lr_lambda(epoch) = gamma ** (epoch // step_size): a config holds
-    no Python function, so it takes the course's forms, 0.1 ** (epoch // 20) (these defaults)
-    and 0.95 ** epoch (gamma 0.95, step_size 1)."""
-
-    name: str = "lambda"
-    gamma: float = 0.1
-    step_size: int = 20
-    torch_class = "LambdaLR"
-
-    def build(self, optimizer, epochs: int):
-        gamma, step_size = self.gamma, self.step_size
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (e // step_size))
-
-    def check(self) -> None:
-        super().check()
-        need(self.step_size >= 1, "sched.step_size", self.step_size, "an integer >= 1")
 
 
 # --- penalties ------------------------------------------------------------------------------
@@ -312,15 +535,6 @@ LOSSES: dict[str, Callable[[], type]] = {
 
 # Which losses fit which task; `auto` takes the first.
 LOSSES_FOR = {"regression": ["mse", "l1", "smooth_l1"], "classification": ["ce", "bce"]}
-
-
-def _knobs(cfg, *skip: str) -> dict:
-    """The config's fields as keyword arguments for PyTorch (lists become tuples)."""
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("name", *skip)
-    }
 
 
 def param_groups(model: nn.Module, decay_norm_and_bias: bool = True) -> list[dict]:
@@ -409,48 +623,3 @@ class Penalty:
     def add_grad(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
         """Its gradient, l1 * sign(w) + l2 * w, added to `grad` (no autograd needed)."""
         grad.addcmul_(torch.sign(flat), self.l1 * self.mask).addcmul_(flat, self.l2 * self.mask)
-
-
-# --- TEMPORARY (replaced by the stacked updates of the optimizer options) --------------------
-
-
-class _DevSGD:
-    def __init__(self, cfgs, params, decayed=None):
-        col = lambda key: torch.tensor(
-            [float(getattr(c, key)) for c in cfgs], device=params.device
-        ).view(-1, 1)  # noqa: E731
-        self.lr, self.momentum, self.wd = col("lr"), col("momentum"), col("weight_decay")
-        self.dampening = col("dampening")
-        self.decay = self.wd if decayed is None else self.wd * decayed
-        self.buf = None
-        self.steps = 0
-
-    def step(self, params, grads, active=None):
-        with torch.no_grad():
-            g = grads.add(params * self.decay) if bool((self.wd != 0).any()) else grads
-            if bool((self.momentum != 0).any()):
-                if self.buf is None:
-                    self.buf = g.clone()
-                else:
-                    self.buf.mul_(self.momentum).add_(g * (1 - self.dampening))
-                g = self.buf
-            params.addcmul_(g, -self.lr)
-
-    def state_dict(self, k):
-        return {"buf": None if self.buf is None else self.buf[k].clone()}
-
-    def load_state_dict(self, k, state):
-        if state["buf"] is not None:
-            if self.buf is None:
-                self.buf = torch.zeros_like(self.lr.expand(-1, state["buf"].numel())).clone()
-            self.buf[k] = state["buf"]
-
-
-def build_update(cfgs, params, decayed=None):
-    return _DevSGD(cfgs, params, decayed)
-
-
-def build_schedule(cfgs, epochs, base_lr):
-    if cfgs[0].name == "none":
-        return None
-    raise NotImplementedError

@@ -9,6 +9,7 @@ dataclass and its YAML file. A schema's `check()` refuses the values a type cann
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import fields
 from typing import Any
@@ -49,3 +50,12 @@ def known(key: str, value: str, choices) -> None:
     close = difflib.get_close_matches(value, choices, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     need(value in choices, key, value, f"one of {', '.join(choices)}{hint}")
+
+
+def knobs(cfg, *skip: str) -> dict:
+    """An option's fields but its name, as keyword arguments for PyTorch (lists as tuples)."""
+    return {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("name", *skip)
+    }

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from regexp import config, init, models, optim, plots
+from regexp import config, init, models, optim, plots, schedules
 from regexp.console import console as default_console
 from regexp.errors import ConfigError, UserError
 
@@ -359,25 +359,25 @@ def _layer_stds(init_cfg, norm_cfg, activation: str, seed: int):
 # --- lr: the course's schedules; the notes' (experiment 9) -----------------------------------
 
 COURSE_SCHEDULES = {  # lr_decay_scheduler.py: lr 0.1 for 200 epochs
-    "StepLR(50, 0.1)": optim.StepLR(step_size=50, gamma=0.1),
-    "MultiStepLR([50,125,160], 0.1)": optim.MultiStepLR(milestones=[50, 125, 160], gamma=0.1),
-    "ExponentialLR(0.95)": optim.ExponentialLR(gamma=0.95),
-    "CosineAnnealingLR(50)": optim.CosineAnnealingLR(T_max=50),
-    "ReduceLROnPlateau(cooldown 10)": optim.ReduceLROnPlateau(
+    "StepLR(50, 0.1)": schedules.StepLR(step_size=50, gamma=0.1),
+    "MultiStepLR([50,125,160], 0.1)": schedules.MultiStepLR(milestones=[50, 125, 160], gamma=0.1),
+    "ExponentialLR(0.95)": schedules.ExponentialLR(gamma=0.95),
+    "CosineAnnealingLR(50)": schedules.CosineAnnealingLR(T_max=50),
+    "ReduceLROnPlateau(cooldown 10)": schedules.ReduceLROnPlateau(
         factor=0.1, patience=10, cooldown=10, min_lr=1e-4
     ),
     # The course's LambdaLR gives one optimizer two param groups, one lambda each; a group's
     # lr depends on its own lambda only, so one group each here gives the same lrs.
-    "LambdaLR 0.1**(epoch//20)": optim.LambdaLR(gamma=0.1, step_size=20),
-    "LambdaLR 0.95**epoch": optim.LambdaLR(gamma=0.95, step_size=1),
+    "LambdaLR 0.1**(epoch//20)": schedules.LambdaLR(gamma=0.1, step_size=20),
+    "LambdaLR 0.95**epoch": schedules.LambdaLR(gamma=0.95, step_size=1),
 }
 COURSE_MARKS = (1, 18, 20, 21, 50, 51, 100, 101, 126, 161)
 NOTES_SCHEDULES = {  # experiment 9 of the course notes: lr 0.1 for 200 epochs
-    "StepLR(20, 0.8)": optim.StepLR(step_size=20, gamma=0.8),
-    "MultiStepLR([20,60,90,135,180], 0.8)": optim.MultiStepLR(
+    "StepLR(20, 0.8)": schedules.StepLR(step_size=20, gamma=0.8),
+    "MultiStepLR([20,60,90,135,180], 0.8)": schedules.MultiStepLR(
         milestones=[20, 60, 90, 135, 180], gamma=0.8
     ),
-    "ExponentialLR(0.8)": optim.ExponentialLR(gamma=0.8),
+    "ExponentialLR(0.8)": schedules.ExponentialLR(gamma=0.8),
 }
 NOTES_MARKS = (1, 20, 21, 60, 61, 90, 135, 180)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regexp import config, data, init, models, optim, plots, rundir, train
+from regexp import config, data, init, models, optim, plots, rundir, schedules, train
 from regexp.errors import ConfigError, UserError
 from regexp.stack import Stack, weight_mask
 from regexp.track import PopulationProgress, Tracker, write_json
@@ -238,9 +238,8 @@ def _train(built: list[Built]) -> list[dict]:
     decayed = None if first.optim.decay_norm_and_bias else weight_mask(stack)
     update = optim.build_update([c.optim for c in confs], stack.flat, decayed)
     lrs = [c.optim.lr for c in confs]
-    schedule = optim.build_schedule([c.sched for c in confs], first.train.epochs, lrs)
-    if schedule is not None:
-        update.lr.copy_(torch.tensor(schedule.lrs(), dtype=update.lr.dtype).view(-1, 1))
+    schedule = schedules.build_schedule([c.sched for c in confs], first.train.epochs, lrs)
+    update.set_lr(schedule.lrs())
     penalty = None
     if any(c.reg.l1 or c.reg.l2 for c in confs):
         column = lambda key: torch.tensor(  # noqa: E731

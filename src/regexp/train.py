@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from regexp.data import Dataset
-from regexp.optim import Penalty
+from regexp.optim import Penalty, Update
 from regexp.stack import Stack, WeightStats
 
 EVAL_CHUNK = 8192  # examples per forward pass in evaluation, to bound memory
@@ -41,16 +41,6 @@ WEIGHT_STATS_POINTS = 50
 
 class Tracker(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None: ...
-
-
-class Update(Protocol):
-    """A population's optimizer: updates the (K, P) parameters from their gradients."""
-
-    lr: torch.Tensor  # (K, 1)
-
-    def step(self, params: torch.Tensor, grads: torch.Tensor, active=None) -> None: ...
-    def state_dict(self, k: int) -> dict: ...
-    def load_state_dict(self, k: int, state: dict) -> None: ...
 
 
 @dataclass
@@ -152,7 +142,7 @@ def fit(
     checkpoints = list(checkpoints) or [None] * k
     generators = list(generators) or [None] * k
     results: list[Result | None] = [None] * k
-    active = torch.ones(k, dtype=torch.bool, device=stack.flat.device)
+    active = [True] * k  # (a Python list: the update reads it without a device sync)
 
     def save(i: int, epoch: int) -> None:
         if checkpoints[i] is not None:
@@ -222,7 +212,7 @@ def fit(
         if schedule is not None:
             schedule.step(valid_losses)
             lrs = schedule.lrs()
-            update.lr.copy_(torch.tensor(lrs, dtype=update.lr.dtype).view(-1, 1))
+            update.set_lr(lrs)
         running = [i for i in range(k) if results[i] is None]
         if progress is not None:
             progress(epoch, valid_losses, len(running))
@@ -389,7 +379,7 @@ def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generato
     update.load_state_dict(i, state["optimizer"])
     if schedule is not None and state["scheduler"] is not None:
         schedule.load_state_dict(i, state["scheduler"])
-        update.lr[i] = schedule.lrs()[i]
+        update.lr[i, 0] = schedule.lrs()[i]
     rng = state["rng"]
     stack.generators[i].set_state(rng["dropout"].cpu())
     if generator is not None and rng["batches"] is not None:
