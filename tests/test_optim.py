@@ -13,10 +13,11 @@ from test_config import options
 from torch import nn
 from torch.optim import lr_scheduler
 
-from regexp import config, data, errors, optim, run, train
+from regexp import config, data, errors, optim, run, schedules, train
 from regexp.data import Dataset
 from regexp.models import weights
 from regexp.options import names
+from regexp.stack import SPARSE_BELOW, Stack, WeightStats, weight_mask
 
 SMALL = "model.hidden=[16,16]"
 
@@ -38,29 +39,36 @@ def binary(n=64, n_valid=32) -> Dataset:
 
 
 def fit(conf: config.Config, dataset: Dataset | None = None, epochs: int | None = None):
-    """Build what `conf` names, as `regexp train` does, and train it; returns the model, the
-    optimizer and each epoch's metrics."""
+    """Build what `conf` names, as `regexp train` does (a population of one), and train it;
+    returns the model, torch's optimizer for `conf` (its knobs, for comparison) and each
+    epoch's metrics."""
     run.seed_everything(conf.seed)
     dataset = dataset or data.load(conf.data, conf.seed)
     model = run.build_model(conf, dataset)
-    optimizer = optim.build_optimizer(model, conf.optim)
+    dropout = torch.Generator().set_state(torch.get_rng_state())
+    stack = Stack([model], [dropout])
+    decayed = None if conf.optim.decay_norm_and_bias else weight_mask(stack)
+    update = optim.build_update([conf.optim], stack.flat, decayed)
     epochs = epochs or conf.train.epochs
+    schedule = schedules.build_schedule([conf.sched], epochs, [conf.optim.lr])
+    update.set_lr(schedule.lrs())
     recorder = Recorder()
-    result = train.fit(
-        model,
-        optimizer,
-        optim.build_loss(conf.loss, dataset.task, dataset.n_outputs),
-        dataset,
+    (result,) = train.fit(
+        stack,
+        update,
+        optim.build_loss(conf.loss, dataset.task, dataset.n_outputs, reduction="none"),
+        train.stack_data([dataset]),
         epochs=epochs,
         batch_size=conf.train.batch_size,
-        scheduler=optim.build_scheduler(optimizer, conf.sched, epochs),
-        tracker=recorder,
-        penalty=optim.build_penalty(model, conf.reg),
+        schedule=schedule,
+        trackers=[recorder],
+        generators=[torch.Generator().manual_seed(conf.seed)],
+        penalty=optim.build_penalty([conf.reg], stack),
         clip_grad_norm=conf.train.clip_grad_norm,
         weight_stats_every=conf.log.weight_stats_every,
     )
     assert result.status == "completed", result.error
-    return model, optimizer, recorder.metrics
+    return model, optim.build_optimizer(model, conf.optim), recorder.metrics
 
 
 def parameters(model: nn.Module) -> torch.Tensor:
@@ -147,53 +155,70 @@ def test_the_no_decay_group_leaves_biases_alone(compose):
 def test_the_penalty_joins_the_objective_but_train_loss_stays_the_data_loss(compose):
     dataset = data.load(compose().data, 0)
     model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    stack = Stack([model], [torch.Generator()])
     l1, l2 = 0.01, 0.1
-    penalty = optim.build_penalty(model, optim.Reg(l1=l1, l2=l2))
+    penalty = optim.build_penalty([optim.Reg(l1=l1, l2=l2)], stack)
     w = torch.cat([p.detach().flatten() for p in weights(model)])
     expected = l1 * w.abs().sum() + l2 / 2 * (w**2).sum()
-    assert penalty().item() == pytest.approx(expected.item(), rel=1e-6)
+    assert penalty.value(stack.flat).item() == pytest.approx(expected.item(), rel=1e-6)
     with torch.no_grad():
         data_loss = nn.functional.mse_loss(model(dataset.x_train), dataset.y_train).item()
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)  # weights all but unchanged
+    update = optim.build_update([optim.GD(lr=1e-9)], stack.flat)  # weights all but unchanged
     recorder = Recorder()
-    train.fit(model, optimizer, nn.MSELoss(), dataset, epochs=1, tracker=recorder, penalty=penalty)
+    loss_fn = nn.MSELoss(reduction="none")
+    data_ = train.stack_data([dataset])
+    train.fit(stack, update, loss_fn, data_, epochs=1, trackers=[recorder], penalty=penalty)
     (metrics,) = recorder.metrics
     assert metrics["train_loss"] == pytest.approx(data_loss, rel=1e-5)
     assert metrics["penalty"] == pytest.approx(expected.item(), rel=1e-5)
 
     # Biases and norm parameters only with include_bias.
-    everything = optim.build_penalty(model, optim.Reg(l2=2.0, include_bias=True))
+    everything = optim.build_penalty([optim.Reg(l2=2.0, include_bias=True)], stack)
     total = sum((p.detach() ** 2).sum() for p in model.parameters())
-    assert everything().item() == pytest.approx(total.item(), rel=1e-6)
-    assert optim.build_penalty(model, optim.Reg()) is None
+    assert everything.value(stack.flat).item() == pytest.approx(total.item(), rel=1e-6)
+    assert optim.build_penalty([optim.Reg()], stack) is None
+
+
+def test_the_penalty_gradient_is_autograds(compose):
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    stack = Stack([model], [torch.Generator()])
+    penalty = optim.build_penalty([optim.Reg(l1=0.3, l2=0.7)], stack)
+    grad = torch.zeros_like(stack.flat)
+    penalty.add_grad(stack.flat, grad)
+    w = [reference[0], reference[2]]  # the weights, not the biases
+    (0.3 * sum(t.abs().sum() for t in w) + 0.35 * sum((t**2).sum() for t in w)).backward()
+    expected = torch.cat(
+        [t.grad.flatten() if t.grad is not None else 0 * t.flatten() for t in reference]
+    )
+    assert torch.allclose(grad[0], expected, atol=1e-6)
 
 
 def test_weight_stats_are_the_norms_and_share_of_near_zero_weights(compose):
     model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
     with torch.no_grad():
         model[0].weight[:3] = 0.0
-        model[0].weight[3] = train.SPARSE_BELOW / 2
-        model[0].weight[4] = -train.SPARSE_BELOW
+        model[0].weight[3] = SPARSE_BELOW / 2
+        model[0].weight[4] = -SPARSE_BELOW
         model[0].bias.fill_(0.0)  # biases are not weights: they do not count
-    stats = train.WeightStats(model)
-    values = stats.read(stats())
+    stats = WeightStats(Stack([model], [torch.Generator()]))
+    values = stats.read([float(t[0]) for t in stats()])
     w = torch.cat([p.detach().flatten() for p in weights(model)])
     assert values["weights_l2_norm"] == pytest.approx(w.norm().item(), rel=1e-6)
     assert values["weights_l1_norm"] == pytest.approx(w.abs().sum().item(), rel=1e-6)
     assert values["weights_sparsity"] == pytest.approx(4 / 16)  # |w| < threshold, strictly
 
 
-def test_weight_stats_follow_updates_of_channels_last_conv_weights():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(2))
-    model(torch.zeros(1, 3, 6, 6))
-    model = model.to(memory_format=torch.channels_last)
-    assert not model[0].weight.is_contiguous()
-    stats = train.WeightStats(model)
+def test_weight_stats_follow_updates_of_the_populations_weights():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(128, 2))
+    stack = Stack([model], [torch.Generator()])
+    stats = WeightStats(stack)
     with torch.no_grad():
-        model[0].weight.mul_(2.0)  # an optimizer's in-place update, after the stats were set up
+        stack.flat.mul_(2.0)  # an optimizer's in-place update, after the stats were set up
     w = torch.cat([p.detach().flatten() for p in weights(model)])
-    assert stats.read(stats())["weights_l2_norm"] == pytest.approx(w.norm().item(), rel=1e-6)
+    l2 = stats.read([float(t[0]) for t in stats()])["weights_l2_norm"]
+    assert l2 == pytest.approx(w.norm().item(), rel=1e-6)
 
 
 def test_weight_stats_come_every_n_epochs_and_in_the_first_and_last(compose):
@@ -353,7 +378,7 @@ def test_bce_is_computed_from_logits_so_it_stays_finite():
     logits = torch.tensor([[1000.0], [-1000.0], [0.0]])
     y = torch.tensor([0, 0, 1])
     assert loss(logits, y).item() == pytest.approx((1000 + 0 + math.log(2)) / 3)
-    assert train.correct(logits, y).item() == 1  # logit > 0 predicts class 1
+    assert train.correct(logits[None], y[None]).item() == 1  # logit > 0 predicts class 1
 
 
 @pytest.mark.parametrize(

@@ -561,24 +561,19 @@ def build_scheduler(optimizer, cfg: Sched, epochs: int):
     return cfg.build(optimizer, epochs)
 
 
-def build_penalty(model: nn.Module, cfg: Reg) -> Callable[[], torch.Tensor] | None:
-    """A function giving reg.l1 * sum|w| + (reg.l2 / 2) * sum w^2 over the model's weights (all
-    its parameters with include_bias), to add to the objective; None when both are 0."""
-    if cfg.l1 == 0 and cfg.l2 == 0:
+def build_penalty(regs: Sequence[Reg], stack) -> Penalty | None:
+    """The members' reg.l1 and reg.l2 penalties over the population `stack`'s weights (all its
+    parameters with include_bias), to add to the objective; None when all are 0."""
+    if not any(r.l1 or r.l2 for r in regs):
         return None
-    params = list(model.parameters()) if cfg.include_bias else weights(model)
-    l1, half_l2 = cfg.l1, cfg.l2 / 2
+    from regexp.stack import weight_mask  # (torch, which composing a config never imports)
 
-    def penalty() -> torch.Tensor:
-        # One flat tensor: a few ops per step, whatever the number of layers.
-        flat = torch.cat([p.reshape(-1) for p in params])
-        if l1 == 0:
-            return half_l2 * torch.dot(flat, flat)
-        if half_l2 == 0:
-            return l1 * flat.abs().sum()
-        return l1 * flat.abs().sum() + half_l2 * torch.dot(flat, flat)
-
-    return penalty
+    flat = stack.flat
+    column = lambda key: torch.tensor(  # noqa: E731
+        [[float(getattr(r, key))] for r in regs], dtype=flat.dtype, device=flat.device
+    )
+    mask = weight_mask(stack, include_all=regs[0].include_bias)
+    return Penalty(column("l1"), column("l2"), mask)
 
 
 def resolve_loss(name: str, task: str, n_outputs: int) -> str:

@@ -240,13 +240,7 @@ def _train(built: list[Built]) -> list[dict]:
     lrs = [c.optim.lr for c in confs]
     schedule = schedules.build_schedule([c.sched for c in confs], first.train.epochs, lrs)
     update.set_lr(schedule.lrs())
-    penalty = None
-    if any(c.reg.l1 or c.reg.l2 for c in confs):
-        column = lambda key: torch.tensor(  # noqa: E731
-            [[getattr(c.reg, key)] for c in confs], dtype=stack.flat.dtype, device=stack.flat.device
-        )
-        mask = weight_mask(stack, include_all=first.reg.include_bias)
-        penalty = optim.Penalty(column("l1"), column("l2"), mask)
+    penalty = optim.build_penalty([c.reg for c in confs], stack)
     loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
     status, errors = ["failed"] * len(built), [None] * len(built)
     tables: dict[str, str] = {}
