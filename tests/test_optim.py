@@ -50,7 +50,7 @@ def fit(conf: config.Config, dataset: Dataset | None = None, epochs: int | None 
     decayed = None if conf.optim.decay_norm_and_bias else weight_mask(stack)
     update = optim.build_update([conf.optim], stack.flat, decayed)
     epochs = epochs or conf.train.epochs
-    schedule = schedules.build_schedule([conf.sched], epochs, [conf.optim.lr])
+    schedule = schedules.build_schedule([conf.sched], epochs, update.lr[:, 0].tolist())
     update.set_lr(schedule.lrs())
     recorder = Recorder()
     (result,) = train.fit(

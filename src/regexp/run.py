@@ -237,7 +237,7 @@ def _train(built: list[Built]) -> list[dict]:
     confs = [b.member.conf for b in built]
     decayed = None if first.optim.decay_norm_and_bias else weight_mask(stack)
     update = optim.build_update([c.optim for c in confs], stack.flat, decayed)
-    lrs = [c.optim.lr for c in confs]
+    lrs = update.lr[:, 0].tolist()  # each member's lr as its option configures it
     schedule = schedules.build_schedule([c.sched for c in confs], first.train.epochs, lrs)
     update.set_lr(schedule.lrs())
     penalty = optim.build_penalty([c.reg for c in confs], stack)
