@@ -19,7 +19,8 @@ EPOCHS = 200
 
 @dataclass
 class Plateau(schedules.ReduceLROnPlateau):
-    """Plateau with every knob of torch's, to test the threshold and cooldown logic."""
+    """Plateau with every knob of torch's (the schema has cooldown and min_lr), to test the
+    threshold logic too."""
 
     threshold: float = 1e-4
     threshold_mode: str = "rel"
@@ -40,12 +41,18 @@ SCHEDULES = {
         schedules.CosineAnnealingLR(),
         schedules.CosineAnnealingLR(T_max=30, eta_min=1e-3),
     ],
+    "lambda": [  # the course's two: 0.1 ** (epoch // 20) and 0.95 ** epoch
+        schedules.LambdaLR(),
+        schedules.LambdaLR(gamma=0.95, step_size=1),
+        schedules.LambdaLR(gamma=0.5, step_size=7),
+    ],
     "plateau": [
         schedules.ReduceLROnPlateau(patience=5),
         schedules.ReduceLROnPlateau(mode="max", factor=0.5, patience=2),
         Plateau(patience=3, cooldown=4, threshold=1e-2, min_lr=1e-3),
         Plateau(factor=0.7, patience=0, threshold=0.05, threshold_mode="abs", eps=1e-3),
         Plateau(mode="max", patience=1, threshold_mode="abs", cooldown=2),
+        schedules.ReduceLROnPlateau(factor=0.5, patience=2, cooldown=3, min_lr=0.02),
     ],
 }
 
@@ -81,7 +88,7 @@ def test_every_schedule_option_is_tested():
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_a_populations_schedule_gives_each_member_torchs_lr_exactly(name):
     cfgs = SCHEDULES[name]
-    base = [0.1, 0.03, 0.5, 0.2, 1.0][: len(cfgs)]
+    base = [0.1, 0.03, 0.5, 0.2, 1.0, 0.3][: len(cfgs)]
     schedule = schedules.build_schedule(cfgs, EPOCHS, base)
     ours = []
     for epoch in range(EPOCHS):
