@@ -1,10 +1,11 @@
-"""Optimizers, for one run (torch.optim) and for a population (stacked updates), their param
-groups, L1/L2 penalties and losses. The learning-rate schedules are in schedules.py.
+"""Optimizers (each option's stacked update, which trains a population, and the torch.optim
+optimizer it configures), param groups, L1/L2 penalties and losses. The learning-rate
+schedules are in schedules.py.
 
-Why it is long: each optimizer option's schema sits beside both things it builds, the
-torch.optim optimizer of the one-run loop and the stacked update of a population, which
-replays that optimizer's step over K members at once. The first goes when the loop trains a
-run as a population of one (optim.build_optimizer and each schema's `build`).
+Why it is long: each optimizer option's schema sits beside both things it builds: the
+stacked update the loop steps a population with, which replays the torch.optim optimizer's
+step over K members at once, and that torch.optim optimizer itself (`build`), which the
+probes show and scripts/bench.py's hand-written loop runs.
 """
 
 from __future__ import annotations
