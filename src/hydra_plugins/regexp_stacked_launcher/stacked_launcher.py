@@ -126,7 +126,7 @@ class StackedLauncher(Launcher):
                 import torch
 
                 torch.set_num_threads(self.threads)
-            trained = map(run.execute_population, members)
+            trained = map(_population, members)
         for population, summaries in zip(populations, trained, strict=True):
             for i, summary in zip(population, summaries, strict=True):
                 if isinstance(summary, Exception):
@@ -212,13 +212,23 @@ def _start_worker(updates, threads: int, hydra_logging) -> None:
 
 def _train(which: int, members: "list") -> "list":
     """Population `which`, trained in a worker process."""
-    from regexp import run
 
     def progress(epoch: int, valid_losses: "list[float]", running: int) -> None:
         _updates.put((epoch, valid_losses, running, which))
 
-    epochs = members[0].conf.train.epochs
-    return run.execute_population(members, progress=_throttled(progress, epochs))
+    return _population(members, _throttled(progress, members[0].conf.train.epochs))
+
+
+def _population(members: "list", progress=None) -> "list":
+    """Each member's summary, or the error that stopped it: an error that stops the whole
+    population (its summaries say so) fails its jobs alone, as it would fail a job of the
+    basic launcher, and the sweep goes on."""
+    from regexp import run
+
+    try:
+        return run.execute_population(members, progress)
+    except Exception as exc:
+        return [exc] * len(members)
 
 
 def _throttled(report, epochs: int, every: float = 0.1):
