@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 SIZE, DPI = (5.0, 4.0), 100  # 500 x 400 pixels
 GRID_1D, GRID_2D = 200, 64  # points on the x axis; per side of the 2-D grid
 MARGIN = 0.1  # of the data's extent, on each side
+FIT_MARGIN = 0.25  # of the targets' range, above and below, for the fitted curve
 
 
 class Plot:
@@ -80,24 +81,52 @@ class Plot:
         return out
 
     def render(self, model: nn.Module, state: dict | None, epoch: int) -> tuple[bytes, int, int]:
-        """The figure of `model` with `state` at `epoch`: PNG bytes, width, height."""
+        """The figure of `model` with `state` at `epoch`: PNG bytes, width, height.
+
+        The axes stay fixed from frame to frame (a run's figures read as an animation), so
+        they are drawn once; a frame redraws only the artists inside them, over that
+        background (matplotlib's blitting), and is encoded at a fast PNG compression."""
         values = self.predict(model, state)
         if self._figure is None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-
-            self._figure = Figure(figsize=SIZE, dpi=DPI)
-            FigureCanvasAgg(self._figure)  # Agg, whatever backend pyplot would pick
-            self._figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
-            self.ax = self._figure.add_subplot()
-            self.setup(self.ax)
-            self.ax.legend(loc="best", fontsize="small")
+            self._start()
+        canvas = self._figure.canvas
         self.update(values)
-        self.ax.set_title(f"{self.name.replace('_', ' ')}, epoch {epoch}")
-        buffer = io.BytesIO()
-        self._figure.savefig(buffer, format="png")
-        width, height = self._figure.canvas.get_width_height()
-        return buffer.getvalue(), width, height
+        self._title.set_text(f"{self.name.replace('_', ' ')}, epoch {epoch}")
+        canvas.restore_region(self._background)
+        for artist in sorted(self._moving(), key=lambda a: a.get_zorder()):
+            self._figure.draw_artist(artist)
+        width, height = canvas.get_width_height()
+        return _png(canvas.buffer_rgba(), width, height), width, height
+
+    def _start(self) -> None:
+        """The figure and its background: everything but the artists a frame redraws."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self._figure = Figure(figsize=SIZE, dpi=DPI)
+        FigureCanvasAgg(self._figure)  # Agg, whatever backend pyplot would pick
+        self._figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
+        self.ax = self._figure.add_subplot()
+        self.setup(self.ax)
+        legend = self.ax.legend(loc="best", fontsize="small")
+        self._title = self.ax.set_title(" ")
+        self._figure.canvas.draw()
+        # The legend stays where "best" put it, around the points, frame after frame.
+        box = legend.get_window_extent().transformed(self.ax.transAxes.inverted())
+        legend.set_bbox_to_anchor(box, transform=self.ax.transAxes)
+        legend.set_loc("center")
+        moving = [a for a in self._moving() if a is not self._title]  # (blank, kept in place)
+        for artist in moving:
+            artist.set_visible(False)
+        self._figure.canvas.draw()
+        self._background = self._figure.canvas.copy_from_bbox(self._figure.bbox)
+        for artist in moving:
+            artist.set_visible(True)
+
+    def _moving(self) -> list:
+        """What a frame redraws: the axes' contents (not their frame, ticks and labels)."""
+        ax = self.ax
+        return [*ax.images, *ax.collections, *ax.lines, ax.get_legend(), self._title]
 
     def setup(self, ax) -> None:
         """Draw what stays: the points, the axes."""
@@ -130,10 +159,14 @@ class FitPlot(Plot):
         ax.set_xlabel("x")
         ax.set_ylabel("y")
 
+        # Fixed limits: the points' extent and a margin for the curve (beyond it, clipped).
+        y = np.concatenate([yt[:, 0], yv[:, 0]])
+        pad = max(float(y.max() - y.min()), 1e-6) * FIT_MARGIN
+        ax.set_ylim(float(y.min()) - pad, float(y.max()) + pad)
+        ax.set_xlim(float(x[0]), float(x[-1]))
+
     def update(self, values):
         self.curve.set_ydata(values[:, 0])
-        self.ax.relim()
-        self.ax.autoscale_view()
 
 
 class BoundaryPlot(Plot):
@@ -177,6 +210,8 @@ class BoundaryPlot(Plot):
         colour = {"cmap": self.cmap, "vmin": 0, "vmax": top}
         ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **colour)
         ax.scatter(*xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **colour)
+        ax.set_xlim(*self.extent[:2])
+        ax.set_ylim(*self.extent[2:])
 
     def update(self, values):
         shape = self.xx.shape
@@ -192,6 +227,17 @@ class BoundaryPlot(Plot):
                 )
         else:
             self.image.set_data(values.argmax(1).reshape(shape))
+
+
+def _png(rgba, width: int, height: int) -> bytes:
+    """RGBA pixels as PNG bytes, at a compression that takes a millisecond or two."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.frombuffer("RGBA", (width, height), rgba, "raw", "RGBA", 0, 1).save(
+        buffer, format="png", compress_level=1
+    )
+    return buffer.getvalue()
 
 
 def for_dataset(data: Dataset) -> Plot | None:
