@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 USAGE = """\
 usage: regexp COMMAND [ARGS...]
@@ -49,6 +50,10 @@ def train(args: list[str]) -> int:
     )
     if {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args):
         refuse_same_dirs(args)
+    for given in (a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")):
+        from regexp import rundir
+
+        rundir.check_free(Path(given))  # before Hydra writes its .hydra/ files there
     sys.argv = ["regexp train", *resumed(args)]  # Hydra parses sys.argv
     app()
     return 0
@@ -113,6 +118,7 @@ def resumed(args: list[str]) -> list[str]:
         return args
     checkpoint = rundir.checkpoint_of(given[-1].split("=", 1)[1])
     run_dir = checkpoint.parent.resolve()
+    rundir.check_free(run_dir)
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     saved = list(OmegaConf.load(saved_file)) if saved_file.exists() else []
     # hparams_search only set up the sweep that made the run (a search, in multirun mode).
@@ -123,7 +129,14 @@ def resumed(args: list[str]) -> list[str]:
         refuse_changes(run_dir / checkpoint.name, keep, new, known=saved_file.exists())
     # Quoted for Hydra's override grammar: a sweep job's dir name holds '=' and ','.
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return [*keep, *new, f"resume={quoted}", f"hydra.run.dir={quoted}"]
+    return [*once(keep + new), f"resume={quoted}", f"hydra.run.dir={quoted}"]
+
+
+def once(overrides: list[str]) -> list[str]:
+    """`overrides` with each key once, at its first place, with its last value: a run resumed
+    again and again keeps one clean list."""
+    last = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides}
+    return list(dict.fromkeys(last[o.lstrip("+~").split("=", 1)[0]] for o in overrides))
 
 
 # What may change when a run goes on; anything else would make it another run.
@@ -135,10 +148,9 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
     `new` overrides must pass every check, train past the checkpoint's epoch and, where the
     run's own config is `known`, differ from it only where RESUME_MAY_CHANGE allows; a cosine
     schedule spanning the run's epochs can't be extended."""
-    import torch
     from omegaconf import OmegaConf
 
-    from regexp import config, rundir
+    from regexp import config, run, rundir, train
     from regexp.errors import ConfigError, UserError
 
     def plain(overrides):
@@ -147,13 +159,10 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
     before = config.flat(OmegaConf.to_container(config.compose(plain(keep))))
     after_cfg = config.compose(plain(keep + new))
     conf = config.validate(after_cfg)
+    run.device_of(conf.device)  # (a device this machine lacks is refused before Hydra writes)
     run_dir = checkpoint.parent
-    try:
-        done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # not a checkpoint of ours: the job refuses it, saying why
-        done = None
-    if done is not None:
-        rundir.check_more_epochs(conf.train.epochs, done, run_dir)
+    done = train.read_checkpoint(checkpoint)["epoch"]  # refused here if it is not one of ours
+    rundir.check_more_epochs(conf.train.epochs, done, run_dir)
     if not known:  # a bare checkpoint: no record of the run's config to compare with
         return
     after = config.flat(OmegaConf.to_container(after_cfg))

@@ -10,6 +10,7 @@ runs every check.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -115,8 +116,28 @@ def validate(cfg: DictConfig) -> Config:
         if key not in allowed:
             raise ConfigError(key, cfg[key], f"no such key (keys: {', '.join(sorted(allowed))})")
     conf: Config = OmegaConf.to_object(cfg)
+    for key, value in flat(OmegaConf.to_container(cfg, resolve=True)).items():
+        check_number(key, value)
     check(conf)
     return conf
+
+
+# Beyond these, a number means nothing to a run here, and breaks inside torch (overflow, inf).
+LARGEST_FLOAT, LARGEST_INT = 1e30, 2**53
+
+
+def check_number(key: str, value) -> None:
+    """Every number, in a list too, is finite and of a size that can mean something."""
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(key, value, "a finite number")
+        if isinstance(v, float) and abs(v) > LARGEST_FLOAT:
+            raise ConfigError(key, value, f"a number of at most {LARGEST_FLOAT:g} in size")
+        if isinstance(v, int) and abs(v) > LARGEST_INT:
+            raise ConfigError(key, value, "an integer of at most 2**53 in size")
 
 
 def check(conf: Config) -> None:
@@ -171,3 +192,9 @@ def compose(overrides: list[str]) -> DictConfig:
 
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
         return hydra_compose("train", overrides=overrides)
+
+
+# conf/train.yaml's run and sweep dirs: a fresh dir each, resolved once per config (cached,
+# and the cache goes with a sweep job's config to the process that runs it).
+if not OmegaConf.has_resolver("regexp_fresh"):
+    OmegaConf.register_new_resolver("regexp_fresh", rundir.fresh, use_cache=True)

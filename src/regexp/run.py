@@ -9,12 +9,11 @@ launcher's grouping).
 from __future__ import annotations
 
 import logging
-import pickle
 import random
 import signal
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,18 +223,25 @@ def execute_population(
     a lone run its tracker's."""
     outcomes: list[dict | Exception | None] = [None] * len(members)
     built: list[Built] = []
-    for i, member in enumerate(members):
-        try:
-            built.append(setup(member))
-        except Exception as exc:  # this member alone fails: its summary says why
-            if not member.conf.resume:
-                write_json(member.run_dir / "summary.json", failure(exc, member.overrides))
-            if not isinstance(exc, UserError):
-                raise
-            outcomes[i] = exc
-    if built:
-        summaries = iter(_train(built, progress))
-        outcomes = [o if o is not None else next(summaries) for o in outcomes]
+    with ExitStack() as held:
+        for i, member in enumerate(members):
+            try:  # the dir is this run's while it trains; another run's is left as it is
+                member.run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(rundir.hold(member.run_dir))
+            except UserError as exc:
+                outcomes[i] = exc
+                continue
+            try:
+                built.append(setup(member))
+            except Exception as exc:  # this member alone fails: its summary says why
+                if not member.conf.resume:
+                    write_json(member.run_dir / "summary.json", failure(exc, member.overrides))
+                if not isinstance(exc, UserError):
+                    raise
+                outcomes[i] = exc
+        if built:
+            summaries = iter(_train(built, progress))
+            outcomes = [o if o is not None else next(summaries) for o in outcomes]
     return outcomes
 
 
@@ -364,11 +370,10 @@ def resume(checkpoint: Path, conf: config.Config, stack, i: int, update, schedul
     """Load `checkpoint` into member `i` of the population; returns the epoch it holds."""
     try:
         epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, batches)
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # the fields of another run
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"{checkpoint}: refused, not a checkpoint of this run (a safe load of tensors only "
-            f"failed: {reason[:200]})"
+            f"{checkpoint}: refused, not a checkpoint of this run ({reason[:200]})"
         ) from exc
     rundir.check_more_epochs(conf.train.epochs, epoch, checkpoint.parent)
     return epoch
