@@ -27,6 +27,14 @@ BAD_INPUT = [
     ("model=resnet", "model=resnet: no such option"),
     ("sched=warmup", "sched=warmup: no such option (options: cosine, exponential, lambda"),
     ("init=he", "init=he: no such option (options: constant, default, kaiming_normal"),
+    # numbers that pass a range check but break inside torch: non-finite, astronomically large
+    ("init=uniform init.low=-inf init.high=inf", "init.low=-inf is not allowed: a finite number"),
+    ("norm=bn norm.eps=inf", "norm.eps=inf is not allowed: a finite number"),
+    ("sched=step sched.gamma=inf", "sched.gamma=inf is not allowed: a finite number"),
+    ("optim.lr=inf", "optim.lr=inf is not allowed: a finite number"),
+    ("optim.lr=nan", "optim.lr=nan is not allowed: a finite number"),
+    ("init=normal init.mean=1e39", "init.mean=1e+39 is not allowed: a number of at most 1e+30"),
+    ("train.epochs=99999999999999999999", "train.epochs=99999999999999999999 is not allowed"),
     # a misspelt key: the keys nearby are named
     ("train.epoch=3", "train.epoch: no such key in 'train'; did you mean train.epochs?"),
     ("model.dropuot=0.5", "did you mean model.dropout?"),
@@ -255,6 +263,7 @@ def test_resume_can_train_a_finished_run_longer(tmp_path):
         ("model.dropout=2", "model.dropout=2.0 is not allowed: a probability"),
         ("optim=adam", "optim=adam is not allowed with resume="),
         ("model.hidden=[10]", "model.hidden=[10] is not allowed with resume="),
+        ("device=cuda:7", "device=cuda:7 is not allowed"),  # a device this machine lacks
     ],
 )
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, override, message):
@@ -351,3 +360,141 @@ def test_a_checkpoint_of_a_regexp_before_populations_is_refused_in_one_line(tmp_
     assert done.returncode == 2, done.stderr
     assert "written by a regexp older than populations" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_resumed_again_and_again_a_run_keeps_one_clean_list_of_overrides(tmp_path):
+    from omegaconf import OmegaConf
+
+    regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
+    for epochs in (5, 7):
+        regexp("train", "resume=run", f"train.epochs={epochs}", cwd=tmp_path)
+    overrides = list(OmegaConf.load(tmp_path / "run" / ".hydra" / "overrides.yaml"))
+    keys = [o.split("=", 1)[0] for o in overrides]
+    assert len(keys) == len(set(keys)), overrides
+    assert "train.epochs=7" in overrides and "model.hidden=[8]" in overrides
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("epoch", -5, "its epoch (-5) is not a count of epochs done"),
+        ("epoch", "3", "its epoch ('3') is not a count of epochs done"),
+    ],
+)
+def test_a_crafted_checkpoint_is_refused_before_anything_changes(tmp_path, field, value, message):
+    regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
+    run = tmp_path / "run"
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state[field] = value
+    torch.save(state, run / "checkpoint.pt")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    done = regexp("train", "resume=run", "train.epochs=6", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_resume_with_an_empty_value_is_refused_not_taken_as_the_current_dir(tmp_path):
+    regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=.", cwd=tmp_path)
+    done = regexp("train", "resume=", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "resume= is not allowed" in done.stderr, done.stderr
+
+
+def test_runs_and_sweeps_started_in_the_same_second_get_dirs_of_their_own(tmp_path):
+    from regexp import rundir
+
+    base = str(tmp_path / "outputs" / "12-00-00")
+    assert [rundir.fresh(base) for _ in range(3)] == [base, f"{base}-2", f"{base}-3"]
+    # Real runs started together: each its own dir, each dir one run's whole record.
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "regexp", "train", "train.epochs=30", "model.hidden=[8]"]
+            + [f"seed={seed}", "log.figure_every=0"],
+            cwd=tmp_path,
+        )
+        for seed in range(3)
+    ]
+    assert [r.wait(timeout=300) for r in runs] == [0, 0, 0]
+    dirs = sorted((tmp_path / "outputs").glob("*/*"))
+    assert len(dirs) == 3
+    assert sorted(read_json(d / "summary.json")["seed"] for d in dirs) == [0, 1, 2]
+    for d in dirs:
+        rows = (d / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 31 and len({len(r.split(",")) for r in rows}) == 1
+
+
+def test_a_live_run_holds_its_dir_and_a_second_writer_is_refused(tmp_path):
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regexp", "train", *LONG, "train.epochs=100000"]
+        + ["hydra.run.dir=run"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        run = tmp_path / "run"
+        while not (run / "checkpoint.pt").exists():  # training is under way
+            assert process.poll() is None
+            time.sleep(0.1)
+        hydra_files = {p: p.read_bytes() for p in (run / ".hydra").iterdir()}
+        for second in (["hydra.run.dir=run", "model.hidden=[8]"], ["resume=run"]):
+            done = regexp("train", *second, cwd=tmp_path, check=False)
+            assert done.returncode == 2, done.stderr
+            assert "refused, a live run is writing in it" in done.stderr
+            assert done.stderr.count("\n") == 1
+        assert {p: p.read_bytes() for p in (run / ".hydra").iterdir()} == hydra_files
+    finally:
+        process.kill()  # a hard kill: the OS releases the lock with the process
+        process.wait()
+    done = regexp("train", "resume=run", "train.epochs=30", cwd=tmp_path, check=False)
+    assert "a live run is writing" not in done.stderr
+
+
+def test_after_hard_kills_resume_ends_equal_to_an_uninterrupted_run(tmp_path):
+    """kill -9 at several points: the checkpoint is never ahead of metrics.csv, and each resume
+    goes on from exactly the checkpoint's epoch."""
+    import random
+    import time
+
+    long = [*LONG, "train.checkpoint_every=3"]
+    regexp("train", *long, "hydra.run.dir=reference", cwd=tmp_path)
+    rng = random.Random(0)
+    start = [sys.executable, "-m", "regexp", "train", *long, "hydra.run.dir=run"]
+    for kill in range(3):
+        command = start if kill == 0 else [sys.executable, "-m", "regexp", "train", "resume=run"]
+        process = subprocess.Popen(
+            command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        for line in process.stdout:
+            if line.startswith("epoch "):
+                break
+        time.sleep(rng.uniform(0.0, 0.5))
+        process.kill()
+        process.wait()
+        run = tmp_path / "run"
+        if (run / "checkpoint.pt").exists():
+            epoch = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
+            rows = (run / "metrics.csv").read_text().splitlines()
+            assert len(rows) - 1 >= epoch  # the record is never behind the checkpoint
+    regexp("train", "resume=run", cwd=tmp_path)
+    assert (tmp_path / "run" / "metrics.csv").read_text() == (
+        tmp_path / "reference" / "metrics.csv"
+    ).read_text()
+
+
+@pytest.mark.parametrize("launcher", ["stacked", "basic"])
+def test_a_job_that_fails_for_any_reason_is_counted_and_the_sweep_exits_1(tmp_path, launcher):
+    done = regexp(
+        "train", "-m", f"hydra/launcher={launcher}", "optim.lr=0.01,${oc.env:NOPE_NOT_SET}",
+        "train.epochs=3", "model.hidden=[4]", "log.figure_every=0", "hydra.sweep.dir=sweep",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "2 jobs: 1 completed, 1 failed" in done.stdout + done.stderr
+    (bad,) = [p for p in (tmp_path / "sweep").iterdir() if "NOPE" in p.name]
+    summary = read_json(bad / "summary.json")
+    assert summary["status"] == "failed" and "NOPE_NOT_SET" in summary["error"]
+    report = regexp("report", "sweep", cwd=tmp_path)
+    assert "failed" in report.stdout

@@ -35,7 +35,7 @@ def train_job(cfg: DictConfig) -> Outcome:
     try:
         try:
             conf = config.validate(cfg)
-        except UserError as exc:
+        except Exception as exc:  # (an interpolation that fails, too)
             if cfg.get("resume") is None:  # a resumed run keeps its own summary
                 write_json(run_dir / "summary.json", failure(exc, overrides))
             raise
@@ -94,7 +94,7 @@ def member_of(cfg: DictConfig) -> Member:
     run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
     try:
         return Member(config.validate(cfg), run_dir, overrides)
-    except UserError as exc:
+    except Exception as exc:  # (an interpolation that fails, too)
         if cfg.get("resume") is None:  # a resumed run keeps its own summary
             write_json(run_dir / "summary.json", failure(exc, overrides))
         raise

@@ -51,9 +51,13 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
+        # Every job Hydra set up has its .hydra/; one that left no summary.json never ran.
+        jobs = sorted(p.parent.parent for p in sweep.glob("**/.hydra/overrides.yaml"))
         summaries = {
-            p.parent.relative_to(sweep): json.loads(p.read_text())
-            for p in sorted(sweep.glob("**/summary.json"))
+            job.relative_to(sweep): json.loads((job / "summary.json").read_text())
+            if (job / "summary.json").exists()
+            else {"status": "failed", "error": "it left no summary.json: it never trained"}
+            for job in jobs
         }
         counts = Counter(s["status"] for s in summaries.values())
         bad = {k: s for k, s in summaries.items() if s["status"] not in ("completed",)}

@@ -166,6 +166,8 @@ class Tracker:
         self._events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
 
     def flush(self) -> None:
+        """Everything recorded so far onto disk (where a killed process cannot lose it)."""
+        self._write_pending()
         self._events.flush()
         self._csv_file.flush()
 

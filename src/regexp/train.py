@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ WEIGHT_STATS_POINTS = 50
 
 class Tracker(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass
@@ -147,6 +150,8 @@ def fit(
 
     def save(i: int, epoch: int) -> None:
         if checkpoints[i] is not None:
+            if trackers[i] is not None:  # the record on disk first: never behind a checkpoint
+                trackers[i].flush()
             save_checkpoint(checkpoints[i], epoch, stack, i, update, schedule, generators[i])
 
     last_save = time.monotonic()
@@ -374,17 +379,34 @@ def save_checkpoint(path: Path, epoch: int, stack: Stack, i: int, update, schedu
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generator) -> int:
-    """Restore into member `i` what `save_checkpoint` saved; returns the epoch it was saved at.
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """The checkpoint at `path`, refused in one line unless it is one this regexp wrote.
 
     weights_only=True: the file may hold tensors and plain containers, never code to run.
     """
-    state = torch.load(path, map_location=stack.flat.device, weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: refused, not a checkpoint of this run (a safe load of tensors only "
+            f"failed: {reason[:200]})"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"{path}: refused, written by a regexp older than populations (its optimizer state "
             "is torch.optim's, not a member's); train the run again"
         )
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise UserError(f"{path}: refused, its epoch ({epoch!r}) is not a count of epochs done")
+    return state
+
+
+def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generator) -> int:
+    """Restore into member `i` what `save_checkpoint` saved; returns the epoch it was saved at."""
+    state = read_checkpoint(path, stack.flat.device)
+    epoch = state["epoch"]
     with torch.no_grad():
         stack.models[i].load_state_dict(state["model"])
     update.load_state_dict(i, state["optimizer"])
@@ -395,4 +417,4 @@ def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generato
     stack.generators[i].set_state(rng["dropout"].cpu())
     if generator is not None and rng["batches"] is not None:
         generator.set_state(rng["batches"].cpu())
-    return int(state["epoch"])
+    return epoch
