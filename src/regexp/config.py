@@ -164,10 +164,11 @@ def flat(tree, prefix: str = "") -> dict:
     return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The train config with `overrides`, composed without running an app (no output dir)."""
+def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The train config with `overrides`, composed without running an app (no output dir);
+    with `hydra`, Hydra's own config too, under `hydra`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return hydra_compose("train", overrides=overrides)
+        return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
