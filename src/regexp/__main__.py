@@ -1,5 +1,3 @@
-import sys
+from regexp.cli import entry
 
-from regexp.cli import main
-
-sys.exit(main())
+entry()
