@@ -101,10 +101,9 @@ class StackedLauncher(Launcher):
             "" if len(populations) == 1 else "s",
             " to ".join(map(str, sizes)) if sizes else "0",
         )
-        if self.threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads or 1)  # regexp's default: 1 (jobs.train_job says why)
         for population in populations:
             members = [returns[i].return_value for i in population]
             for i, summary in zip(population, run.execute_population(members), strict=True):
