@@ -178,6 +178,11 @@ def shell_completion(args: list[str]) -> int:
 def train_job(cfg):
     """Hydra's task function. torch and the training code are imported only here, where a
     job runs: a parallel launcher's main process never needs them, and starts faster."""
+    from regexp import plots, render
+
+    if cfg.log.figure_every and cfg.data.name in plots.DRAWN_DATA:
+        with contextlib.suppress(OSError):  # (the run says so, without figures)
+            render.renderer()  # now: it imports matplotlib while this process imports torch
     from regexp import jobs
 
     return jobs.train_job(cfg)

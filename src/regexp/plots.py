@@ -1,17 +1,17 @@
 """Figures (matplotlib, drawn off-screen): what people would rather look at than read.
 
 Training figures: the fitted curve of a 1-D regression and the decision boundary on 2-D
-data. Each is taken in two steps, so that the training loop pays next to nothing for it:
-`snapshot(model)` copies the model's state on its device (tens of microseconds); `render`
-later loads a snapshot into a copy of the model, runs it in eval mode on a fixed grid of
-inputs and draws the result into PNG bytes (tens of milliseconds). One Figure is reused and
-only what changes between epochs (the curve, the class map) is redrawn.
+data. Each comes in two halves, so that the training loop pays next to nothing for it: a
+`Plot` runs the model in eval mode on a fixed grid of inputs (tens of microseconds to a
+millisecond), and its `Drawing` turns those values into a picture (tens of milliseconds),
+in another process (render.py), while the loop goes on. One Figure is reused and only what
+changes between epochs (the curve, the class map) is redrawn.
 
 Report figures: curves and comparisons across the runs of a sweep (`regexp report`).
 Probe figures: the lessons' demonstrations that need no training (`regexp probe`).
 
 matplotlib, torch and numpy are imported only where they are used: `regexp report` never
-imports torch.
+imports torch, and the drawing process imports neither torch nor the training code.
 
 Why it is long: every figure of the project is drawn here, so that matplotlib is set up (the
 off-screen backend, sizes, styles) in one place and imported nowhere else.
@@ -19,8 +19,6 @@ off-screen backend, sizes, styles) in one place and imported nowhere else.
 
 from __future__ import annotations
 
-import copy
-import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,37 +35,30 @@ if TYPE_CHECKING:
 SIZE, DPI = (5.0, 4.0), 100  # 500 x 400 pixels
 GRID_1D, GRID_2D = 200, 64  # points on the x axis; per side of the 2-D grid
 MARGIN = 0.1  # of the data's extent, on each side
+# The data sets whose runs draw a figure (1-D regression, 2-D classification), known from
+# their names before they load: for those the drawing process starts with the run.
+DRAWN_DATA = frozenset({"toy_regression", "moons", "circles", "spiral", "xor", "gauss"})
 
 
 class Plot:
-    """One kind of figure of one dataset; `name` is its TensorBoard tag and PNG file name."""
+    """One kind of figure of one dataset, on the training side. `name` is its TensorBoard tag
+    and file name; `spec` is all its `Drawing` needs (numpy arrays and numbers)."""
 
     name = ""
 
-    def __init__(self, data: Dataset, grid: torch.Tensor):
+    def __init__(self, data: Dataset, grid: torch.Tensor, **spec):
         self.grid = grid.to(data.x_train.device)
-        # The points, on the CPU once: (x, y) of train and valid.
-        self.points = [
+        points = [
             (x.cpu().numpy(), y.cpu().numpy())
             for x, y in ((data.x_train, data.y_train), (data.x_valid, data.y_valid))
         ]
-        self._figure = self._copy = None
+        self.spec = {"kind": self.name, "points": points, **spec}
 
-    @staticmethod
-    def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-        """The model's parameters and buffers, copied where they are."""
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def predict(self, model: nn.Module, state: dict | None = None) -> np.ndarray:
-        """The model's outputs on the grid in eval mode (no dropout, BN's running statistics),
-        with `state` loaded into a copy of it; the model itself is left as it was."""
+    def predict(self, model: nn.Module) -> np.ndarray:
+        """The model's outputs on the grid in eval mode (no dropout, BN's running statistics);
+        the model is left in the mode it was in."""
         import torch
 
-        if state is not None:
-            if self._copy is None:
-                self._copy = copy.deepcopy(model)
-            self._copy.load_state_dict(state)
-            model = self._copy
         was_training = model.training
         model.eval()
         try:
@@ -79,34 +70,6 @@ class Plot:
     def outputs(self, out: torch.Tensor) -> torch.Tensor:
         return out
 
-    def render(self, model: nn.Module, state: dict | None, epoch: int) -> tuple[bytes, int, int]:
-        """The figure of `model` with `state` at `epoch`: PNG bytes, width, height."""
-        values = self.predict(model, state)
-        if self._figure is None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-
-            self._figure = Figure(figsize=SIZE, dpi=DPI)
-            FigureCanvasAgg(self._figure)  # Agg, whatever backend pyplot would pick
-            self._figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
-            self.ax = self._figure.add_subplot()
-            self.setup(self.ax)
-            self.ax.legend(loc="best", fontsize="small")
-        self.update(values)
-        self.ax.set_title(f"{self.name.replace('_', ' ')}, epoch {epoch}")
-        buffer = io.BytesIO()
-        self._figure.savefig(buffer, format="png")
-        width, height = self._figure.canvas.get_width_height()
-        return buffer.getvalue(), width, height
-
-    def setup(self, ax) -> None:
-        """Draw what stays: the points, the axes."""
-        raise NotImplementedError
-
-    def update(self, values: np.ndarray) -> None:
-        """Draw what the model predicts."""
-        raise NotImplementedError
-
 
 class FitPlot(Plot):
     """The lessons' plot: the fitted curve over the train and valid points."""
@@ -117,23 +80,8 @@ class FitPlot(Plot):
         import torch
 
         lo, hi = _extent(torch.cat([data.x_train, data.x_valid]))
-        super().__init__(data, torch.linspace(lo[0], hi[0], GRID_1D).unsqueeze(1))
-
-    def setup(self, ax):
-        import numpy as np
-
-        (xt, yt), (xv, yv) = self.points
-        ax.scatter(xt[:, 0], yt[:, 0], s=30, c="tab:blue", label="train", zorder=3)
-        ax.scatter(xv[:, 0], yv[:, 0], s=30, c="tab:orange", marker="s", label="valid", zorder=3)
-        x = self.grid[:, 0].cpu().numpy()
-        (self.curve,) = ax.plot(x, np.zeros_like(x), c="black", lw=2, label="model")
-        ax.set_xlabel("x")
-        ax.set_ylabel("y")
-
-    def update(self, values):
-        self.curve.set_ydata(values[:, 0])
-        self.ax.relim()
-        self.ax.autoscale_view()
+        grid = torch.linspace(lo[0], hi[0], GRID_1D).unsqueeze(1)
+        super().__init__(data, grid, x=grid[:, 0].numpy())
 
 
 class BoundaryPlot(Plot):
@@ -144,54 +92,28 @@ class BoundaryPlot(Plot):
     def __init__(self, data: Dataset):
         import torch
 
-        self.n_classes = data.n_outputs
         lo, hi = _extent(torch.cat([data.x_train, data.x_valid]))
-        self.extent = (lo[0], hi[0], lo[1], hi[1])
         axes = [torch.linspace(lo[i], hi[i], GRID_2D) for i in (0, 1)]
         xx, yy = torch.meshgrid(*axes, indexing="xy")  # rows go along y, as the image's
-        self.xx, self.yy = xx.numpy(), yy.numpy()
-        super().__init__(data, torch.stack([xx.flatten(), yy.flatten()], 1))
-        self.contour = None
+        super().__init__(
+            data,
+            torch.stack([xx.flatten(), yy.flatten()], 1),
+            xx=xx.numpy(),
+            yy=yy.numpy(),
+            extent=(lo[0], hi[0], lo[1], hi[1]),
+            n_classes=data.n_outputs,
+        )
+        self.n_classes = data.n_outputs
 
     def outputs(self, out):
         import torch
 
-        # The probability of each class (one output: a sigmoid's, for class 1).
+        # Two classes: P(class 1) (one output: a sigmoid's); more: the predicted class.
         if out.shape[1] == 1:
-            p = torch.sigmoid(out)
-            return torch.cat([1 - p, p], 1)
-        return torch.softmax(out.float(), 1)
-
-    def setup(self, ax):
-        import numpy as np
-
-        # Two classes: P(class 1) from blue to red; more: the predicted class.
-        self.cmap = "RdBu_r" if self.n_classes == 2 else "tab10"
-        top = 1 if self.n_classes == 2 else 9
-        self.image = ax.imshow(
-            np.zeros(self.xx.shape), extent=self.extent, origin="lower", aspect="auto",
-            cmap=self.cmap, vmin=0, vmax=top, alpha=0.6, zorder=0,
-            interpolation="bilinear" if self.n_classes == 2 else "nearest",
-        )  # fmt: skip
-        (xt, yt), (xv, yv) = self.points
-        colour = {"cmap": self.cmap, "vmin": 0, "vmax": top}
-        ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **colour)
-        ax.scatter(*xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **colour)
-
-    def update(self, values):
-        shape = self.xx.shape
+            return torch.sigmoid(out[:, 0])
         if self.n_classes == 2:
-            p = values[:, 1].reshape(shape)
-            self.image.set_data(p)
-            if self.contour is not None:
-                self.contour.remove()
-                self.contour = None
-            if p.min() < 0.5 < p.max():  # the boundary, where there is one
-                self.contour = self.ax.contour(
-                    self.xx, self.yy, p, levels=[0.5], colors="black", linewidths=1
-                )
-        else:
-            self.image.set_data(values.argmax(1).reshape(shape))
+            return torch.softmax(out.float(), 1)[:, 1]
+        return out.argmax(1).to(torch.uint8)
 
 
 def for_dataset(data: Dataset) -> Plot | None:
@@ -202,6 +124,116 @@ def for_dataset(data: Dataset) -> Plot | None:
     if data.task == "classification" and data.in_shape == (2,):
         return BoundaryPlot(data)
     return None
+
+
+class Drawing:
+    """The matplotlib half of a Plot: `frame(values, epoch)` draws the values `Plot.predict`
+    gave at `epoch` and returns the picture as an RGB PIL image. The axes keep fixed limits,
+    so that the frames of an animation line up; what stays (axes, ticks, legend) is drawn
+    once and each frame draws only what moves on top of it (a few milliseconds, not tens)."""
+
+    def __init__(self, spec: dict):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.spec = spec
+        self.figure = Figure(figsize=SIZE, dpi=DPI)
+        self.canvas = FigureCanvasAgg(self.figure)  # Agg, whatever backend pyplot would pick
+        self.figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
+        self.ax = self.figure.add_subplot()
+        self.moving = self.setup(self.ax)  # bottom to top
+        self.moving.append(self.ax.legend(loc="best", fontsize="small"))
+        self.title = self.ax.set_title(" ")
+        for artist in [*self.moving, self.title]:
+            artist.set_animated(True)
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(self.figure.bbox)
+
+    def frame(self, values: np.ndarray, epoch: int):
+        from PIL import Image
+
+        extra = self.update(values)
+        self.title.set_text(f"{self.spec['kind'].replace('_', ' ')}, epoch {epoch}")
+        self.canvas.restore_region(self.background)
+        for artist in [*self.moving[:1], *extra, *self.moving[1:], self.title]:
+            self.ax.draw_artist(artist)
+        size = self.canvas.get_width_height()
+        return Image.frombuffer("RGBA", size, self.canvas.buffer_rgba()).convert("RGB")
+
+    def setup(self, ax) -> list:
+        """Draw what stays (the axes, at their final limits); return the artists that move,
+        the model's first, then what goes over it."""
+        raise NotImplementedError
+
+    def update(self, values: np.ndarray) -> list:
+        """Set what the model predicts; return the artists made for this frame alone."""
+        raise NotImplementedError
+
+
+class FitDrawing(Drawing):
+    def setup(self, ax):
+        import numpy as np
+
+        (xt, yt), (xv, yv) = self.spec["points"]
+        train = ax.scatter(xt[:, 0], yt[:, 0], s=30, c="tab:blue", label="train", zorder=3)
+        valid = ax.scatter(
+            xv[:, 0], yv[:, 0], s=30, c="tab:orange", marker="s", label="valid", zorder=3
+        )
+        x = self.spec["x"]
+        (self.curve,) = ax.plot(x, np.zeros_like(x), c="black", lw=2, label="model")
+        # The points' range and as much again: room for a curve that overshoots them, and
+        # axes that stay put from frame to frame (a curve beyond them is cut off).
+        y = np.concatenate([yt[:, 0], yv[:, 0]])
+        pad = max(float(y.max() - y.min()), 1e-6) / 2
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(float(y.min()) - pad, float(y.max()) + pad)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        return [self.curve, train, valid]
+
+    def update(self, values):
+        self.curve.set_ydata(values[:, 0])
+        return []
+
+
+class BoundaryDrawing(Drawing):
+    def setup(self, ax):
+        import numpy as np
+
+        # Two classes: P(class 1) from blue to red; more: the predicted class.
+        self.two = self.spec["n_classes"] == 2
+        self.cmap = "RdBu_r" if self.two else "tab10"
+        top = 1 if self.two else 9
+        self.image = ax.imshow(
+            np.zeros(self.spec["xx"].shape), extent=self.spec["extent"], origin="lower",
+            aspect="auto", cmap=self.cmap, vmin=0, vmax=top, alpha=0.6, zorder=0,
+            interpolation="bilinear" if self.two else "nearest",
+        )  # fmt: skip
+        (xt, yt), (xv, yv) = self.spec["points"]
+        colour = {"cmap": self.cmap, "vmin": 0, "vmax": top}
+        valid = ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **colour)
+        train = ax.scatter(
+            *xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **colour
+        )
+        self.contour = None
+        return [self.image, valid, train]
+
+    def update(self, values):
+        xx, yy = self.spec["xx"], self.spec["yy"]
+        values = values.reshape(xx.shape)
+        self.image.set_data(values)
+        if self.contour is not None:
+            self.contour.remove()
+            self.contour = None
+        if self.two and values.min() < 0.5 < values.max():  # the boundary, where there is one
+            self.contour = self.ax.contour(
+                xx, yy, values, levels=[0.5], colors="black", linewidths=1
+            )
+            return [self.contour]
+        return []
+
+
+DRAWINGS = {"fit": FitDrawing, "decision_boundary": BoundaryDrawing}
 
 
 def _extent(x: torch.Tensor) -> tuple[list[float], list[float]]:

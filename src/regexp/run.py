@@ -275,6 +275,7 @@ def _train(built: list[Built]) -> list[dict]:
                 figure_every=conf.log.figure_every,
                 start_epoch=b.start_epoch,
                 progress=len(built) == 1,
+                model=b.model,
             )
         if len(built) > 1:
             progress = PopulationProgress(len(built), first.train.epochs, built[0].start_epoch)

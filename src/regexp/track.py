@@ -2,14 +2,13 @@
 
 Each epoch costs one TensorBoard event (all its scalars together), one CSV row and, at most
 ten times a second, a console update; histograms come every `hist_every` epochs, and a
-figure's snapshot (a copy of the model's state) every `figure_every`. A lesson-24
-epoch takes well under a millisecond, so the recording is where the loop's speed is decided:
-events are written synchronously into a buffered file, with tensorboardX's record writer
-(whose CRC is in C with the crc32c package), and flushed every few seconds. A SummaryWriter
-would hand each event to a background process queue, which costs more than the epoch.
-Figures take tens of milliseconds to draw, so the snapshots are drawn after the loop, when the
-run closes (after its `seconds` are counted), into TensorBoard images at their epochs, and the
-last one into a PNG in the run dir.
+figure every `figure_every`. A lesson-24 epoch takes well under a millisecond, so the
+recording is where the loop's speed is decided: events are written synchronously into a
+buffered file, with tensorboardX's record writer (whose CRC is in C with the crc32c package),
+and flushed every few seconds. A SummaryWriter would hand each event to a background process
+queue, which costs more than the epoch. Figures take tens of milliseconds to draw, so the
+loop only computes what they show and a child process draws them (render.py); their PNGs come
+back while the run trains and go into TensorBoard's Images tab at their epochs.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from regexp.models import weights
 
 if TYPE_CHECKING:
     from regexp.plots import Plot
+    from regexp.render import Animation
 
 log = logging.getLogger("regexp")
 
@@ -57,8 +57,6 @@ LAYOUT = {
     }
 }
 
-# The model states kept for figures, in values; beyond, they are drawn in the loop.
-MAX_SNAPSHOT_VALUES = 50_000_000
 HISTOGRAM_BINS = 30  # what TensorBoard's histogram view resamples to anyway
 FLUSH_SECONDS = 5  # how stale the files on disk may get while a run goes on
 
@@ -83,13 +81,16 @@ class Tracker:
         start_epoch: int = 0,
         console: Console | None = None,
         progress: bool = True,
+        model: nn.Module | None = None,
     ):
+        """With `model`, a new run's record starts at epoch 0 with its initial weights'
+        histograms and figure."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.epochs, self.hist_every = epochs, hist_every
-        self.figure, self.figure_every = figure, figure_every
-        self._snapshots: list[tuple[int, dict]] = []  # (epoch, the model's state then)
-        self._snapshot_epoch, self._last_png = None, b""
+        self.figure, self.figure_every = (figure, figure_every) if figure_every else (None, 0)
+        self._animation: Animation | None = None
+        self._drawn_epoch: int | None = None
         self.start_epoch = self.epoch = start_epoch
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
@@ -132,6 +133,12 @@ class Tracker:
         self._last_update = self._last_flush = time.perf_counter()
         self._every = max(1, epochs // 10)  # plain lines when not on a terminal
         self.log_lines = progress
+        if self.figure is not None:
+            self._animation = _animate(self.figure, self.run_dir, start_epoch)
+        if model is not None and start_epoch == 0:
+            if self.hist_every:
+                self.log_histograms(model, 0)
+            self._draw(model, 0)
 
     def _resume(self, csv_path: Path, start_epoch: int) -> None:
         """Go on from `start_epoch`: the epochs after it are dropped from metrics.csv, and from
@@ -179,12 +186,8 @@ class Tracker:
         self._pending.append((epoch, metrics))
         if self.hist_every and epoch % self.hist_every == 0:
             self.log_histograms(model, epoch)
-        if self.figure is not None and self.figure_every and epoch % self.figure_every == 0:
-            self._snapshots.append((epoch, self.figure.snapshot(model)))
-            self._snapshot_epoch = epoch
-            kept = sum(t.numel() for _, state in self._snapshots for t in state.values())
-            if kept > MAX_SNAPSHOT_VALUES:
-                self.log_figures(model)
+        if self.figure_every and epoch % self.figure_every == 0:
+            self._draw(model, epoch)
         now = time.perf_counter()
         if now - self._last_update > 0.1 or epoch == self.epochs:
             self._last_update = now
@@ -197,6 +200,8 @@ class Tracker:
                 self.flush()
 
     def _write_pending(self) -> None:
+        if self._animation is not None and self._log_images(self._animation.images()):
+            self.flush()  # where TensorBoard sees the figure while the run trains
         for epoch, metrics in self._pending:
             self._remember(epoch, metrics)
             values = [Summary.Value(tag=tag(k), simple_value=v) for k, v in metrics.items()]
@@ -223,7 +228,7 @@ class Tracker:
     def log_histograms(self, model: nn.Module, epoch: int) -> None:
         """A histogram of every parameter and of its gradient, read in one device sync."""
         tensors = {}
-        for name, p in model.named_parameters():
+        for name, p in layer_names(model).items():
             tensors[f"weights/{name}"] = p.detach()
             if p.grad is not None:
                 tensors[f"grads/{name}"] = p.grad.detach()
@@ -253,12 +258,16 @@ class Tracker:
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
         self.write(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
-    def log_figures(self, model: nn.Module) -> None:
-        """Draw the pending snapshots of `model` into TensorBoard images."""
-        for epoch, state in self._snapshots:
-            self._last_png, width, height = self.figure.render(model, state, epoch)
-            self.log_image(f"figures/{self.figure.name}", self._last_png, width, height, epoch)
-        self._snapshots.clear()
+    def _draw(self, model: nn.Module, epoch: int) -> None:
+        """Send the figure of `model` at `epoch` to be drawn."""
+        if self._animation is not None:
+            self._animation.frame(epoch, self.figure.predict(model))
+            self._drawn_epoch = epoch
+
+    def _log_images(self, images: list[tuple[int, bytes, int, int]]) -> int:
+        for epoch, png, width, height in images:
+            self.log_image(f"figures/{self.figure.name}", png, width, height, epoch)
+        return len(images)
 
     # --- at the end ------------------------------------------------------------------------
 
@@ -280,21 +289,16 @@ class Tracker:
         self._csv_file.close()
         self._events.flush()
         write_json(self.run_dir / "summary.json", summary)
-        # The figures come last, as they take a while: the record above is whole even if the
-        # drawing is cut short (a second Ctrl-C).
-        if self.figure is not None and self.figure_every and model is not None:
-            if status != "failed" and self.epoch > self.start_epoch:
-                self._final_figure(model)
+        # The figures come last, as they may take a while to finish drawing: the record above
+        # is whole even if the wait is cut short (a second Ctrl-C).
+        if self._animation is not None:
+            if status != "failed" and model is not None and self._drawn_epoch != self.epoch:
+                self._draw(model, self.epoch)
+            self._animation.close()
+            self._log_images(self._animation.images(wait=True))
         self.write(_session_end(status))
         self._events.close()
         return summary
-
-    def _final_figure(self, model: nn.Module) -> None:
-        """The figure of the last epoch into TensorBoard (unless it is there) and as a PNG."""
-        if self._snapshot_epoch != self.epoch:
-            self._snapshots.append((self.epoch, self.figure.snapshot(model)))
-        self.log_figures(model)
-        (self.run_dir / f"{self.figure.name}.png").write_bytes(self._last_png)
 
     def print_summary(self, summary: dict) -> None:
         table = Table()
@@ -350,6 +354,34 @@ class PopulationProgress:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _animate(figure: Plot, run_dir: Path, start_epoch: int) -> Animation | None:
+    """The run's figure in the drawing process, or None (and a warning) where none starts."""
+    from regexp import render
+
+    try:
+        return render.renderer().open(figure.spec, run_dir, start_epoch)
+    except OSError as exc:
+        log.warning("figures off: the drawing process did not start (%s)", exc)
+        return None
+
+
+def layer_names(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's parameters named by their layer's kind and rank among the layers of that
+    kind (`linear1.weight`, `batchnorm1d2.bias`), not by its place in the module list, which
+    dropout layers shift: the same layer keeps its name across a dropout or norm sweep, and
+    TensorBoard overlays it."""
+    names, counts = {}, {}
+    for module in model.modules():
+        params = list(module.named_parameters(recurse=False))
+        if not params:
+            continue
+        kind = type(module).__name__.lower()
+        counts[kind] = counts.get(kind, 0) + 1
+        for name, p in params:
+            names[f"{kind}{counts[kind]}.{name}"] = p
+    return names
 
 
 def weight_norm(model: nn.Module) -> float:
