@@ -61,15 +61,7 @@ def test_the_tracker_logs_figures_from_epoch_0_then_saves_a_png_and_a_gif(compos
     dataset = data.load(compose("data=moons", "data.n_train=20", "data.n_valid=20").data, 0)
     model = dropout_net(2, 2)
     figure = plots.for_dataset(dataset)
-    tracker = Tracker(
-        tmp_path,
-        epochs=5,
-        hparams={},
-        metrics=["valid_loss"],
-        figure=figure,
-        figure_every=2,
-        model=model,
-    )
+    tracker = Tracker(tmp_path, epochs=5, hparams={}, figure=figure, figure_every=2, model=model)
     for epoch in range(1, 6):
         tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
     assert model.training  # as the loop left it
@@ -85,12 +77,7 @@ def test_images_reach_the_event_file_while_the_run_trains(compose, tmp_path):
     dataset = data.load(compose(*TINY).data, 0)
     model = dropout_net(1, 1)
     tracker = Tracker(
-        tmp_path,
-        epochs=10**6,
-        hparams={},
-        metrics=["valid_loss"],
-        figure=plots.for_dataset(dataset),
-        figure_every=3,
+        tmp_path, epochs=10**6, hparams={}, figure=plots.for_dataset(dataset), figure_every=3
     )
     deadline, epoch, steps = time.monotonic() + 120, 0, []
     while not steps and time.monotonic() < deadline:  # the drawing process may be starting

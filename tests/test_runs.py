@@ -30,7 +30,7 @@ def test_toy_regression_run_writes_tensorboard_csv_and_summary(tmp_path):
         events.PluginTagToContent("hparams")
     )
     assert "custom_scalars__config__" in plugins
-    assert "_hparams_/session_start_info" in plugins and "_hparams_/experiment" in plugins
+    assert "_hparams_/session_start_info" in plugins and "_hparams_/session_end_info" in plugins
 
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from regexp import config, data, init, models, optim, plots, rundir, schedules, train
-from regexp.errors import ConfigError, UserError
+from regexp.errors import ConfigError, UserError, show
 from regexp.stack import Stack, weight_mask
 from regexp.track import PopulationProgress, Tracker, write_json
 
@@ -125,34 +125,36 @@ def check_batches(model: torch.nn.Module, n: int, n_valid: int, batch_size: int 
 
 
 def hparams(conf: config.Config, overrides: list[str]) -> dict:
-    """What TensorBoard's HParams tab shows for the run: the main choices and every override."""
-    values = {
-        "data": conf.data.name,
-        "model": conf.model.name,
-        "norm": conf.norm.name,
-        "init": conf.init.name,
-        "optim": conf.optim.name,
-        "sched": conf.sched.name,
-        "optim.lr": conf.optim.lr,
-        "optim.weight_decay": conf.optim.weight_decay,
-        "loss": conf.loss,
-        "reg.l1": conf.reg.l1,
-        "reg.l2": conf.reg.l2,
-        "model.dropout": conf.model.dropout,
-        "train.batch_size": conf.train.batch_size or 0,
-        "seed": conf.seed,
-    }
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        values.setdefault(key, _number(value))
-    return values
+    """What TensorBoard's HParams tab shows for the run: the main choices and every override,
+    each key with one type in every run (TensorBoard makes text of a key whose type differs
+    between runs): a number as a float, a key that may be null as text ('null', '64'), a list
+    as text ('[200,200]'); a key outside the config (experiment, hydra.*) as its override's."""
+    given = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
+    keys = ["data", "model", "norm", "init", "optim", "sched", "optim.lr", "optim.weight_decay"]
+    keys += ["loss", "reg.l1", "reg.l2", "model.dropout", "train.batch_size", "seed", *given]
+    values = {key: _hparam(conf, key) for key in keys}
+    return {k: given.get(k, "") if v is None else v for k, v in values.items()}
 
 
-def _number(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def _hparam(conf: config.Config, key: str):
+    """The value of the dotted `key` in `conf` in its HParams type; None if there is no such
+    key (a group's value is its option's name)."""
+    import dataclasses
+    import typing
+
+    parent, value = None, conf
+    for part in key.split("."):
+        if not hasattr(value, part):
+            return None
+        parent, value = value, getattr(value, part)
+    if dataclasses.is_dataclass(value):
+        return getattr(value, "name", None)
+    hint = typing.get_type_hints(type(parent)).get(key.rsplit(".", 1)[-1])
+    if value is None or type(None) in typing.get_args(hint) or isinstance(value, (list, tuple)):
+        return show(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @dataclass
@@ -260,16 +262,12 @@ def _train(built: list[Built]) -> list[dict]:
         starts = {b.start_epoch for b in built}
         if len(starts) > 1:
             raise ValueError("the members of a population resume from one epoch")
-        metrics = ["train_loss", "valid_loss"]
-        if dataset.task == "classification":
-            metrics += ["train_acc", "valid_acc"]
         for b in built:
             conf = b.member.conf
             b.tracker = Tracker(
                 b.member.run_dir,
                 epochs=conf.train.epochs,
                 hparams=hparams(conf, b.member.overrides),
-                metrics=metrics,
                 hist_every=conf.log.hist_every,
                 figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
                 figure_every=conf.log.figure_every,

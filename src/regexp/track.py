@@ -74,7 +74,6 @@ class Tracker:
         *,
         epochs: int,
         hparams: dict,
-        metrics: list[str],
         hist_every: int = 0,
         figure: Plot | None = None,
         figure_every: int = 0,
@@ -105,9 +104,10 @@ class Tracker:
         self._columns: list[str] = []  # metrics.csv's, fixed by its header
         if start_epoch == 0:
             self.write(tb.custom_scalars(LAYOUT))
-            experiment, session_start, _ = tb.hparams(hparams, {TAGS[m]: 0 for m in metrics})
-            self.write(experiment)
-            self.write(session_start)
+            # The session's hparams only, no experiment summary: TensorBoard then builds the
+            # experiment from every run's values, and ticks the keys whose values differ
+            # (it would take one run's own summary, in which none differs).
+            self.write(tb.hparams(hparams, {})[1])
             self._csv_file = open(csv_path, "w", newline="")  # noqa: SIM115
         else:
             self._resume(csv_path, start_epoch)
