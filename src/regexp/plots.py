@@ -270,36 +270,14 @@ def _finite(values) -> bool:
 
 
 def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
-    """The report's figures in `out`: every run's valid-loss curve; the final losses against
-    each swept number; a heatmap of the valid loss when two parameters were swept."""
+    """The report's figures in `out`: every run's loss curves; the final losses against each
+    swept number (or, for a list-valued key such as model.hidden, against the model's
+    parameter count); a heatmap of the valid loss when two parameters were swept."""
     plt = _pyplot()
     written = []
-    with_curves = [r for r in runs if r.curves.get("valid_loss")]
-    if with_curves:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run in with_curves:
-            epochs = run.curves["epoch"]
-            (line,) = ax.plot(epochs, run.curves["valid_loss"], label=_label(run.overrides, keys))
-            if len(with_curves) <= 6:  # the gap to the train loss, where it stays readable
-                ax.plot(epochs, run.curves["train_loss"], "--", color=line.get_color(), lw=1)
-        losses = [
-            v
-            for r in with_curves
-            for k in ("valid_loss", "train_loss")
-            for v in r.curves.get(k, [])
-            if math.isfinite(v)
-        ]
-        if losses and min(losses) > 0:
-            ax.set_yscale("log")
-        title = "valid loss (solid) and train loss (dashed) of every run"
-        ax.set(
-            xlabel="epoch",
-            ylabel="loss",
-            title=title if len(with_curves) <= 6 else "valid loss of every run",
-        )
-        if len(with_curves) <= 12:
-            ax.legend(fontsize="small")
-        written.append(_save(fig, out / "curves.png"))
+    figure = curves_figure(plt, runs, keys)
+    if figure is not None:
+        written.append(_save(figure, out / "curves.png"))
 
     with_weights = [r for r in runs if r.curves.get("weights_l2_norm")]
     if with_weights and len(with_weights) <= 12:
@@ -307,29 +285,108 @@ def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
 
     done = [r for r in runs if _finite([r.final("train_loss"), r.final("valid_loss")])]
     for key in keys:
-        values = sorted(
-            {r.overrides.get(key) for r in done if isinstance(r.overrides.get(key), float)}
-        )
-        if len(values) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for metric, style in (("train_loss", "o-"), ("valid_loss", "s-")):
-            means = [
-                _mean(r.final(metric) for r in done if r.overrides.get(key) == v) for v in values
-            ]
-            ax.plot(values, means, style, label=metric.replace("_", " "))
-        _scale_x(ax, values)
-        ax.set(
-            xlabel=key,
-            ylabel="final loss (mean over the other settings)",
-            title=f"train and valid loss against {key}",
-        )
-        ax.legend()
-        written.append(_save(fig, out / f"loss_vs_{key}.png"))
+        figure = loss_vs_figure(plt, done, key)
+        if figure is not None:
+            written.append(_save(figure, out / f"loss_vs_{key}.png"))
 
     if len(keys) == 2 and done:
         written += _heatmap(plt, done, keys, out / "heatmap.png")
     return written
+
+
+MAX_PANELS = 30
+
+
+def curves_figure(plt, runs, keys: list[str]):
+    """Small multiples: a panel per value of the first swept key, in which each run (one per
+    setting of the other keys) has its valid loss drawn strong and its train loss faint, in
+    one colour; the panels share their axes. None without curves."""
+    runs = [r for r in runs if r.curves.get("valid_loss")]
+    if not runs:
+        return None
+    first, rest = (keys[0], keys[1:]) if keys else (None, [])
+    values = _numeric_order(sorted({r.overrides.get(first) for r in runs}, key=str))
+    panels = {v: [r for r in runs if r.overrides.get(first) == v] for v in values[:MAX_PANELS]}
+    columns = 3 if len(panels) in (5, 6, 9) else min(len(panels), 4)
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns + (2 if rest else 0.4), 2.6 * rows + 0.6),
+        sharex=True, sharey=True, squeeze=False, layout="constrained",
+    )  # fmt: skip
+    settings = list(dict.fromkeys(_label(r.overrides, rest) for r in runs))
+    many = len(settings) > 10
+    cmap = plt.get_cmap("viridis").resampled(len(settings)) if many else plt.get_cmap("tab10")
+    colour = {setting: cmap(i) for i, setting in enumerate(settings)}
+    losses = []
+    for ax, (value, members) in zip(axes.flat, panels.items(), strict=False):
+        for run in members:
+            setting, epochs = _label(run.overrides, rest), run.curves["epoch"]
+            if run.curves.get("train_loss"):
+                ax.plot(epochs, run.curves["train_loss"], color=colour[setting], lw=0.8, alpha=0.3)
+            ax.plot(epochs, run.curves["valid_loss"], color=colour[setting], lw=1.8, label=setting)
+            losses += [v for k in ("valid_loss", "train_loss") for v in run.curves.get(k, [])]
+        if first:
+            ax.set_title(f"{first.rsplit('.', 1)[-1]}={_short(value)}", fontsize="medium")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite and min(finite) > 0:
+        axes[0, 0].set_yscale("log")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss")
+    if rest and len(settings) <= 16:
+        seen = {}
+        for ax in axes.flat[: len(panels)]:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                seen.setdefault(label, handle)
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
+    fig.suptitle("valid loss (strong) and train loss (faint) of every run")
+    return fig
+
+
+# Keys of a scale (a rate, a penalty's strength): a log axis, symlog when 0 is among them.
+LOG_KEYS = ("lr", "weight_decay", "l1", "l2")
+
+
+def loss_vs_figure(plt, runs, key: str):
+    """The final train and valid loss against `key`'s values (the mean over the other
+    settings); for a list-valued key (model.hidden=[50],[200,200]), against the models'
+    parameter counts. None where there is nothing to plot."""
+    values = {r.overrides.get(key) for r in runs}
+    if all(isinstance(v, float) for v in values):
+        points = sorted(values)
+        x = points
+        label = key
+    elif all(isinstance(v, str) and v.startswith("[") for v in values) and all(
+        "params" in r.summary for r in runs
+    ):
+        points = sorted(values, key=lambda v: _mean(r.summary["params"] for r in runs
+                                                      if r.overrides.get(key) == v))  # fmt: skip
+        x = [_mean(r.summary["params"] for r in runs if r.overrides.get(key) == v) for v in points]
+        label = f"parameters (by {key})"
+    else:
+        return None
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for metric, style in (("train_loss", "o-"), ("valid_loss", "s-")):
+        means = [_mean(r.final(metric) for r in runs if r.overrides.get(key) == v) for v in points]
+        ax.plot(x, means, style, label=metric.replace("_", " "))
+    if x is not points:  # name each point by its value, over its valid loss
+        for xi, yi, value in zip(x, means, points, strict=True):
+            ax.annotate(value, (xi, yi), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize="x-small", rotation=20)  # fmt: skip
+    _scale_x(ax, x, log=key.rsplit(".", 1)[-1] in LOG_KEYS)
+    ax.set(
+        xlabel=label,
+        ylabel="final loss (mean over the other settings)",
+        title=f"train and valid loss against {key}",
+    )
+    ax.legend()
+    return fig
 
 
 def _weights(plt, runs, keys, path: Path) -> Path:
@@ -390,13 +447,16 @@ def _numeric_order(values: list) -> list:
     return sorted(values) if all(isinstance(v, float) for v in values) else values
 
 
-def _scale_x(ax, values: list[float]) -> None:
-    """A log axis for a parameter swept over decades (lambda, lr); symlog when 0 is among them."""
+def _scale_x(ax, values: list[float], log: bool = False) -> None:
+    """A log axis for values over decades (or with `log`: a rate, a penalty), symlog when 0
+    is among them, so that it shows."""
     positive = [v for v in values if v > 0]
-    if len(positive) >= 2 and max(positive) / min(positive) >= 10 and min(values) >= 0:
+    if not positive or min(values) < 0:
+        return
+    if log or (len(positive) >= 2 and max(positive) / min(positive) >= 10):
         if min(values) == 0:
             ax.set_xscale("symlog", linthresh=min(positive))
-        else:
+        elif len(positive) >= 2:
             ax.set_xscale("log")
 
 
@@ -406,7 +466,8 @@ def _mean(values) -> float | None:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt
 
