@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,12 @@ def test_loss_against_a_penalty_with_0_is_on_a_symlog_axis_and_a_list_key_on_par
     assert list(ax.get_lines()[0].get_xdata()) == [151, 40_801] and ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.texts] == ["[50]", "[200,200]"]
     assert "parameters" in ax.get_xlabel()
+
+
+def test_a_run_or_sweep_of_an_experiment_is_named_by_it(tmp_path):
+    out = regexp("train", "--cfg", "hydra", "--resolve", "+experiment=norms", cwd=tmp_path).stdout
+    dirs = re.findall(r"^    dir: (.*)$", out, flags=re.M)
+    assert [d.rsplit("/", 2)[0] for d in dirs[:2]] == ["outputs", "outputs/multirun"]
+    assert all(re.fullmatch(r"\d\d-\d\d-\d\d_norms", d.rsplit("/", 1)[1]) for d in dirs[:2])
+    out = regexp("train", "--cfg", "hydra", "--resolve", cwd=tmp_path).stdout
+    assert re.search(r"^    dir: outputs/[\d-]+/\d\d-\d\d-\d\d$", out, flags=re.M)

@@ -172,3 +172,9 @@ def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
 
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
         return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
+
+
+# conf/train.yaml's run and sweep dirs: `_NAME` for +experiment=NAME, nothing without one. At
+# import, as a job's process (a joblib worker) resolves its dir once it has the schema here.
+if not OmegaConf.has_resolver("regexp_named"):
+    OmegaConf.register_new_resolver("regexp_named", lambda name: f"_{name}" if name else "")
