@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The runs made in this process, as `regexp train` makes them: on one thread (its default),
+# where torch's own default thrashes on a busy machine.
+torch.set_num_threads(1)
 
 # Tiny versions of the two built-in datasets: the real code paths, in well under a second.
 TINY = ["train.epochs=5", "model.hidden=[16,16]"]

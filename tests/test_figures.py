@@ -168,3 +168,20 @@ def test_a_long_animation_keeps_every_other_frame_past_its_limit(tmp_path, monke
         frames.add(epoch, x)
     frames.save()
     assert gif_epochs(tmp_path / "fit.gif") == (3, [0, 4, 6])  # the first and the last stay
+
+
+def test_a_run_goes_on_without_figures_when_the_drawing_process_dies(compose, tmp_path, caplog):
+    from regexp import render
+
+    dataset = data.load(compose(*TINY).data, 0)
+    model = dropout_net(1, 1)
+    figure = plots.for_dataset(dataset)
+    tracker = Tracker(tmp_path, epochs=3, hparams={}, figure=figure, figure_every=1, model=model)
+    process = render.renderer()._proc
+    process.kill()
+    process.wait()
+    for epoch in range(1, 4):
+        tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
+    assert tracker.close("completed", model)["status"] == "completed"
+    assert "figure fit not drawn: the drawing process ended" in caplog.text
+    assert render.renderer()._proc is not process  # the next run gets a new one
