@@ -129,45 +129,75 @@ def for_dataset(data: Dataset) -> Plot | None:
 class Drawing:
     """The matplotlib half of a Plot: `frame(values, epoch)` draws the values `Plot.predict`
     gave at `epoch` and returns the picture as an RGB PIL image. The axes keep fixed limits,
-    so that the frames of an animation line up; what stays (axes, ticks, legend) is drawn
-    once and each frame draws only what moves on top of it (a few milliseconds, not tens)."""
+    so that the frames of an animation line up, and each frame draws only what moves: over
+    the axes drawn once (ticks, labels, the legend above them), under the points, drawn once
+    into a transparent layer laid on top (a thousand points take tens of milliseconds)."""
 
     def __init__(self, spec: dict):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from PIL import Image
 
         self.spec = spec
-        self.figure = Figure(figsize=SIZE, dpi=DPI)
-        self.canvas = FigureCanvasAgg(self.figure)  # Agg, whatever backend pyplot would pick
-        self.figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
-        self.ax = self.figure.add_subplot()
-        self.moving = self.setup(self.ax)  # bottom to top
-        self.moving.append(self.ax.legend(loc="best", fontsize="small"))
-        self.title = self.ax.set_title(" ")
+        self.figure, self.canvas, self.ax = self._layer()
+        self.moving = self.setup(self.ax)  # the model's artists, bottom to top
+        points, canvas, ax = self._layer()
+        ax.set(xlim=self.ax.get_xlim(), ylim=self.ax.get_ylim())
+        ax.set_axis_off()
+        points.patch.set_alpha(0)
+        self.points(ax)
+        canvas.draw()
+        self.overlay = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+        self.overlay = self.overlay.copy()  # (the buffer goes with its canvas)
+        handles = [*ax.collections, *self.moving]
+        self.ax.legend(
+            handles=[h for h in handles if h.get_label()[:1] not in ("", "_")], loc="lower right",
+            bbox_to_anchor=(1, 1), ncols=3, fontsize="small", frameon=False, borderaxespad=0.2,
+        )  # fmt: skip
+        self.title = self.ax.set_title(" ", loc="left")
         for artist in [*self.moving, self.title]:
             artist.set_animated(True)
         self.canvas.draw()
         self.background = self.canvas.copy_from_bbox(self.figure.bbox)
 
+    @staticmethod
+    def _layer():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=SIZE, dpi=DPI)
+        canvas = FigureCanvasAgg(figure)  # Agg, whatever backend pyplot would pick
+        figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
+        return figure, canvas, figure.add_subplot()
+
     def frame(self, values: np.ndarray, epoch: int):
+        import numpy as np
         from PIL import Image
 
         extra = self.update(values)
         self.title.set_text(f"{self.spec['kind'].replace('_', ' ')}, epoch {epoch}")
         self.canvas.restore_region(self.background)
+        self.paint(np.asarray(self.canvas.buffer_rgba()))
         for artist in [*self.moving[:1], *extra, *self.moving[1:], self.title]:
             self.ax.draw_artist(artist)
         size = self.canvas.get_width_height()
-        return Image.frombuffer("RGBA", size, self.canvas.buffer_rgba()).convert("RGB")
+        picture = Image.frombuffer("RGBA", size, self.canvas.buffer_rgba())
+        return Image.alpha_composite(picture, self.overlay).convert("RGB")
 
     def setup(self, ax) -> list:
         """Draw what stays (the axes, at their final limits); return the artists that move,
-        the model's first, then what goes over it."""
+        bottom to top."""
+        raise NotImplementedError
+
+    def points(self, ax) -> None:
+        """Draw the train and valid points (labelled, for the legend)."""
         raise NotImplementedError
 
     def update(self, values: np.ndarray) -> list:
         """Set what the model predicts; return the artists made for this frame alone."""
         raise NotImplementedError
+
+    def paint(self, pixels: np.ndarray) -> None:
+        """Write what the model predicts into the canvas's pixels (rows top down, RGBA),
+        under the artists that move."""
 
 
 class FitDrawing(Drawing):
@@ -175,10 +205,6 @@ class FitDrawing(Drawing):
         import numpy as np
 
         (xt, yt), (xv, yv) = self.spec["points"]
-        train = ax.scatter(xt[:, 0], yt[:, 0], s=30, c="tab:blue", label="train", zorder=3)
-        valid = ax.scatter(
-            xv[:, 0], yv[:, 0], s=30, c="tab:orange", marker="s", label="valid", zorder=3
-        )
         x = self.spec["x"]
         (self.curve,) = ax.plot(x, np.zeros_like(x), c="black", lw=2, label="model")
         # The points' range and as much again: room for a curve that overshoots them, and
@@ -189,7 +215,12 @@ class FitDrawing(Drawing):
         ax.set_ylim(float(y.min()) - pad, float(y.max()) + pad)
         ax.set_xlabel("x")
         ax.set_ylabel("y")
-        return [self.curve, train, valid]
+        return [self.curve]
+
+    def points(self, ax):
+        (xt, yt), (xv, yv) = self.spec["points"]
+        ax.scatter(xt[:, 0], yt[:, 0], s=30, c="tab:blue", label="train")
+        ax.scatter(xv[:, 0], yv[:, 0], s=30, c="tab:orange", marker="s", label="valid")
 
     def update(self, values):
         self.curve.set_ydata(values[:, 0])
@@ -198,39 +229,52 @@ class FitDrawing(Drawing):
 
 class BoundaryDrawing(Drawing):
     def setup(self, ax):
-        import numpy as np
+        import matplotlib
 
         # Two classes: P(class 1) from blue to red; more: the predicted class.
         self.two = self.spec["n_classes"] == 2
-        self.cmap = "RdBu_r" if self.two else "tab10"
-        top = 1 if self.two else 9
-        self.image = ax.imshow(
-            np.zeros(self.spec["xx"].shape), extent=self.spec["extent"], origin="lower",
-            aspect="auto", cmap=self.cmap, vmin=0, vmax=top, alpha=0.6, zorder=0,
-            interpolation="bilinear" if self.two else "nearest",
-        )  # fmt: skip
+        self.colour = {"cmap": "RdBu_r" if self.two else "tab10", "vmin": 0}
+        self.colour["vmax"] = 1 if self.two else 9
+        self.cmap = matplotlib.colormaps[self.colour["cmap"]]
+        from matplotlib.collections import LineCollection
+
+        lo_x, hi_x, lo_y, hi_y = self.spec["extent"]
+        ax.set(xlim=(lo_x, hi_x), ylim=(lo_y, hi_y))
+        self.values = None
+        self.boundary = ax.add_collection(LineCollection([], colors="black", linewidths=1))
+        # Over the class map, which fills the axes.
+        return [self.boundary, *ax.spines.values()]
+
+    def points(self, ax):
         (xt, yt), (xv, yv) = self.spec["points"]
-        colour = {"cmap": self.cmap, "vmin": 0, "vmax": top}
-        valid = ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **colour)
-        train = ax.scatter(
-            *xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **colour
+        ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **self.colour)
+        ax.scatter(
+            *xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **self.colour
         )
-        self.contour = None
-        return [self.image, valid, train]
 
     def update(self, values):
+        import contourpy  # matplotlib's own contouring, without a ContourSet per frame
+
         xx, yy = self.spec["xx"], self.spec["yy"]
-        values = values.reshape(xx.shape)
-        self.image.set_data(values)
-        if self.contour is not None:
-            self.contour.remove()
-            self.contour = None
-        if self.two and values.min() < 0.5 < values.max():  # the boundary, where there is one
-            self.contour = self.ax.contour(
-                xx, yy, values, levels=[0.5], colors="black", linewidths=1
-            )
-            return [self.contour]
+        self.values = values.reshape(xx.shape)
+        lines = []
+        if self.two and self.values.min() < 0.5 < self.values.max():  # the boundary, if any
+            lines = contourpy.contour_generator(xx, yy, self.values).lines(0.5)
+        self.boundary.set_segments(lines)
         return []
+
+    def paint(self, pixels):
+        """The class map, its colours at 60% over white, scaled to the axes' pixels by PIL
+        (matplotlib's own resampling of an image takes several times as long)."""
+        import numpy as np
+        from PIL import Image
+
+        x0, y0, width, height = (round(v) for v in self.ax.bbox.bounds)
+        top = pixels.shape[0] - y0 - height
+        colours = self.cmap(self.values / self.colour["vmax"])[::-1, :, :3]  # rows top down
+        grid = Image.fromarray((255 * (0.4 + 0.6 * colours)).astype(np.uint8))
+        resample = Image.Resampling.BILINEAR if self.two else Image.Resampling.NEAREST
+        pixels[top : top + height, x0 : x0 + width, :3] = grid.resize((width, height), resample)
 
 
 DRAWINGS = {"fit": FitDrawing, "decision_boundary": BoundaryDrawing}
