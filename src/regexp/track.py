@@ -9,6 +9,9 @@ and flushed every few seconds. A SummaryWriter would hand each event to a backgr
 queue, which costs more than the epoch. Figures take tens of milliseconds to draw, so the
 loop only computes what they show and a child process draws them (render.py); their PNGs come
 back while the run trains and go into TensorBoard's Images tab at their epochs.
+
+Why it is long: a run's whole record is written here (TensorBoard, CSV, JSON, the console, a
+population's progress line), so that what goes into which file, and when, is in one place.
 """
 
 from __future__ import annotations
