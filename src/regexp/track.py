@@ -140,7 +140,7 @@ class Tracker:
             self._animation = _animate(self.figure, self.run_dir, start_epoch)
         if model is not None and start_epoch == 0:
             if self.hist_every:
-                self.log_histograms(model, 0)
+                self.log_histograms(model, 0, grads=False)  # (none yet, or zeros)
             self._draw(model, 0)
 
     def _resume(self, csv_path: Path, start_epoch: int) -> None:
@@ -228,12 +228,13 @@ class Tracker:
                 )
         self._pending.clear()
 
-    def log_histograms(self, model: nn.Module, epoch: int) -> None:
-        """A histogram of every parameter and of its gradient, read in one device sync."""
+    def log_histograms(self, model: nn.Module, epoch: int, grads: bool = True) -> None:
+        """A histogram of every parameter and (with `grads`) of its gradient, read in one
+        device sync."""
         tensors = {}
         for name, p in layer_names(model).items():
             tensors[f"weights/{name}"] = p.detach()
-            if p.grad is not None:
+            if grads and p.grad is not None:
                 tensors[f"grads/{name}"] = p.grad.detach()
         stats = []
         for t in tensors.values():
