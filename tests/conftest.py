@@ -56,6 +56,15 @@ def read_events(run_dir: Path):
     return events
 
 
+def gif_epochs(path) -> tuple[int, list[int]]:
+    """A GIF's frame count and the epochs its comment names (render.py writes them)."""
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        note = gif.info["comment"].decode()
+        return gif.n_frames, [int(e) for e in note.split(": ")[1].split(",")]
+
+
 @pytest.fixture
 def compose():
     """compose(*overrides) -> the validated config dataclasses, as `regexp train` would get."""

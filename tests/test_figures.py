@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import torch
-from conftest import TINY, read_events, regexp
+from conftest import TINY, gif_epochs, read_events, regexp
 from PIL import Image
 from torch import nn
 
@@ -22,13 +22,6 @@ from regexp.track import Tracker
 def dropout_net(n_in: int, n_out: int) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(n_in, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, n_out))
-
-
-def gif_epochs(path) -> tuple[int, list[int]]:
-    """A GIF's frame count and the epochs its comment names."""
-    with Image.open(path) as gif:
-        note = gif.info["comment"].decode()
-        return gif.n_frames, [int(e) for e in note.split(": ")[1].split(",")]
 
 
 def test_each_dataset_gets_the_figure_that_suits_it(compose):

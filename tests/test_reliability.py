@@ -336,3 +336,18 @@ def test_a_sweep_goes_on_past_failing_jobs_and_exits_non_zero(tmp_path):
     )
     assert failed["error"] == "optim.lr=-1.0 is not allowed: a learning rate > 0"
     assert "3 jobs: 1 completed, 1 diverged, 1 failed" in done.stdout
+
+
+def test_a_checkpoint_of_a_regexp_before_populations_is_refused_in_one_line(tmp_path):
+    import torch
+
+    regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    del state["format"]  # as the single-run loop wrote it, with torch.optim's state
+    state["optimizer"] = {"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]}
+    torch.save(state, checkpoint)
+    done = regexp("train", "resume=run", "train.epochs=6", cwd=tmp_path, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "written by a regexp older than populations" in done.stderr
+    assert done.stderr.count("\n") == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import read_events, read_json, regexp
+from conftest import gif_epochs, read_events, read_json, regexp
 
 TINY = ["train.epochs=8", "model.hidden=[8]", "log.figure_every=4"]
 
@@ -52,6 +52,24 @@ def test_a_2x2_sweep_of_p_and_lambda_as_one_population_writes_what_the_basic_lau
     # The sweep reads in a report as any sweep does.
     report = regexp("report", "stacked", cwd=tmp_path)
     assert "4 runs" in report.stdout
+
+
+def test_figures_of_populations_in_worker_processes_reach_each_members_files(tmp_path):
+    # Two populations of two, one per worker process: each worker starts its own drawing
+    # process, and each member's frames come back into its own event file and GIF.
+    done = regexp(
+        "train", "-m", *TINY, "seed=0,1,2,3", "hydra.launcher.max_members=2",
+        "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path,
+    )  # fmt: skip
+    assert "4 jobs in 2 populations of 2, 2 worker processes" in done.stdout + done.stderr
+    assert "not drawn" not in done.stdout + done.stderr
+    gifs = set()
+    for run in job_dirs(tmp_path / "sweep"):
+        assert [i.step for i in read_events(run).Images("figures/fit")] == [0, 4, 8]
+        assert gif_epochs(run / "fit.gif") == (3, [0, 4, 8])
+        assert (run / "fit.png").exists()
+        gifs.add((run / "fit.gif").read_bytes())
+    assert len(gifs) == 4  # each its own member's curves
 
 
 def test_two_architectures_become_two_populations(tmp_path):
@@ -115,7 +133,15 @@ def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
     assert "2 jobs in 1 population of 2" in done.stdout + done.stderr
 
 
-def test_sigint_mid_population_checkpoints_every_member_and_each_resumes_alone(tmp_path):
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["hydra.launcher.n_jobs=1"],  # one population of two, in the launcher's process
+        ["hydra.launcher.max_members=1", "hydra.launcher.n_jobs=2"],  # two worker processes
+    ],
+    ids=["in-process", "workers"],
+)
+def test_sigint_mid_population_checkpoints_every_member_and_each_resumes_alone(tmp_path, where):
     import signal
     import subprocess
     import sys
@@ -125,7 +151,7 @@ def test_sigint_mid_population_checkpoints_every_member_and_each_resumes_alone(t
     long += ["train.checkpoint_every=7", "log.figure_every=0", "log.hist_every=0"]
     process = subprocess.Popen(
         [sys.executable, "-m", "regexp", "train", "-m", "hydra/launcher=stacked", *long]
-        + ["model.dropout=0,0.2", "hydra.sweep.dir=sweep"],
+        + ["model.dropout=0,0.2", "hydra.sweep.dir=sweep", *where],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -152,3 +178,17 @@ def test_sigint_mid_population_checkpoints_every_member_and_each_resumes_alone(t
         for key in ("train_loss", "valid_loss", "valid_acc"):
             assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-5)
     assert read_json(member / "summary.json")["status"] == "completed"
+
+
+def test_the_launcher_plans_a_population_per_worker_while_each_keeps_a_few_members():
+    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import plan
+
+    sizes = lambda groups, most, workers: [len(p) for p in plan(groups, most, workers)]  # noqa: E731
+    assert sizes([list(range(8))], 64, 2) == [4, 4]
+    assert sizes([list(range(64))], 64, 2) == [32, 32]
+    assert sizes([list(range(64))], 16, 2) == [16, 16, 16, 16]
+    assert sizes([list(range(7))], 64, 2) == [7]  # halves of 3 would stack too little
+    assert sizes([list(range(5))], 2, 2) == [2, 2, 1]
+    assert sizes([[0, 1, 2], [3, 4, 5]], 64, 2) == [3, 3]
+    assert sizes([list(range(12))], 64, 1) == [12]
+    assert sorted(sum(plan([list(range(9)), [9]], 64, 4), [])) == list(range(10))

@@ -17,6 +17,9 @@ class ConfigError(UserError):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={show(value)} is not allowed: {allowed}")
 
+    def __reduce__(self):  # as it comes back from a launcher's worker process
+        return type(self), (self.key, self.value, self.allowed)
+
 
 class Ended(BaseException):  # noqa: N818 (not an error: how a run ended)
     """A run or sweep that did not complete, raised once its jobs are done: the CLI exits 2

@@ -13,6 +13,7 @@ import pickle
 import random
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, run_dir: Path | None = None, epoch: int | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.run_dir, self.epoch = signum, run_dir, epoch
+
+    def __reduce__(self):  # as it comes back from a launcher's worker process
+        return type(self), (self.signum, self.run_dir, self.epoch)
 
 
 def failure(exc: BaseException, overrides: list[str]) -> dict:
@@ -210,10 +214,16 @@ def setup(member: Member) -> Built:
     return Built(member, dataset, model, dropout, batches, device)
 
 
-def execute_population(members: list[Member]) -> list[dict | Exception]:
+def execute_population(
+    members: list[Member], progress: Callable[[int, list[float], int], None] | None = None
+) -> list[dict | Exception]:
     """Train `members` as one population and record each into its own run dir, exactly as
     each would be alone; returns each member's summary, or the error that stopped it before
-    training (the others train all the same)."""
+    training (the others train all the same).
+
+    `progress(epoch, valid_losses, running)` hears of each epoch (the stacked launcher's
+    display of all its populations); by default a population shows its own progress bar, and
+    a lone run its tracker's."""
     outcomes: list[dict | Exception | None] = [None] * len(members)
     built: list[Built] = []
     for i, member in enumerate(members):
@@ -226,12 +236,12 @@ def execute_population(members: list[Member]) -> list[dict | Exception]:
                 raise
             outcomes[i] = exc
     if built:
-        summaries = iter(_train(built))
+        summaries = iter(_train(built, progress))
         outcomes = [o if o is not None else next(summaries) for o in outcomes]
     return outcomes
 
 
-def _train(built: list[Built]) -> list[dict]:
+def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     """Train the set-up members as one stack; returns their summaries in order."""
     first = built[0].member.conf
     dataset = built[0].dataset
@@ -246,7 +256,7 @@ def _train(built: list[Built]) -> list[dict]:
     loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
     status, errors = ["failed"] * len(built), [None] * len(built)
     tables: dict[str, str] = {}
-    progress = None
+    own_progress = progress is None and len(built) > 1
     try:
         for i, b in enumerate(built):
             conf, run_dir = b.member.conf, b.member.run_dir
@@ -272,11 +282,11 @@ def _train(built: list[Built]) -> list[dict]:
                 figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
                 figure_every=conf.log.figure_every,
                 start_epoch=b.start_epoch,
-                progress=len(built) == 1,
+                progress=progress is None and len(built) == 1,
                 model=b.model,
             )
-        if len(built) > 1:
-            progress = PopulationProgress(len(built), first.train.epochs, built[0].start_epoch)
+        if own_progress:
+            progress = PopulationProgress([(len(built), first.train.epochs, built[0].start_epoch)])
         with stop_on_signals() as received:
             results = train.fit(
                 stack,
@@ -310,7 +320,7 @@ def _train(built: list[Built]) -> list[dict]:
                 write_json(b.member.run_dir / "summary.json", failure(exc, b.member.overrides))
         raise
     finally:
-        if progress is not None:
+        if own_progress and isinstance(progress, PopulationProgress):
             progress.close()
         summaries = []
         for b, state, error in zip(built, status, errors, strict=True):

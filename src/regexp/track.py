@@ -322,38 +322,50 @@ class Tracker:
 
 
 class PopulationProgress:
-    """The epochs of a population of K members, on one line: a progress bar on a terminal,
-    else a log line every tenth of the run (each member's own record goes to its dir)."""
+    """The epochs of one or more populations, a line each: a progress bar on a terminal, else
+    a log line every tenth of the run (each member's own record goes to its dir).
 
-    def __init__(self, k: int, epochs: int, start_epoch: int = 0, console: Console | None = None):
-        self.k, self.epochs = k, epochs
+    `populations` holds each one's (members, epochs, start epoch);
+    `progress(epoch, valid_losses, running, which)` hears of an epoch of population `which`."""
+
+    def __init__(self, populations: list[tuple[int, int, int]], console: Console | None = None):
+        self.sizes = [k for k, _, _ in populations]
+        self.epochs = [epochs for _, epochs, _ in populations]
         self.console = console or Console()
-        self._every = max(1, epochs // 10)
-        self._last = 0.0
+        self._last = [0.0] * len(populations)
+        sizes = self.sizes
         self._progress = None
+        self._names = [
+            f"population of {k}" if len(sizes) == 1 else f"population {i + 1}/{len(sizes)} of {k}"
+            for i, k in enumerate(sizes)
+        ]
         if self.console.is_terminal:
             self._progress = Progress(
-                TextColumn(f"[bold]population of {k}"),
+                TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[losses]}"),
                 TimeRemainingColumn(),
                 console=self.console,
             )
-            self._task = self._progress.add_task("", total=epochs, completed=start_epoch, losses="")
+            self._tasks = [
+                self._progress.add_task(name, total=epochs, completed=start, losses="")
+                for name, (_, epochs, start) in zip(self._names, populations, strict=True)
+            ]
             self._progress.start()
 
-    def __call__(self, epoch: int, valid_losses: list[float], running: int) -> None:
+    def __call__(self, epoch: int, valid_losses: list[float], running: int, which: int = 0):
         finite = [v for v in valid_losses if math.isfinite(v)]
         best = f"best valid {min(finite):.4g}" if finite else ""
-        text = f"{running} of {self.k} training  {best}"
+        text = f"{running} of {self.sizes[which]} training  {best}"
+        epochs = self.epochs[which]
         if self._progress is not None:
             now = time.perf_counter()
-            if now - self._last > 0.1 or epoch == self.epochs:
-                self._last = now
-                self._progress.update(self._task, completed=epoch, losses=text)
-        elif epoch % self._every == 0 or epoch == self.epochs:
-            log.info("population of %d: epoch %d/%d  %s", self.k, epoch, self.epochs, text)
+            if now - self._last[which] > 0.1 or epoch == epochs:
+                self._last[which] = now
+                self._progress.update(self._tasks[which], completed=epoch, losses=text)
+        elif epoch % max(1, epochs // 10) == 0 or epoch == epochs:
+            log.info("%s: epoch %d/%d  %s", self._names[which], epoch, epochs, text)
 
     def close(self) -> None:
         if self._progress is not None:

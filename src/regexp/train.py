@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from regexp.data import Dataset
+from regexp.errors import UserError
 from regexp.optim import Penalty, Update
 from regexp.stack import Stack, WeightStats
 
@@ -348,10 +349,15 @@ def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False) -> list[
         return [loss, right[0] if len(right) == 1 else torch.stack(right).sum(0)]
 
 
+# 2: a member's stacked optimizer and schedule state (1, unnumbered: torch.optim's).
+CHECKPOINT_FORMAT = 2
+
+
 def save_checkpoint(path: Path, epoch: int, stack: Stack, i: int, update, schedule, generator):
     """Everything member `i` needs to go on alone exactly as if it had not stopped, written
     atomically (a temp file, then a rename), so a kill mid-write leaves the last one whole."""
     state = {
+        "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
         "model": {key: v.clone() for key, v in stack.models[i].state_dict().items()},
         "optimizer": update.state_dict(i),
@@ -374,6 +380,11 @@ def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generato
     weights_only=True: the file may hold tensors and plain containers, never code to run.
     """
     state = torch.load(path, map_location=stack.flat.device, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path}: refused, written by a regexp older than populations (its optimizer state "
+            "is torch.optim's, not a member's); train the run again"
+        )
     with torch.no_grad():
         stack.models[i].load_state_dict(state["model"])
     update.load_state_dict(i, state["optimizer"])
