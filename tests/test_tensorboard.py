@@ -78,6 +78,22 @@ def test_custom_scalars_put_train_and_valid_loss_in_one_chart(sweep):
     assert charts["loss"] == ["loss/train", "loss/valid"]
 
 
+def test_custom_scalars_have_a_chart_per_run_with_that_runs_losses_alone(sweep):
+    import re
+
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    tags = {run.name: read_events(run).Tags()["scalars"] for run in sweep}
+    for run in sweep:
+        (config,) = read_events(run).Tensors(metadata.CONFIG_SUMMARY_TAG)
+        layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+        (own,) = [c for cat in layout.category for c in cat.chart if c.title == run.name]
+        # What the chart draws, as TensorBoard fetches it: its regexes in every run ticked.
+        (regex,) = own.multiline.tag
+        drawn = {r: [t for t in ts if re.compile(regex).match(t)] for r, ts in tags.items()}
+        assert len(drawn.pop(run.name)) == 2 and not any(drawn.values())  # this run's 2 lines
+
+
 def test_the_tensorboardx_parts_the_event_writer_relies_on(tmp_path):
     """track.py writes events through tensorboardX's record writer and protos, not its
     SummaryWriter: a release that moves them fails here, not in a user's run."""
