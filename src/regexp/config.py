@@ -35,6 +35,25 @@ def conf_dir() -> Path:
 
 
 @dataclass
+class EarlyStop:
+    # Stop when the valid loss has not improved for this many epochs; null: off.
+    patience: Optional[int] = None
+    min_delta: float = 0.0  # an improvement is a fall of more than this
+    # true: the run ends holding the weights of its best valid epoch (also kept as best.pt)
+    restore_best: bool = True
+
+    def check(self) -> None:
+        patience = self.patience
+        need(
+            patience is None or patience >= 1,
+            "train.early_stop.patience",
+            patience,
+            "null (off) or an integer >= 1",
+        )
+        need(self.min_delta >= 0, "train.early_stop.min_delta", self.min_delta, "a number >= 0")
+
+
+@dataclass
 class Train:
     epochs: int = 2000
     batch_size: Optional[int] = None  # null: full batch, as in the lessons
@@ -42,8 +61,10 @@ class Train:
     # end and when interrupted.
     checkpoint_every: Optional[int] = None
     clip_grad_norm: Optional[float] = None  # max total gradient norm; null: no clipping
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
 
     def check(self) -> None:
+        self.early_stop.check()
         need(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
         size = self.batch_size
         need(

@@ -75,6 +75,7 @@ MAY_DIFFER = (
     "reg.l1",
     "reg.l2",
     "sched.",
+    "train.early_stop.",  # each member stops on its own
     "resume",
 )
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regexp import config, data, init, models, optim, plots, rundir, schedules, train
+from regexp import config, data, init, models, optim, plots, rundir, schedules, stopping, train
 from regexp.errors import ConfigError, UserError, show
 from regexp.stack import Stack, weight_mask
 from regexp.track import PopulationProgress, Tracker, write_json
@@ -195,6 +195,7 @@ class Built:
     device: torch.device
     tracker: Tracker | None = None
     start_epoch: int = 0
+    stopper: stopping.Stopper | None = None
 
 
 def setup(member: Member) -> Built:
@@ -211,7 +212,11 @@ def setup(member: Member) -> Built:
     else:  # on a GPU, from the device's own stream, which the weights (made on the CPU) left
         dropout = torch.Generator(device).manual_seed(conf.seed)
     batches = torch.Generator().manual_seed(conf.seed)
-    return Built(member, dataset, model, dropout, batches, device)
+    early = conf.train.early_stop
+    stopper = None
+    if early.patience is not None:
+        stopper = stopping.Stopper(early.patience, early.min_delta, early.restore_best)
+    return Built(member, dataset, model, dropout, batches, device, stopper=stopper)
 
 
 def execute_population(
@@ -255,14 +260,16 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     penalty = optim.build_penalty([c.reg for c in confs], stack)
     loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
     status, errors = ["failed"] * len(built), [None] * len(built)
+    stopped: list[int | None] = [None] * len(built)
     tables: dict[str, str] = {}
     own_progress = progress is None and len(built) > 1
     try:
         for i, b in enumerate(built):
             conf, run_dir = b.member.conf, b.member.run_dir
             if conf.resume:
+                saved = run_dir / "checkpoint.pt"
                 b.start_epoch = resume(
-                    run_dir / "checkpoint.pt", conf, stack, i, update, schedule, b.batches
+                    saved, conf, stack, i, update, schedule, b.batches, b.stopper
                 )
             else:
                 key = str(b.model)  # members differ in their layers only where their dropout does
@@ -307,8 +314,10 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                 weight_stats_every=first.log.weight_stats_every,
                 lrs=lrs,
                 progress=progress,
+                stoppers=[b.stopper for b in built],
             )
         status = [r.status for r in results]
+        stopped = [r.epoch if r.stopped else None for r in results]
         errors = [r.error for r in results]
     except KeyboardInterrupt:
         status = ["interrupted"] * len(built)
@@ -323,7 +332,7 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
         if own_progress and isinstance(progress, PopulationProgress):
             progress.close()
         summaries = []
-        for b, state, error in zip(built, status, errors, strict=True):
+        for b, state, error, stop in zip(built, status, errors, stopped, strict=True):
             if b.tracker is None:
                 continue
             summaries.append(
@@ -336,6 +345,8 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                     threads=torch.get_num_threads(),
                     overrides=b.member.overrides,
                     **({"error": error} if error else {}),
+                    **({"stopped_epoch": stop} if stop is not None else {}),
+                    weights_of=b.stopper.restored if b.stopper is not None else None,
                 )
             )
     for b, summary in zip(built, summaries, strict=True):
@@ -345,6 +356,18 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                 "diverged: %s; stopped there, everything up to it is in %s",
                 summary.get("error"),
                 run_dir,
+            )
+        if "stopped_epoch" in summary:
+            best = summary["best"]
+            log.info(
+                "stopped early after epoch %d: the valid loss has not improved since epoch %d "
+                "(%.4g)%s",
+                summary["stopped_epoch"],
+                best.get("epoch", 0),
+                best.get("valid_loss", float("nan")),
+                "; ends with its weights (best.pt)"
+                if b.member.conf.train.early_stop.restore_best
+                else "",
             )
         if summary["status"] == "interrupted":
             log.warning(
@@ -359,10 +382,12 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     return summaries
 
 
-def resume(checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, batches) -> int:
+def resume(
+    checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, batches, stopper=None
+) -> int:
     """Load `checkpoint` into member `i` of the population; returns the epoch it holds."""
     try:
-        epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, batches)
+        epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, batches, stopper)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

@@ -296,8 +296,12 @@ class Tracker:
 
     # --- at the end ------------------------------------------------------------------------
 
-    def close(self, status: str, model: nn.Module | None = None, **extra) -> dict:
-        """Flush everything, write summary.json, then draw the figures; returns the summary."""
+    def close(
+        self, status: str, model: nn.Module | None = None, weights_of: int | None = None, **extra
+    ) -> dict:
+        """Flush everything, write summary.json, then draw the figures; returns the summary.
+        `weights_of`: the epoch whose weights `model` holds, where it is not the last (early
+        stopping restored the best): the last frame shows them under that epoch."""
         self._write_pending()
         if self._progress is not None:
             self._progress.stop()
@@ -317,8 +321,9 @@ class Tracker:
         # The figures come last, as they may take a while to finish drawing: the record above
         # is whole even if the wait is cut short (a second Ctrl-C).
         if self._animation is not None:
-            if status != "failed" and model is not None and self._drawn_epoch != self.epoch:
-                self._draw(model, self.epoch)
+            at = self.epoch if weights_of is None else weights_of
+            if status != "failed" and model is not None and self._drawn_epoch != at:
+                self._draw(model, at)
             self._animation.close()
             self._log_images(self._animation.images(wait=True))
         self.write(_session_end(status))
