@@ -1,14 +1,21 @@
-"""Benchmark: regexp's training loop against a hand-written PyTorch loop doing the same work.
+"""Benchmark: regexp against a hand-written PyTorch loop doing the same work, as a user sees it.
 
-Both train the same model on the same data with the same optimizer and seed: one step per
-batch, then the valid loss of each epoch, read as a float. regexp runs with its default
-logging on (TensorBoard scalars and histograms, metrics.csv, summary.json, console lines).
-It prints epochs/s for both and their ratio (regexp / hand-written; the target is >= 0.95).
+Both train the same model on the same data with the same optimizer, seed and torch threads:
+one step per batch, then the valid loss of each epoch, read as a float. regexp runs with its
+default logging on (TensorBoard scalars, histograms and figures, metrics.csv, summary.json,
+console lines).
 
-    python scripts/bench.py            # both loop cases, best of 5 repeats each
-    python scripts/bench.py --repeats 3 --case digits
-    python scripts/bench.py --case sweep   # an 8-job sweep: joblib launcher vs sequential
-    python scripts/bench.py --case stacked # sweeps as populations vs the basic launcher
+    python scripts/bench.py                  # the loop cases in-process, best of 5 repeats
+    python scripts/bench.py --case marginal  # the cost of an epoch by wall clock (see below)
+    python scripts/bench.py --case startup   # regexp train train.epochs=1 beyond `import torch`
+    python scripts/bench.py --case threads   # 1 vs 2 torch threads, quiet and with a busy core
+    python scripts/bench.py --case sweep     # an 8-job sweep: joblib launcher vs sequential
+    python scripts/bench.py --case stacked   # sweeps as populations vs the basic launcher
+
+`marginal` times whole commands: (wall(train.epochs=4000) - wall(train.epochs=1000)) / 3000,
+for `regexp train` and for a hand-written loop run as its own process, so that everything a
+run does per epoch counts (figures drawn, files closed), and nothing it does once. The
+ratio is hand-written / regexp (1.0: as fast; the target is >= 0.95).
 
 A benchmark, not a test: nothing here asserts a time.
 """
@@ -21,6 +28,7 @@ import io
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,24 +166,175 @@ def sweep(repeats: int) -> None:
     print(f"regexp train -m {' '.join(SWEEP)} [hydra/launcher=joblib]")
 
 
+def wall(command: list[str], cwd: str | None = None, env: dict | None = None) -> float:
+    """Seconds from the start of `command` to its exit, as a user waits for it."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=cwd, env=env)
+    return time.perf_counter() - start
+
+
+def spread(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
+    """The median with the min and max, for figures from a noisy machine."""
+    v = [x * scale for x in values]
+    return f"{statistics.median(v):.3f} {unit} ({min(v):.3f} to {max(v):.3f})"
+
+
+REGEXP = [sys.executable, "-m", "regexp"]
+IMPORT_TORCH = [sys.executable, "-c", "import torch"]
+# What creating a first torch.optim optimizer costs: it imports torch._dynamo and sympy. A run
+# steps its own stacked update and never creates one; this says what that saves.
+FIRST_OPTIMIZER = [
+    sys.executable,
+    "-c",
+    "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)",
+]
+
+
+def startup(repeats: int) -> None:
+    """`regexp train train.epochs=1` beyond `python -c "import torch"`, taken pair by pair
+    (median of `repeats`); `regexp train --help`; and what a first torch.optim optimizer
+    would add."""
+    beyond, helps, optimizer = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):  # interleaved, so drift hits all alike
+            torch_only = wall(IMPORT_TORCH)
+            one = wall([*REGEXP, "train", "train.epochs=1", f"hydra.run.dir={tmp}/{i}"], cwd=tmp)
+            beyond.append(one - torch_only)
+            optimizer.append(wall(FIRST_OPTIMIZER) - wall(IMPORT_TORCH))
+            helps.append(wall([*REGEXP, "train", "--help"], cwd=tmp))
+    print(f"regexp train train.epochs=1, beyond import torch: {spread(beyond)}")
+    print(f"regexp train --help: {spread(helps)}")
+    print(f"(a first torch.optim optimizer, which a run does not create: {spread(optimizer)})")
+    print(f"median of {repeats}; torch {torch.__version__}, {os.cpu_count()} cores")
+
+
+MARGINAL = {  # case: overrides; the epochs are added
+    "lesson24": [],
+}
+EPOCHS = (1000, 4000)
+
+
+def hand_written_process(epochs: int, overrides: list[str], threads: int) -> list[str]:
+    return [
+        sys.executable,
+        __file__,
+        "--hand-written",
+        str(epochs),
+        "--threads",
+        str(threads),
+        "--",
+        *overrides,
+    ]
+
+
+def marginal(repeats: int, threads: int) -> None:
+    """The wall-clock cost of an epoch, regexp's against a hand-written loop's."""
+    table = Table(title=f"cost of an epoch, by wall clock, median of {repeats} (min to max)")
+    for column in ("case", "hand-written, ms", "regexp, ms", "ratio"):
+        table.add_column(column, justify="right")
+    low, high = EPOCHS
+    for case, overrides in MARGINAL.items():
+        hand, ours, ratios = [], [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(repeats):
+                times = {}
+                for epochs in EPOCHS:  # interleaved
+                    run = [f"train.epochs={epochs}", f"threads={threads}", *overrides]
+                    times["hand", epochs] = wall(hand_written_process(epochs, overrides, threads))
+                    times["ours", epochs] = wall(
+                        [*REGEXP, "train", *run, f"hydra.run.dir={tmp}/{i}-{epochs}"], cwd=tmp
+                    )
+                h = (times["hand", high] - times["hand", low]) / (high - low)
+                o = (times["ours", high] - times["ours", low]) / (high - low)
+                hand.append(h)
+                ours.append(o)
+                ratios.append(h / o)
+        table.add_row(case, spread(hand, "", 1000), spread(ours, "", 1000), spread(ratios, ""))
+    Console().print(table)
+    print(f"(wall(train.epochs={high}) - wall(train.epochs={low})) / {high - low}, each a process")
+    print(f"torch {torch.__version__}, {threads} thread(s), {os.cpu_count()} cores")
+
+
+THREAD_CASES = {
+    "lesson24": ["train.epochs=1000"],
+    "digits CNN": ["data=digits", "model=cnn", "train.batch_size=64", "train.epochs=3"],
+}
+BUSY = [sys.executable, "-c", "while True: pass"]  # one core's worth of other work
+
+
+def threads_case(repeats: int) -> None:
+    """The loop's seconds (summary.json) with 1 and 2 torch threads, on the machine as it is
+    and with another process keeping one core busy."""
+    import json
+
+    table = Table(title=f"seconds of training, median of {repeats} (min to max)")
+    for column in ("case", "load", "1 thread", "2 threads"):
+        table.add_column(column, justify="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, overrides in THREAD_CASES.items():
+            for load in ("none", "a busy core"):
+                busy = subprocess.Popen(BUSY) if load != "none" else None
+                try:
+                    seconds = {1: [], 2: []}
+                    for i in range(repeats):
+                        for threads in (1, 2):
+                            run_dir = f"{tmp}/{case}-{load}-{i}-{threads}"
+                            command = [*REGEXP, "train", *overrides, f"threads={threads}"]
+                            wall([*command, f"hydra.run.dir={run_dir}"], cwd=tmp)
+                            summary = json.loads(Path(run_dir, "summary.json").read_text())
+                            seconds[threads].append(summary["seconds"])
+                finally:
+                    if busy is not None:
+                        busy.kill()
+                        busy.wait()
+                table.add_row(case, load, spread(seconds[1]), spread(seconds[2]))
+    Console().print(table)
+    for case, overrides in THREAD_CASES.items():
+        print(f"{case}: regexp train {' '.join(overrides)} threads=1|2")
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores")
+
+
+def hand_written_main(epochs: int, threads: int, overrides: list[str]) -> None:
+    """The hand-written loop as a process of its own, for `marginal`."""
+    torch.set_num_threads(threads)
+    conf = compose([*overrides, f"train.epochs={epochs}"])
+    hand_written(conf)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
+    parser.add_argument("--repeats", type=int, default=5, help="best (or median) of this many")
     parser.add_argument(
         "--case",
-        choices=[*CASES, "sweep", "stacked", "all"],
+        choices=[*CASES, "sweep", "stacked", "marginal", "startup", "threads", "all"],
         default="all",
         help="all: the two loop cases (the sweep takes a minute more)",
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (loop cases)")
+    parser.add_argument("--hand-written", type=int, metavar="EPOCHS", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.getLogger("regexp").setLevel(logging.WARNING)
+    if args.hand_written is not None:
+        hand_written_main(args.hand_written, args.threads, args.overrides)
+        return
     if args.case == "sweep":
         sweep(min(args.repeats, 3))
         return
     if args.case == "stacked":
         stacked(min(args.repeats, 3))
         return
+    if args.case == "startup":
+        startup(args.repeats)
+        return
+    if args.case == "marginal":
+        marginal(args.repeats, args.threads)
+        return
+    if args.case == "threads":
+        threads_case(args.repeats)
+        return
 
+    torch.set_num_threads(args.threads)
     table = Table(title=f"training loop, epochs/s, best of {args.repeats}")
     for column in ("case", "epochs", "hand-written", "regexp", "ratio"):
         table.add_column(column, justify="right")

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 out=${1:-outputs/lessons}
-experiments=(weight_decay dropout bn_cnn optimizers lr_schedules l1_vs_l2 norms overfitting)
+experiments=(weight_decay dropout bn_cnn optimizers lr_schedules l1_vs_l2 norms overfitting early_stopping)
 probes=(dropout optim lr depth init norm)
 rm -rf "$out"
 mkdir -p "$out/probes"

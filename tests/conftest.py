@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The runs made in this process, as `regexp train` makes them: on one thread (its default),
+# where torch's own default thrashes on a busy machine.
+torch.set_num_threads(1)
 
 # Tiny versions of the two built-in datasets: the real code paths, in well under a second.
 TINY = ["train.epochs=5", "model.hidden=[16,16]"]
@@ -49,6 +54,15 @@ def read_events(run_dir: Path):
     )
     events.Reload()
     return events
+
+
+def gif_epochs(path) -> tuple[int, list[int]]:
+    """A GIF's frame count and the epochs its comment names (render.py writes them)."""
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        note = gif.info["comment"].decode()
+        return gif.n_frames, [int(e) for e in note.split(": ")[1].split(",")]
 
 
 @pytest.fixture

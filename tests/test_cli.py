@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, regexp
@@ -64,6 +69,7 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
 def test_summary_prints_the_layer_table_and_writes_nothing(tmp_path):
     out = regexp("summary", cwd=tmp_path).stdout
     assert "Total params: 81,001" in out and "Linear" in out
+    assert "Total mult-adds (M): 0.16" in out  # not "(Units.MEGABYTES)"
     out = regexp("summary", "data=digits", "norm=bn", "model.hidden=[32]", cwd=tmp_path).stdout
     assert "BatchNorm1d" in out and "[2, 10]" in out
     assert list(tmp_path.iterdir()) == []
@@ -97,3 +103,79 @@ def test_the_wheel_ships_conf_inside_the_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "regexp/conf/train.yaml" in names
     assert "regexp/conf/optim/sgd.yaml" in names and "regexp/cli.py" in names
+
+
+def test_train_help_needs_neither_torch_nor_the_training_code(tmp_path):
+    code = "import sys; from regexp import cli; cli.main(['train', '--help', 'norm=bn']);"
+    code += "print(sorted(m for m in ('torch', 'regexp.run', 'regexp.track') if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.stdout.splitlines()[-1] == "[]" and "name: bn" in done.stdout
+    assert "== Config groups ==" in done.stdout and "  +experiment: bn_cnn, dropout," in done.stdout
+
+
+@functools.cache
+def completion_script(shell: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "regexp", "train", "--shell-completion", f"install={shell}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def bash_complete(line: str, tmp_path) -> list[str]:
+    """What bash offers at the end of `line` with regexp's completion installed: COMP_WORDS
+    split as bash splits them (at spaces, and around = and :, each a word of its own; the
+    cursor's word is "=" right after one), then the completion function."""
+    script = completion_script("bash")
+    words = re.findall(r"[=:]|[^\s=:]+", line) + ([""] if line.endswith(" ") else [])
+    bin_dir = Path(sys.executable).parent
+    shell = f"""
+{script}
+COMP_LINE={shlex.quote(line)}; COMP_POINT=${{#COMP_LINE}}
+COMP_WORDS=({" ".join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}
+_regexp_complete
+printf '%s\\n' "${{COMPREPLY[@]}}"
+"""
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-c", shell], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    return [w for w in done.stdout.splitlines() if w]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash here")
+def test_bash_completes_commands_groups_options_and_keys_of_regexp_train(tmp_path):
+    assert bash_complete("regexp tr", tmp_path) == ["train"]
+    assert "norm=" in bash_complete("regexp train no", tmp_path)
+    # bash replaces only what follows the '=': the answers are what goes there.
+    assert sorted(bash_complete("regexp train norm=", tmp_path)) == [
+        "=bn", "=gn", "=in", "=ln", "=none"
+    ]  # fmt: skip
+    assert bash_complete("regexp train norm=b", tmp_path) == ["bn"]
+    assert bash_complete("regexp train optim.weight_d", tmp_path) == ["optim.weight_decay="]
+    assert bash_complete("regexp summary +experiment=drop", tmp_path) == ["dropout"]
+    assert not [w for w in bash_complete("regexp train s", tmp_path) if "schema" in w]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="no zsh here")
+def test_zsh_completes_a_partial_override_at_a_tab(tmp_path):
+    """An interactive zsh in a pseudo-terminal: type a partial key, press TAB, read the line."""
+    bin_dir = Path(sys.executable).parent
+    script = """
+zmodload zsh/zpty
+zpty z "zsh -f -i"
+zpty -w z 'PS1="> "; autoload -Uz compinit && compinit -u'
+zpty -w z 'eval "$(regexp train -sc install=zsh)"; echo READY'
+zpty -r z line '*READY*'
+zpty -w -n z $'regexp train optim.weight_d\\t'
+zpty -r z line '*weight_decay=*' && print OK
+zpty -d z
+"""
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["zsh", "-f", "-c", script], capture_output=True, text=True, env=env, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.stdout.strip().endswith("OK"), done.stdout + done.stderr

@@ -34,6 +34,7 @@ def test_every_lesson_comparison_is_there():
         "l1_vs_l2",
         "norms",
         "overfitting",
+        "early_stopping",
     }
 
 
@@ -63,6 +64,20 @@ def test_weight_decay_shrinks_the_weights_and_the_gap(compose, tmp_path):
     gap = {k: s["final"]["valid_loss"] - s["final"]["train_loss"] for k, s in r.items()}
     assert gap["optim.weight_decay=1e-2"] < gap["optim.weight_decay=0"]
     assert decayed["final"]["train_loss"] > 10 * plain["final"]["train_loss"]
+
+
+def test_early_stopping_ends_at_the_best_valid_loss_near_the_initial_weights(compose, tmp_path):
+    r = results(compose, tmp_path, "early_stopping", "train.epochs=600", "log.figure_every=0")
+    plain = r["train.early_stop.patience=null,optim.weight_decay=0"]
+    decayed = r["train.early_stop.patience=null,optim.weight_decay=1e-2"]
+    stopped = r["train.early_stop.patience=100,optim.weight_decay=0"]
+    assert stopped["stopped_epoch"] == stopped["best"]["epoch"] + 100 < 600
+    assert "stopped_epoch" not in plain and plain["epochs"] == 600
+    # It ends holding the best epoch's weights: the lowest valid loss of the three...
+    ended = stopped["best"]["valid_loss"]
+    assert ended < decayed["final"]["valid_loss"] < plain["final"]["valid_loss"]
+    # ...which stayed near where they started, where decay pulls them towards 0.
+    assert decayed["weight_norm"] < stopped["weight_norm"] < plain["weight_norm"]
 
 
 def test_dropout_keeps_the_net_from_fitting_every_point(compose, tmp_path):

@@ -1,15 +1,17 @@
 """Figures: the fit of a 1-D regression and the decision boundary of 2-D data, drawn in eval
-mode, logged to TensorBoard every log.figure_every epochs and saved as a PNG at the end."""
+mode by a child process while the run trains, logged to TensorBoard at epoch 0, every
+log.figure_every epochs and at the end, and saved as a PNG and a GIF of every frame."""
 
 from __future__ import annotations
 
 import io
 import subprocess
 import sys
+import time
 
 import numpy as np
 import torch
-from conftest import TINY, read_events, regexp
+from conftest import TINY, gif_epochs, read_events, regexp
 from PIL import Image
 from torch import nn
 
@@ -30,59 +32,73 @@ def test_each_dataset_gets_the_figure_that_suits_it(compose):
     assert isinstance(plot(), plots.FitPlot)
     assert isinstance(plot("data=spiral"), plots.BoundaryPlot)
     assert plot("data=digits") is None
+    assert {"toy_regression", "spiral"} <= plots.DRAWN_DATA and "digits" not in plots.DRAWN_DATA
 
 
-def test_figures_are_drawn_in_eval_mode_from_a_copy_of_the_state_then(compose):
+def test_figures_are_computed_in_eval_mode_and_leave_the_model_as_it_was(compose):
     dataset = data.load(compose().data, 0)
     figure = plots.for_dataset(dataset)
     model = dropout_net(1, 1)
-    state = figure.snapshot(model)
     with torch.no_grad():
         expected = model.eval()(figure.grid).numpy()
-        model[0].weight.mul_(2)  # training goes on after the snapshot
     for training in (True, False):
         model.train(training)
-        first, second = figure.predict(model, state), figure.predict(model, state)
+        first, second = figure.predict(model), figure.predict(model)
         assert model.training is training
         assert (first == second).all() and np.allclose(first, expected)  # no dropout masks
-    assert not np.allclose(figure.predict(model), expected)  # the live model, as it is now
     xs = figure.grid[:, 0]  # a fixed grid a little wider than the points
     assert xs[0] < dataset.x_train.min() and xs[-1] > dataset.x_train.max()
 
 
-def test_the_tracker_logs_figures_every_n_epochs_and_at_the_end_then_saves_a_png(compose, tmp_path):
+def test_the_tracker_logs_figures_from_epoch_0_then_saves_a_png_and_a_gif(compose, tmp_path):
     dataset = data.load(compose("data=moons", "data.n_train=20", "data.n_valid=20").data, 0)
     model = dropout_net(2, 2)
     figure = plots.for_dataset(dataset)
-    tracker = Tracker(
-        tmp_path, epochs=5, hparams={}, metrics=["train_loss", "valid_loss"], figure=figure,
-        figure_every=2,
-    )  # fmt: skip
+    tracker = Tracker(tmp_path, epochs=5, hparams={}, figure=figure, figure_every=2, model=model)
     for epoch in range(1, 6):
         tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
     assert model.training  # as the loop left it
     tracker.close("completed", model)
     images = read_events(tmp_path).Images("figures/decision_boundary")
-    assert [i.step for i in images] == [2, 4, 5]
+    assert [i.step for i in images] == [0, 2, 4, 5]
     png = Image.open(io.BytesIO((tmp_path / "decision_boundary.png").read_bytes()))
     assert png.format == "PNG" and png.size == (images[-1].width, images[-1].height) == (500, 400)
+    assert gif_epochs(tmp_path / "decision_boundary.gif") == (4, [0, 2, 4, 5])  # one per image
+
+
+def test_images_reach_the_event_file_while_the_run_trains(compose, tmp_path):
+    dataset = data.load(compose(*TINY).data, 0)
+    model = dropout_net(1, 1)
+    tracker = Tracker(
+        tmp_path, epochs=10**6, hparams={}, figure=plots.for_dataset(dataset), figure_every=3
+    )
+    deadline, epoch, steps = time.monotonic() + 120, 0, []
+    while not steps and time.monotonic() < deadline:  # the drawing process may be starting
+        epoch += 1
+        tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
+        time.sleep(0.02)
+        if epoch % 10 == 0 and "figures/fit" in (events := read_events(tmp_path)).Tags()["images"]:
+            steps = [i.step for i in events.Images("figures/fit")]
+    assert steps and steps[0] == 3 and not (tmp_path / "summary.json").exists()
+    tracker.close("completed", model)
+    assert gif_epochs(tmp_path / "fit.gif")[1][-1] == epoch
 
 
 def test_a_one_output_classifier_is_drawn_with_its_sigmoid(compose):
     dataset = data.load(compose("data=xor", "data.n_train=10", "data.n_valid=10").data, 0)
     figure = plots.for_dataset(dataset)
-    model = dropout_net(2, 1)
-    values = figure.predict(model)
-    assert values.shape == (len(figure.grid), 2) and np.allclose(values.sum(1), 1)
-    png, width, height = figure.render(model, None, epoch=3)
-    assert png.startswith(b"\x89PNG") and (width, height) == (500, 400)
+    values = figure.predict(dropout_net(2, 1))
+    assert values.shape == (len(figure.grid),) and ((0 <= values) & (values <= 1)).all()
+    picture = plots.DRAWINGS[figure.name](figure.spec).frame(values, epoch=3)
+    assert picture.size == (500, 400)
 
 
-def test_a_run_saves_its_figure_and_figure_every_0_turns_figures_off(compose, tmp_path):
+def test_a_run_saves_its_figures_and_figure_every_0_turns_figures_off(compose, tmp_path):
     conf = compose(*TINY, "log.figure_every=2")
     run.execute(conf, tmp_path / "on")
-    assert [i.step for i in read_events(tmp_path / "on").Images("figures/fit")] == [2, 4, 5]
+    assert [i.step for i in read_events(tmp_path / "on").Images("figures/fit")] == [0, 2, 4, 5]
     assert (tmp_path / "on" / "fit.png").stat().st_size > 0
+    assert gif_epochs(tmp_path / "on" / "fit.gif") == (4, [0, 2, 4, 5])
     run.execute(compose(*TINY, "log.figure_every=0"), tmp_path / "off")
     assert not (tmp_path / "off" / "fit.png").exists()
     assert read_events(tmp_path / "off").Tags()["images"] == []
@@ -91,10 +107,18 @@ def test_a_run_saves_its_figure_and_figure_every_0_turns_figures_off(compose, tm
 def test_a_2d_run_from_the_command_line_leaves_its_decision_boundary(tmp_path):
     regexp("train", "data=circles", *TINY, "log.figure_every=3", "hydra.run.dir=run", cwd=tmp_path)
     steps = [i.step for i in read_events(tmp_path / "run").Images("figures/decision_boundary")]
-    assert steps == [3, 5] and (tmp_path / "run" / "decision_boundary.png").exists()
+    assert steps == [0, 3, 5] and (tmp_path / "run" / "decision_boundary.png").exists()
+    gif = tmp_path / "run" / "decision_boundary.gif"
+    assert gif_epochs(gif) == (3, steps) and gif.stat().st_size < 300_000
 
 
-def test_datasets_and_snapshots_import_neither_scikit_learn_nor_matplotlib():
+def test_a_resumed_run_goes_on_with_its_gif(tmp_path):
+    regexp("train", *TINY, "log.figure_every=2", "hydra.run.dir=run", cwd=tmp_path)
+    regexp("train", "resume=run", "train.epochs=9", cwd=tmp_path)
+    assert gif_epochs(tmp_path / "run" / "fit.gif") == (7, [0, 2, 4, 5, 6, 8, 9])
+
+
+def test_datasets_and_figures_import_neither_scikit_learn_nor_matplotlib():
     code = """
 import sys, torch
 from regexp import config, data, plots
@@ -107,3 +131,50 @@ print(sorted(m for m in ("sklearn", "matplotlib") if m in sys.modules))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_drawing_needs_neither_torch_nor_the_training_code(tmp_path):
+    code = f"""
+import sys
+import numpy as np
+from pathlib import Path
+from regexp import plots, render
+x = np.linspace(-1, 1, 5)[:, None]
+spec = {{"kind": "fit", "points": [(x, x), (x, x)], "x": x[:, 0]}}
+frames = render.Frames(plots.FitDrawing(spec), Path({str(tmp_path)!r}) / "fit", 0)
+frames.add(0, x)
+frames.save()
+print(sorted(m for m in ("torch", "regexp.track", "regexp.data") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]" and gif_epochs(tmp_path / "fit.gif") == (1, [0])
+
+
+def test_a_long_animation_keeps_every_other_frame_past_its_limit(tmp_path, monkeypatch):
+    from regexp import render
+
+    monkeypatch.setattr(render, "GIF_FRAMES", 4)
+    x = np.linspace(-1, 1, 5)[:, None]
+    spec = {"kind": "fit", "points": [(x, x), (x, x)], "x": x[:, 0]}
+    frames = render.Frames(plots.FitDrawing(spec), tmp_path / "fit", 0)
+    for epoch in range(7):
+        frames.add(epoch, x)
+    frames.save()
+    assert gif_epochs(tmp_path / "fit.gif") == (3, [0, 4, 6])  # the first and the last stay
+
+
+def test_a_run_goes_on_without_figures_when_the_drawing_process_dies(compose, tmp_path, caplog):
+    from regexp import render
+
+    dataset = data.load(compose(*TINY).data, 0)
+    model = dropout_net(1, 1)
+    figure = plots.for_dataset(dataset)
+    tracker = Tracker(tmp_path, epochs=3, hparams={}, figure=figure, figure_every=1, model=model)
+    process = render.renderer()._proc
+    process.kill()
+    process.wait()
+    for epoch in range(1, 4):
+        tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
+    assert tracker.close("completed", model)["status"] == "completed"
+    assert "figure fit not drawn: the drawing process ended" in caplog.text
+    assert render.renderer()._proc is not process  # the next run gets a new one

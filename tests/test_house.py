@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +144,15 @@ def test_an_unknown_option_name_lists_the_known_ones(compose):
         info.value
     )
     assert "did you mean sgd?" in str(info.value)
+
+
+def test_the_docs_cite_no_markdown_file_the_repo_lacks():
+    # (docs/lessons.md once cited a LESSONS.md that was never there.) A name is there, or it
+    # is one the code writes (report.md, outputs/lessons/README.md).
+    root = PACKAGE.parents[1]
+    written = "".join(p.read_text() for d in ("src", "scripts") for p in (root / d).rglob("*.*")
+                      if p.suffix in (".py", ".sh"))  # fmt: skip
+    for doc in [root / "README.md", *(root / "docs").glob("*.md")]:
+        for name in re.findall(r"[\w./-]+\.md\b", doc.read_text()):
+            there = (root / name).exists() or (doc.parent / name).exists()
+            assert there or name in written, f"{doc.name} cites {name}, which is not there"

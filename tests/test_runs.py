@@ -24,13 +24,13 @@ def test_toy_regression_run_writes_tensorboard_csv_and_summary(tmp_path):
     for tag in ("loss/train", "loss/valid", "lr"):
         assert [s.step for s in events.Scalars(tag)] == [1, 2, 3, 4, 5]
     assert "acc/train" not in tags["scalars"]  # regression: no accuracy
-    assert {"weights/0.weight", "grads/0.weight"} <= set(tags["histograms"])
-    assert [h.step for h in events.Histograms("weights/0.weight")] == [2, 4]
+    assert {"weights/linear1.weight", "grads/linear3.bias"} <= set(tags["histograms"])
+    assert [h.step for h in events.Histograms("weights/linear1.weight")] == [0, 2, 4]
     plugins = set(events.PluginTagToContent("custom_scalars")) | set(
         events.PluginTagToContent("hparams")
     )
     assert "custom_scalars__config__" in plugins
-    assert "_hparams_/session_start_info" in plugins and "_hparams_/experiment" in plugins
+    assert "_hparams_/session_start_info" in plugins and "_hparams_/session_end_info" in plugins
 
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import read_events, read_json, regexp
+from conftest import gif_epochs, read_events, read_json, regexp
 
 TINY = ["train.epochs=8", "model.hidden=[8]", "log.figure_every=4"]
 
@@ -52,6 +52,24 @@ def test_a_2x2_sweep_of_p_and_lambda_as_one_population_writes_what_the_basic_lau
     # The sweep reads in a report as any sweep does.
     report = regexp("report", "stacked", cwd=tmp_path)
     assert "4 runs" in report.stdout
+
+
+def test_figures_of_populations_in_worker_processes_reach_each_members_files(tmp_path):
+    # Two populations of two, one per worker process: each worker starts its own drawing
+    # process, and each member's frames come back into its own event file and GIF.
+    done = regexp(
+        "train", "-m", *TINY, "seed=0,1,2,3", "hydra.launcher.max_members=2",
+        "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path,
+    )  # fmt: skip
+    assert "4 jobs in 2 populations of 2, 2 worker processes" in done.stdout + done.stderr
+    assert "not drawn" not in done.stdout + done.stderr
+    gifs = set()
+    for run in job_dirs(tmp_path / "sweep"):
+        assert [i.step for i in read_events(run).Images("figures/fit")] == [0, 4, 8]
+        assert gif_epochs(run / "fit.gif") == (3, [0, 4, 8])
+        assert (run / "fit.png").exists()
+        gifs.add((run / "fit.gif").read_bytes())
+    assert len(gifs) == 4  # each its own member's curves
 
 
 def test_two_architectures_become_two_populations(tmp_path):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
+import re
+from pathlib import Path
 
+import pytest
 from conftest import read_events, read_json, regexp
 
 TINY = ["train.epochs=8", "model.hidden=[8]"]
@@ -142,3 +146,69 @@ def test_a_sweep_over_a_key_left_out_of_job_dir_names_is_refused(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "a sweep can't vary experiment" in done.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def fake_run(overrides: dict, seed: int, params: int = 81_001, epochs: int = 50):
+    """A finished run as `regexp report` reads it, with noisy made-up curves."""
+    import random
+
+    from regexp.report import Run
+
+    rng = random.Random(seed)
+    train = [1 / (1 + e / 10) * (1 + 0.3 * rng.random()) for e in range(1, epochs + 1)]
+    valid = [0.3 + 1 / (1 + e / 20) for e in range(1, epochs + 1)]
+    final = {"train_loss": train[-1], "valid_loss": valid[-1]}
+    curves = {"epoch": list(range(1, epochs + 1)), "train_loss": train, "valid_loss": valid}
+    return Run(
+        Path(f"run{seed}"), "completed", overrides, {"params": params, "final": final}, curves
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (3, 10)])
+def test_curves_are_a_panel_per_value_of_the_first_key_valid_strong_train_faint(shape):
+    from regexp import plots
+
+    runs = [
+        fake_run({"model.dropout": float(p), "seed": float(s)}, seed=i)
+        for i, (p, s) in enumerate(itertools.product(range(shape[0]), range(shape[1])))
+    ]
+    figure = plots.curves_figure(plots._pyplot(), runs, ["model.dropout", "seed"])
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [f"dropout={p}" for p in range(shape[0])]
+    for ax in panels:
+        lines = ax.get_lines()
+        assert len(lines) == 2 * shape[1]  # each run's train and valid loss, in one colour
+        train, valid = lines[0::2], lines[1::2]
+        assert all(
+            t.get_alpha() < 0.5 and v.get_alpha() is None for t, v in zip(train, valid, strict=True)
+        )
+        assert all(t.get_color() == v.get_color() for t, v in zip(train, valid, strict=True))
+
+
+def test_loss_against_a_penalty_with_0_is_on_a_symlog_axis_and_a_list_key_on_params():
+    from regexp import plots
+
+    plt = plots._pyplot()
+    runs = [fake_run({"optim.weight_decay": wd}, seed=i) for i, wd in enumerate((0.0, 1e-2))]
+    assert plots.loss_vs_figure(plt, runs, "optim.weight_decay").axes[0].get_xscale() == "symlog"
+    runs = [fake_run({"optim.lr": lr}, seed=i) for i, lr in enumerate((1e-3, 1e-2, 1e-1))]
+    assert plots.loss_vs_figure(plt, runs, "optim.lr").axes[0].get_xscale() == "log"
+    runs = [fake_run({"model.dropout": p}, seed=i) for i, p in enumerate((0.0, 0.5))]
+    assert plots.loss_vs_figure(plt, runs, "model.dropout").axes[0].get_xscale() == "linear"
+    runs = [
+        fake_run({"model.hidden": "[200,200]"}, seed=0, params=40_801),
+        fake_run({"model.hidden": "[50]"}, seed=1, params=151),
+    ]
+    ax = plots.loss_vs_figure(plt, runs, "model.hidden").axes[0]
+    assert list(ax.get_lines()[0].get_xdata()) == [151, 40_801] and ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["[50]", "[200,200]"]
+    assert "parameters" in ax.get_xlabel()
+
+
+def test_a_run_or_sweep_of_an_experiment_is_named_by_it(tmp_path):
+    out = regexp("train", "--cfg", "hydra", "--resolve", "+experiment=norms", cwd=tmp_path).stdout
+    dirs = re.findall(r"^    dir: (.*)$", out, flags=re.M)
+    assert [d.rsplit("/", 2)[0] for d in dirs[:2]] == ["outputs", "outputs/multirun"]
+    assert all(re.fullmatch(r"\d\d-\d\d-\d\d_norms", d.rsplit("/", 1)[1]) for d in dirs[:2])
+    out = regexp("train", "--cfg", "hydra", "--resolve", cwd=tmp_path).stdout
+    assert re.search(r"^    dir: outputs/[\d-]+/\d\d-\d\d-\d\d$", out, flags=re.M)

@@ -1,6 +1,4 @@
-import sys
-
-from regexp.cli import main
+from regexp.cli import entry
 
 if __name__ == "__main__":  # not when a worker process re-imports the main module
-    sys.exit(main())
+    entry()

@@ -5,6 +5,7 @@ Heavy imports (torch, Hydra's app) happen inside the commands, so `regexp --help
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -38,12 +39,25 @@ def train(args: list[str]) -> int:
     """`regexp train`: Hydra's own command line, every flag passed through. A run or sweep that
     does not complete ends in `errors.Ended` (raised by the callback `outcomes.SweepReport`),
     which `main` turns into the exit code."""
+    helps = {"-h", "--help"}
+    if helps & set(args) and all(a in helps or not a.startswith("-") for a in args):
+        from regexp import shell
+
+        print(shell.train_help([a for a in args if a not in helps]))
+        return 0
+    if {"-sc", "--shell-completion"} & set(args):
+        from regexp import shell
+
+        return shell.completion(args, COMMANDS, train_job)
+
     import hydra
     from omegaconf import OmegaConf
 
     from regexp import config
 
     if not OmegaConf.has_resolver("regexp_groups"):  # the group list of --help
+        from regexp.shell import groups_help
+
         OmegaConf.register_new_resolver("regexp_groups", groups_help)
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
         train_job
@@ -62,21 +76,14 @@ def train(args: list[str]) -> int:
 def train_job(cfg):
     """Hydra's task function. torch and the training code are imported only here, where a
     job runs: a parallel launcher's main process never needs them, and starts faster."""
+    from regexp import plots, render
+
+    if cfg.log.figure_every and cfg.data.name in plots.DRAWN_DATA:
+        with contextlib.suppress(OSError):  # (the run says so, without figures)
+            render.renderer()  # now: it imports matplotlib while this process imports torch
     from regexp import jobs
 
     return jobs.train_job(cfg)
-
-
-def groups_help() -> str:
-    """`regexp train --help` lists the groups of conf/ and their options."""
-    from regexp import config
-
-    lines = []
-    for group in sorted(p for p in config.conf_dir().iterdir() if p.is_dir() and p.name != "hydra"):
-        options = sorted(f.stem for f in group.glob("*.yaml"))
-        plus = "+" if group.name == "experiment" else ""  # not in the defaults: appended with +
-        lines.append(f"  {plus}{group.name}: {', '.join(options)}")
-    return "\n".join(lines)
 
 
 def refuse_same_dirs(args: list[str]) -> None:
@@ -278,6 +285,45 @@ def main(argv: list[str] | None = None) -> int:
             del os.environ["HYDRA_FULL_ERROR"]
         else:
             os.environ["HYDRA_FULL_ERROR"] = user_setting
+
+
+def entry() -> None:
+    """The `regexp` console script and `python -m regexp`: `main`, then `leave`."""
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code
+    leave(code)
+
+
+def leave(code) -> None:
+    """Exit with `code` without the interpreter's teardown, whose garbage collection walks every
+    object torch and matplotlib made (about half a second) to free memory the OS takes back at
+    once. What must reach a file does first: the exit handlers (logging flushes and closes its
+    files), then stdout and stderr. Where a thread Python would wait for still runs, or a
+    profiler or tracer (coverage) would write its record at the exit, the normal exit, with
+    the collector told to skip what exists (most of that half second)."""
+    import atexit
+    import gc
+    import threading
+
+    if code is None or isinstance(code, bool):
+        code = int(bool(code))
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    gc.freeze()
+    waits = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if waits or watched or not hasattr(atexit, "_run_exitfuncs"):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`regexp train --help | head`)
+            pass
+    os._exit(code)
 
 
 def user_error(exc: BaseException) -> str | None:

@@ -36,6 +36,25 @@ def conf_dir() -> Path:
 
 
 @dataclass
+class EarlyStop:
+    # Stop when the valid loss has not improved for this many epochs; null: off.
+    patience: Optional[int] = None
+    min_delta: float = 0.0  # an improvement is a fall of more than this
+    # true: the run ends holding the weights of its best valid epoch (also kept as best.pt)
+    restore_best: bool = True
+
+    def check(self) -> None:
+        patience = self.patience
+        need(
+            patience is None or patience >= 1,
+            "train.early_stop.patience",
+            patience,
+            "null (off) or an integer >= 1",
+        )
+        need(self.min_delta >= 0, "train.early_stop.min_delta", self.min_delta, "a number >= 0")
+
+
+@dataclass
 class Train:
     epochs: int = 2000
     batch_size: Optional[int] = None  # null: full batch, as in the lessons
@@ -43,8 +62,10 @@ class Train:
     # end and when interrupted.
     checkpoint_every: Optional[int] = None
     clip_grad_norm: Optional[float] = None  # max total gradient norm; null: no clipping
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
 
     def check(self) -> None:
+        self.early_stop.check()
         need(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
         size = self.batch_size
         need(
@@ -98,8 +119,8 @@ class Config:
     seed: int = 0
     device: str = "auto"
     resume: Optional[str] = None  # a run dir: continue that run from its checkpoint
-    # torch's CPU threads; null: torch's default in a single run, the cores shared out among
-    # the jobs a parallel launcher runs at once
+    # torch's CPU threads; null: 1, or the cores shared out among the jobs a parallel
+    # launcher runs at once (2 threads thrash on a busy machine, and gain little on a quiet one)
     threads: Optional[int] = None
 
 
@@ -185,13 +206,20 @@ def flat(tree, prefix: str = "") -> dict:
     return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The train config with `overrides`, composed without running an app (no output dir)."""
+def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The train config with `overrides`, composed without running an app (no output dir);
+    with `hydra`, Hydra's own config too, under `hydra`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return hydra_compose("train", overrides=overrides)
+        return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
+
+
+# conf/train.yaml's run and sweep dirs: `_NAME` for +experiment=NAME, nothing without one. At
+# import, as a job's process (a joblib worker) resolves its dir once it has the schema here.
+if not OmegaConf.has_resolver("regexp_named"):
+    OmegaConf.register_new_resolver("regexp_named", lambda name: f"_{name}" if name else "")
 
 
 # conf/train.yaml's run and sweep dirs: a fresh dir each, resolved once per config (cached,

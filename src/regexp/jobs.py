@@ -39,9 +39,10 @@ def train_job(cfg: DictConfig) -> Outcome:
             if cfg.get("resume") is None:  # a resumed run keeps its own summary
                 write_json(run_dir / "summary.json", failure(exc, overrides))
             raise
-        threads = conf.threads or threads_per_job(hydra.launcher)
-        if threads:
-            torch.set_num_threads(threads)
+        # One thread unless told or a launcher shares out cores: on a busy machine torch's
+        # default (a thread per core) spins waiting for the core another process holds, and a
+        # lesson-24 run takes 10-40x longer (README, Speed).
+        torch.set_num_threads(conf.threads or threads_per_job(hydra.launcher) or 1)
         summary = execute(conf, run_dir, overrides)
     except Exception as exc:
         if sweep:
@@ -74,6 +75,7 @@ MAY_DIFFER = (
     "reg.l1",
     "reg.l2",
     "sched.",
+    "train.early_stop.",  # each member stops on its own
     "resume",
 )
 
@@ -108,7 +110,7 @@ def outcome(summary: dict | Exception) -> Outcome:
 
 def threads_per_job(launcher: DictConfig) -> int | None:
     """torch's threads for a job of `launcher`: the cores shared out among the jobs a joblib
-    launcher runs at once, or the CPUs a submitit job was given; None leaves torch's default."""
+    launcher runs at once, or the CPUs a submitit job was given; None for the others."""
     cores = os.cpu_count() or 1
     if launcher.get("n_jobs") is not None:  # joblib: -1 is one job per core
         jobs = cores if launcher.n_jobs < 0 else min(launcher.n_jobs, cores)

@@ -4,6 +4,7 @@ the model and norm groups beside them."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
@@ -354,6 +355,7 @@ def weights(model: nn.Module) -> list:
 def describe(model: nn.Module, in_shape: tuple[int, ...], device="cpu") -> str:
     """The layer table: each layer's output shape and parameter count, with the totals."""
     from torchinfo import summary  # heavy: only when a table is wanted
+    from torchinfo.enums import Units
 
     was_training = model.training
     model.eval()  # a forward pass that neither updates BN statistics nor draws dropout masks
@@ -369,4 +371,6 @@ def describe(model: nn.Module, in_shape: tuple[int, ...], device="cpu") -> str:
         )
     finally:
         model.train(was_training)
-    return str(stats)
+    # torchinfo 1.8 formats its unit enum by name on Python 3.11+ ("Units.MEGABYTES"): its
+    # value is the unit ("M", a million mult-adds).
+    return re.sub(r"\(Units\.(\w+)\)", lambda m: f"({Units[m.group(1)].value})", str(stats))

@@ -1,17 +1,17 @@
 """Figures (matplotlib, drawn off-screen): what people would rather look at than read.
 
 Training figures: the fitted curve of a 1-D regression and the decision boundary on 2-D
-data. Each is taken in two steps, so that the training loop pays next to nothing for it:
-`snapshot(model)` copies the model's state on its device (tens of microseconds); `render`
-later loads a snapshot into a copy of the model, runs it in eval mode on a fixed grid of
-inputs and draws the result into PNG bytes (tens of milliseconds). One Figure is reused and
-only what changes between epochs (the curve, the class map) is redrawn.
+data. Each comes in two halves, so that the training loop pays next to nothing for it: a
+`Plot` runs the model in eval mode on a fixed grid of inputs (tens of microseconds to a
+millisecond), and its `Drawing` turns those values into a picture (tens of milliseconds),
+in another process (render.py), while the loop goes on. One Figure is reused and only what
+changes between epochs (the curve, the class map) is redrawn.
 
 Report figures: curves and comparisons across the runs of a sweep (`regexp report`).
 Probe figures: the lessons' demonstrations that need no training (`regexp probe`).
 
 matplotlib, torch and numpy are imported only where they are used: `regexp report` never
-imports torch.
+imports torch, and the drawing process imports neither torch nor the training code.
 
 Why it is long: every figure of the project is drawn here, so that matplotlib is set up (the
 off-screen backend, sizes, styles) in one place and imported nowhere else.
@@ -19,8 +19,6 @@ off-screen backend, sizes, styles) in one place and imported nowhere else.
 
 from __future__ import annotations
 
-import copy
-import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,38 +35,30 @@ if TYPE_CHECKING:
 SIZE, DPI = (5.0, 4.0), 100  # 500 x 400 pixels
 GRID_1D, GRID_2D = 200, 64  # points on the x axis; per side of the 2-D grid
 MARGIN = 0.1  # of the data's extent, on each side
-FIT_MARGIN = 0.25  # of the targets' range, above and below, for the fitted curve
+# The data sets whose runs draw a figure (1-D regression, 2-D classification), known from
+# their names before they load: for those the drawing process starts with the run.
+DRAWN_DATA = frozenset({"toy_regression", "moons", "circles", "spiral", "xor", "gauss"})
 
 
 class Plot:
-    """One kind of figure of one dataset; `name` is its TensorBoard tag and PNG file name."""
+    """One kind of figure of one dataset, on the training side. `name` is its TensorBoard tag
+    and file name; `spec` is all its `Drawing` needs (numpy arrays and numbers)."""
 
     name = ""
 
-    def __init__(self, data: Dataset, grid: torch.Tensor):
+    def __init__(self, data: Dataset, grid: torch.Tensor, **spec):
         self.grid = grid.to(data.x_train.device)
-        # The points, on the CPU once: (x, y) of train and valid.
-        self.points = [
+        points = [
             (x.cpu().numpy(), y.cpu().numpy())
             for x, y in ((data.x_train, data.y_train), (data.x_valid, data.y_valid))
         ]
-        self._figure = self._copy = None
+        self.spec = {"kind": self.name, "points": points, **spec}
 
-    @staticmethod
-    def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-        """The model's parameters and buffers, copied where they are."""
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def predict(self, model: nn.Module, state: dict | None = None) -> np.ndarray:
-        """The model's outputs on the grid in eval mode (no dropout, BN's running statistics),
-        with `state` loaded into a copy of it; the model itself is left as it was."""
+    def predict(self, model: nn.Module) -> np.ndarray:
+        """The model's outputs on the grid in eval mode (no dropout, BN's running statistics);
+        the model is left in the mode it was in."""
         import torch
 
-        if state is not None:
-            if self._copy is None:
-                self._copy = copy.deepcopy(model)
-            self._copy.load_state_dict(state)
-            model = self._copy
         was_training = model.training
         model.eval()
         try:
@@ -80,62 +70,6 @@ class Plot:
     def outputs(self, out: torch.Tensor) -> torch.Tensor:
         return out
 
-    def render(self, model: nn.Module, state: dict | None, epoch: int) -> tuple[bytes, int, int]:
-        """The figure of `model` with `state` at `epoch`: PNG bytes, width, height.
-
-        The axes stay fixed from frame to frame (a run's figures read as an animation), so
-        they are drawn once; a frame redraws only the artists inside them, over that
-        background (matplotlib's blitting), and is encoded at a fast PNG compression."""
-        values = self.predict(model, state)
-        if self._figure is None:
-            self._start()
-        canvas = self._figure.canvas
-        self.update(values)
-        self._title.set_text(f"{self.name.replace('_', ' ')}, epoch {epoch}")
-        canvas.restore_region(self._background)
-        for artist in sorted(self._moving(), key=lambda a: a.get_zorder()):
-            self._figure.draw_artist(artist)
-        width, height = canvas.get_width_height()
-        return _png(canvas.buffer_rgba(), width, height), width, height
-
-    def _start(self) -> None:
-        """The figure and its background: everything but the artists a frame redraws."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        self._figure = Figure(figsize=SIZE, dpi=DPI)
-        FigureCanvasAgg(self._figure)  # Agg, whatever backend pyplot would pick
-        self._figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
-        self.ax = self._figure.add_subplot()
-        self.setup(self.ax)
-        legend = self.ax.legend(loc="best", fontsize="small")
-        self._title = self.ax.set_title(" ")
-        self._figure.canvas.draw()
-        # The legend stays where "best" put it, around the points, frame after frame.
-        box = legend.get_window_extent().transformed(self.ax.transAxes.inverted())
-        legend.set_bbox_to_anchor(box, transform=self.ax.transAxes)
-        legend.set_loc("center")
-        moving = [a for a in self._moving() if a is not self._title]  # (blank, kept in place)
-        for artist in moving:
-            artist.set_visible(False)
-        self._figure.canvas.draw()
-        self._background = self._figure.canvas.copy_from_bbox(self._figure.bbox)
-        for artist in moving:
-            artist.set_visible(True)
-
-    def _moving(self) -> list:
-        """What a frame redraws: the axes' contents (not their frame, ticks and labels)."""
-        ax = self.ax
-        return [*ax.images, *ax.collections, *ax.lines, ax.get_legend(), self._title]
-
-    def setup(self, ax) -> None:
-        """Draw what stays: the points, the axes."""
-        raise NotImplementedError
-
-    def update(self, values: np.ndarray) -> None:
-        """Draw what the model predicts."""
-        raise NotImplementedError
-
 
 class FitPlot(Plot):
     """The lessons' plot: the fitted curve over the train and valid points."""
@@ -146,27 +80,8 @@ class FitPlot(Plot):
         import torch
 
         lo, hi = _extent(torch.cat([data.x_train, data.x_valid]))
-        super().__init__(data, torch.linspace(lo[0], hi[0], GRID_1D).unsqueeze(1))
-
-    def setup(self, ax):
-        import numpy as np
-
-        (xt, yt), (xv, yv) = self.points
-        ax.scatter(xt[:, 0], yt[:, 0], s=30, c="tab:blue", label="train", zorder=3)
-        ax.scatter(xv[:, 0], yv[:, 0], s=30, c="tab:orange", marker="s", label="valid", zorder=3)
-        x = self.grid[:, 0].cpu().numpy()
-        (self.curve,) = ax.plot(x, np.zeros_like(x), c="black", lw=2, label="model")
-        ax.set_xlabel("x")
-        ax.set_ylabel("y")
-
-        # Fixed limits: the points' extent and a margin for the curve (beyond it, clipped).
-        y = np.concatenate([yt[:, 0], yv[:, 0]])
-        pad = max(float(y.max() - y.min()), 1e-6) * FIT_MARGIN
-        ax.set_ylim(float(y.min()) - pad, float(y.max()) + pad)
-        ax.set_xlim(float(x[0]), float(x[-1]))
-
-    def update(self, values):
-        self.curve.set_ydata(values[:, 0])
+        grid = torch.linspace(lo[0], hi[0], GRID_1D).unsqueeze(1)
+        super().__init__(data, grid, x=grid[:, 0].numpy())
 
 
 class BoundaryPlot(Plot):
@@ -177,67 +92,28 @@ class BoundaryPlot(Plot):
     def __init__(self, data: Dataset):
         import torch
 
-        self.n_classes = data.n_outputs
         lo, hi = _extent(torch.cat([data.x_train, data.x_valid]))
-        self.extent = (lo[0], hi[0], lo[1], hi[1])
         axes = [torch.linspace(lo[i], hi[i], GRID_2D) for i in (0, 1)]
         xx, yy = torch.meshgrid(*axes, indexing="xy")  # rows go along y, as the image's
-        self.xx, self.yy = xx.numpy(), yy.numpy()
-        super().__init__(data, torch.stack([xx.flatten(), yy.flatten()], 1))
-        self.contour = None
+        super().__init__(
+            data,
+            torch.stack([xx.flatten(), yy.flatten()], 1),
+            xx=xx.numpy(),
+            yy=yy.numpy(),
+            extent=(lo[0], hi[0], lo[1], hi[1]),
+            n_classes=data.n_outputs,
+        )
+        self.n_classes = data.n_outputs
 
     def outputs(self, out):
         import torch
 
-        # The probability of each class (one output: a sigmoid's, for class 1).
+        # Two classes: P(class 1) (one output: a sigmoid's); more: the predicted class.
         if out.shape[1] == 1:
-            p = torch.sigmoid(out)
-            return torch.cat([1 - p, p], 1)
-        return torch.softmax(out.float(), 1)
-
-    def setup(self, ax):
-        import numpy as np
-
-        # Two classes: P(class 1) from blue to red; more: the predicted class.
-        self.cmap = "RdBu_r" if self.n_classes == 2 else "tab10"
-        top = 1 if self.n_classes == 2 else 9
-        self.image = ax.imshow(
-            np.zeros(self.xx.shape), extent=self.extent, origin="lower", aspect="auto",
-            cmap=self.cmap, vmin=0, vmax=top, alpha=0.6, zorder=0,
-            interpolation="bilinear" if self.n_classes == 2 else "nearest",
-        )  # fmt: skip
-        (xt, yt), (xv, yv) = self.points
-        colour = {"cmap": self.cmap, "vmin": 0, "vmax": top}
-        ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **colour)
-        ax.scatter(*xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **colour)
-        ax.set_xlim(*self.extent[:2])
-        ax.set_ylim(*self.extent[2:])
-
-    def update(self, values):
-        shape = self.xx.shape
+            return torch.sigmoid(out[:, 0])
         if self.n_classes == 2:
-            p = values[:, 1].reshape(shape)
-            self.image.set_data(p)
-            if self.contour is not None:
-                self.contour.remove()
-                self.contour = None
-            if p.min() < 0.5 < p.max():  # the boundary, where there is one
-                self.contour = self.ax.contour(
-                    self.xx, self.yy, p, levels=[0.5], colors="black", linewidths=1
-                )
-        else:
-            self.image.set_data(values.argmax(1).reshape(shape))
-
-
-def _png(rgba, width: int, height: int) -> bytes:
-    """RGBA pixels as PNG bytes, at a compression that takes a millisecond or two."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.frombuffer("RGBA", (width, height), rgba, "raw", "RGBA", 0, 1).save(
-        buffer, format="png", compress_level=1
-    )
-    return buffer.getvalue()
+            return torch.softmax(out.float(), 1)[:, 1]
+        return out.argmax(1).to(torch.uint8)
 
 
 def for_dataset(data: Dataset) -> Plot | None:
@@ -248,6 +124,160 @@ def for_dataset(data: Dataset) -> Plot | None:
     if data.task == "classification" and data.in_shape == (2,):
         return BoundaryPlot(data)
     return None
+
+
+class Drawing:
+    """The matplotlib half of a Plot: `frame(values, epoch)` draws the values `Plot.predict`
+    gave at `epoch` and returns the picture as an RGB PIL image. The axes keep fixed limits,
+    so that the frames of an animation line up, and each frame draws only what moves: over
+    the axes drawn once (ticks, labels, the legend above them), under the points, drawn once
+    into a transparent layer laid on top (a thousand points take tens of milliseconds)."""
+
+    def __init__(self, spec: dict):
+        from PIL import Image
+
+        self.spec = spec
+        self.figure, self.canvas, self.ax = self._layer()
+        self.moving = self.setup(self.ax)  # the model's artists, bottom to top
+        points, canvas, ax = self._layer()
+        ax.set(xlim=self.ax.get_xlim(), ylim=self.ax.get_ylim())
+        ax.set_axis_off()
+        points.patch.set_alpha(0)
+        self.points(ax)
+        canvas.draw()
+        self.overlay = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+        self.overlay = self.overlay.copy()  # (the buffer goes with its canvas)
+        handles = [*ax.collections, *self.moving]
+        self.ax.legend(
+            handles=[h for h in handles if h.get_label()[:1] not in ("", "_")], loc="lower right",
+            bbox_to_anchor=(1, 1), ncols=3, fontsize="small", frameon=False, borderaxespad=0.2,
+        )  # fmt: skip
+        self.title = self.ax.set_title(" ", loc="left")
+        for artist in [*self.moving, self.title]:
+            artist.set_animated(True)
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(self.figure.bbox)
+
+    @staticmethod
+    def _layer():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=SIZE, dpi=DPI)
+        canvas = FigureCanvasAgg(figure)  # Agg, whatever backend pyplot would pick
+        figure.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
+        return figure, canvas, figure.add_subplot()
+
+    def frame(self, values: np.ndarray, epoch: int):
+        import numpy as np
+        from PIL import Image
+
+        extra = self.update(values)
+        self.title.set_text(f"{self.spec['kind'].replace('_', ' ')}, epoch {epoch}")
+        self.canvas.restore_region(self.background)
+        self.paint(np.asarray(self.canvas.buffer_rgba()))
+        for artist in [*self.moving[:1], *extra, *self.moving[1:], self.title]:
+            self.ax.draw_artist(artist)
+        size = self.canvas.get_width_height()
+        picture = Image.frombuffer("RGBA", size, self.canvas.buffer_rgba())
+        return Image.alpha_composite(picture, self.overlay).convert("RGB")
+
+    def setup(self, ax) -> list:
+        """Draw what stays (the axes, at their final limits); return the artists that move,
+        bottom to top."""
+        raise NotImplementedError
+
+    def points(self, ax) -> None:
+        """Draw the train and valid points (labelled, for the legend)."""
+        raise NotImplementedError
+
+    def update(self, values: np.ndarray) -> list:
+        """Set what the model predicts; return the artists made for this frame alone."""
+        raise NotImplementedError
+
+    def paint(self, pixels: np.ndarray) -> None:
+        """Write what the model predicts into the canvas's pixels (rows top down, RGBA),
+        under the artists that move."""
+
+
+class FitDrawing(Drawing):
+    def setup(self, ax):
+        import numpy as np
+
+        (xt, yt), (xv, yv) = self.spec["points"]
+        x = self.spec["x"]
+        (self.curve,) = ax.plot(x, np.zeros_like(x), c="black", lw=2, label="model")
+        # The points' range and as much again: room for a curve that overshoots them, and
+        # axes that stay put from frame to frame (a curve beyond them is cut off).
+        y = np.concatenate([yt[:, 0], yv[:, 0]])
+        pad = max(float(y.max() - y.min()), 1e-6) / 2
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(float(y.min()) - pad, float(y.max()) + pad)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        return [self.curve]
+
+    def points(self, ax):
+        (xt, yt), (xv, yv) = self.spec["points"]
+        ax.scatter(xt[:, 0], yt[:, 0], s=30, c="tab:blue", label="train")
+        ax.scatter(xv[:, 0], yv[:, 0], s=30, c="tab:orange", marker="s", label="valid")
+
+    def update(self, values):
+        self.curve.set_ydata(values[:, 0])
+        return []
+
+
+class BoundaryDrawing(Drawing):
+    def setup(self, ax):
+        import matplotlib
+
+        # Two classes: P(class 1) from blue to red; more: the predicted class.
+        self.two = self.spec["n_classes"] == 2
+        self.colour = {"cmap": "RdBu_r" if self.two else "tab10", "vmin": 0}
+        self.colour["vmax"] = 1 if self.two else 9
+        self.cmap = matplotlib.colormaps[self.colour["cmap"]]
+        from matplotlib.collections import LineCollection
+
+        lo_x, hi_x, lo_y, hi_y = self.spec["extent"]
+        ax.set(xlim=(lo_x, hi_x), ylim=(lo_y, hi_y))
+        self.values = None
+        self.boundary = ax.add_collection(LineCollection([], colors="black", linewidths=1))
+        # Over the class map, which fills the axes.
+        return [self.boundary, *ax.spines.values()]
+
+    def points(self, ax):
+        (xt, yt), (xv, yv) = self.spec["points"]
+        ax.scatter(*xv.T, c=yv, s=8, alpha=0.4, label="valid", **self.colour)
+        ax.scatter(
+            *xt.T, c=yt, s=22, edgecolors="black", linewidths=0.6, label="train", **self.colour
+        )
+
+    def update(self, values):
+        import contourpy  # matplotlib's own contouring, without a ContourSet per frame
+
+        xx, yy = self.spec["xx"], self.spec["yy"]
+        self.values = values.reshape(xx.shape)
+        lines = []
+        if self.two and self.values.min() < 0.5 < self.values.max():  # the boundary, if any
+            lines = contourpy.contour_generator(xx, yy, self.values).lines(0.5)
+        self.boundary.set_segments(lines)
+        return []
+
+    def paint(self, pixels):
+        """The class map, its colours at 60% over white, scaled to the axes' pixels by PIL
+        (matplotlib's own resampling of an image takes several times as long)."""
+        import numpy as np
+        from PIL import Image
+
+        x0, y0, width, height = (round(v) for v in self.ax.bbox.bounds)
+        top = pixels.shape[0] - y0 - height
+        colours = self.cmap(self.values / self.colour["vmax"])[::-1, :, :3]  # rows top down
+        grid = Image.fromarray((255 * (0.4 + 0.6 * colours)).astype(np.uint8))
+        resample = Image.Resampling.BILINEAR if self.two else Image.Resampling.NEAREST
+        pixels[top : top + height, x0 : x0 + width, :3] = grid.resize((width, height), resample)
+
+
+DRAWINGS = {"fit": FitDrawing, "decision_boundary": BoundaryDrawing}
 
 
 def _extent(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -284,36 +314,14 @@ def _finite(values) -> bool:
 
 
 def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
-    """The report's figures in `out`: every run's valid-loss curve; the final losses against
-    each swept number; a heatmap of the valid loss when two parameters were swept."""
+    """The report's figures in `out`: every run's loss curves; the final losses against each
+    swept number (or, for a list-valued key such as model.hidden, against the model's
+    parameter count); a heatmap of the valid loss when two parameters were swept."""
     plt = _pyplot()
     written = []
-    with_curves = [r for r in runs if r.curves.get("valid_loss")]
-    if with_curves:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run in with_curves:
-            epochs = run.curves["epoch"]
-            (line,) = ax.plot(epochs, run.curves["valid_loss"], label=_label(run.overrides, keys))
-            if len(with_curves) <= 6:  # the gap to the train loss, where it stays readable
-                ax.plot(epochs, run.curves["train_loss"], "--", color=line.get_color(), lw=1)
-        losses = [
-            v
-            for r in with_curves
-            for k in ("valid_loss", "train_loss")
-            for v in r.curves.get(k, [])
-            if math.isfinite(v)
-        ]
-        if losses and min(losses) > 0:
-            ax.set_yscale("log")
-        title = "valid loss (solid) and train loss (dashed) of every run"
-        ax.set(
-            xlabel="epoch",
-            ylabel="loss",
-            title=title if len(with_curves) <= 6 else "valid loss of every run",
-        )
-        if len(with_curves) <= 12:
-            ax.legend(fontsize="small")
-        written.append(_save(fig, out / "curves.png"))
+    figure = curves_figure(plt, runs, keys)
+    if figure is not None:
+        written.append(_save(figure, out / "curves.png"))
 
     with_weights = [r for r in runs if r.curves.get("weights_l2_norm")]
     if with_weights and len(with_weights) <= 12:
@@ -321,29 +329,108 @@ def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
 
     done = [r for r in runs if _finite([r.final("train_loss"), r.final("valid_loss")])]
     for key in keys:
-        values = sorted(
-            {r.overrides.get(key) for r in done if isinstance(r.overrides.get(key), float)}
-        )
-        if len(values) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for metric, style in (("train_loss", "o-"), ("valid_loss", "s-")):
-            means = [
-                _mean(r.final(metric) for r in done if r.overrides.get(key) == v) for v in values
-            ]
-            ax.plot(values, means, style, label=metric.replace("_", " "))
-        _scale_x(ax, values)
-        ax.set(
-            xlabel=key,
-            ylabel="final loss (mean over the other settings)",
-            title=f"train and valid loss against {key}",
-        )
-        ax.legend()
-        written.append(_save(fig, out / f"loss_vs_{key}.png"))
+        figure = loss_vs_figure(plt, done, key)
+        if figure is not None:
+            written.append(_save(figure, out / f"loss_vs_{key}.png"))
 
     if len(keys) == 2 and done:
         written += _heatmap(plt, done, keys, out / "heatmap.png")
     return written
+
+
+MAX_PANELS = 30
+
+
+def curves_figure(plt, runs, keys: list[str]):
+    """Small multiples: a panel per value of the first swept key, in which each run (one per
+    setting of the other keys) has its valid loss drawn strong and its train loss faint, in
+    one colour; the panels share their axes. None without curves."""
+    runs = [r for r in runs if r.curves.get("valid_loss")]
+    if not runs:
+        return None
+    first, rest = (keys[0], keys[1:]) if keys else (None, [])
+    values = _numeric_order(sorted({r.overrides.get(first) for r in runs}, key=str))
+    panels = {v: [r for r in runs if r.overrides.get(first) == v] for v in values[:MAX_PANELS]}
+    columns = 3 if len(panels) in (5, 6, 9) else min(len(panels), 4)
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns + (2 if rest else 0.4), 2.6 * rows + 0.6),
+        sharex=True, sharey=True, squeeze=False, layout="constrained",
+    )  # fmt: skip
+    settings = list(dict.fromkeys(_label(r.overrides, rest) for r in runs))
+    many = len(settings) > 10
+    cmap = plt.get_cmap("viridis").resampled(len(settings)) if many else plt.get_cmap("tab10")
+    colour = {setting: cmap(i) for i, setting in enumerate(settings)}
+    losses = []
+    for ax, (value, members) in zip(axes.flat, panels.items(), strict=False):
+        for run in members:
+            setting, epochs = _label(run.overrides, rest), run.curves["epoch"]
+            if run.curves.get("train_loss"):
+                ax.plot(epochs, run.curves["train_loss"], color=colour[setting], lw=0.8, alpha=0.3)
+            ax.plot(epochs, run.curves["valid_loss"], color=colour[setting], lw=1.8, label=setting)
+            losses += [v for k in ("valid_loss", "train_loss") for v in run.curves.get(k, [])]
+        if first:
+            ax.set_title(f"{first.rsplit('.', 1)[-1]}={_short(value)}", fontsize="medium")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite and min(finite) > 0:
+        axes[0, 0].set_yscale("log")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss")
+    if rest and len(settings) <= 16:
+        seen = {}
+        for ax in axes.flat[: len(panels)]:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                seen.setdefault(label, handle)
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
+    fig.suptitle("valid loss (strong) and train loss (faint) of every run")
+    return fig
+
+
+# Keys of a scale (a rate, a penalty's strength): a log axis, symlog when 0 is among them.
+LOG_KEYS = ("lr", "weight_decay", "l1", "l2")
+
+
+def loss_vs_figure(plt, runs, key: str):
+    """The final train and valid loss against `key`'s values (the mean over the other
+    settings); for a list-valued key (model.hidden=[50],[200,200]), against the models'
+    parameter counts. None where there is nothing to plot."""
+    values = {r.overrides.get(key) for r in runs}
+    if all(isinstance(v, float) for v in values):
+        points = sorted(values)
+        x = points
+        label = key
+    elif all(isinstance(v, str) and v.startswith("[") for v in values) and all(
+        "params" in r.summary for r in runs
+    ):
+        points = sorted(values, key=lambda v: _mean(r.summary["params"] for r in runs
+                                                      if r.overrides.get(key) == v))  # fmt: skip
+        x = [_mean(r.summary["params"] for r in runs if r.overrides.get(key) == v) for v in points]
+        label = f"parameters (by {key})"
+    else:
+        return None
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for metric, style in (("train_loss", "o-"), ("valid_loss", "s-")):
+        means = [_mean(r.final(metric) for r in runs if r.overrides.get(key) == v) for v in points]
+        ax.plot(x, means, style, label=metric.replace("_", " "))
+    if x is not points:  # name each point by its value, over its valid loss
+        for xi, yi, value in zip(x, means, points, strict=True):
+            ax.annotate(value, (xi, yi), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize="x-small", rotation=20)  # fmt: skip
+    _scale_x(ax, x, log=key.rsplit(".", 1)[-1] in LOG_KEYS)
+    ax.set(
+        xlabel=label,
+        ylabel="final loss (mean over the other settings)",
+        title=f"train and valid loss against {key}",
+    )
+    ax.legend()
+    return fig
 
 
 def _weights(plt, runs, keys, path: Path) -> Path:
@@ -404,13 +491,16 @@ def _numeric_order(values: list) -> list:
     return sorted(values) if all(isinstance(v, float) for v in values) else values
 
 
-def _scale_x(ax, values: list[float]) -> None:
-    """A log axis for a parameter swept over decades (lambda, lr); symlog when 0 is among them."""
+def _scale_x(ax, values: list[float], log: bool = False) -> None:
+    """A log axis for values over decades (or with `log`: a rate, a penalty), symlog when 0
+    is among them, so that it shows."""
     positive = [v for v in values if v > 0]
-    if len(positive) >= 2 and max(positive) / min(positive) >= 10 and min(values) >= 0:
+    if not positive or min(values) < 0:
+        return
+    if log or (len(positive) >= 2 and max(positive) / min(positive) >= 10):
         if min(values) == 0:
             ax.set_xscale("symlog", linthresh=min(positive))
-        else:
+        elif len(positive) >= 2:
             ax.set_xscale("log")
 
 
@@ -420,7 +510,8 @@ def _mean(values) -> float | None:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt
 

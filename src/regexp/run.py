@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regexp import config, data, init, models, optim, plots, rundir, schedules, train
-from regexp.errors import ConfigError, UserError
+from regexp import config, data, init, models, optim, plots, rundir, schedules, stopping, train
+from regexp.errors import ConfigError, UserError, show
 from regexp.stack import Stack, weight_mask
 from regexp.track import PopulationProgress, Tracker, write_json
 
@@ -128,34 +128,36 @@ def check_batches(model: torch.nn.Module, n: int, n_valid: int, batch_size: int 
 
 
 def hparams(conf: config.Config, overrides: list[str]) -> dict:
-    """What TensorBoard's HParams tab shows for the run: the main choices and every override."""
-    values = {
-        "data": conf.data.name,
-        "model": conf.model.name,
-        "norm": conf.norm.name,
-        "init": conf.init.name,
-        "optim": conf.optim.name,
-        "sched": conf.sched.name,
-        "optim.lr": conf.optim.lr,
-        "optim.weight_decay": conf.optim.weight_decay,
-        "loss": conf.loss,
-        "reg.l1": conf.reg.l1,
-        "reg.l2": conf.reg.l2,
-        "model.dropout": conf.model.dropout,
-        "train.batch_size": conf.train.batch_size or 0,
-        "seed": conf.seed,
-    }
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        values.setdefault(key, _number(value))
-    return values
+    """What TensorBoard's HParams tab shows for the run: the main choices and every override,
+    each key with one type in every run (TensorBoard makes text of a key whose type differs
+    between runs): a number as a float, a key that may be null as text ('null', '64'), a list
+    as text ('[200,200]'); a key outside the config (experiment, hydra.*) as its override's."""
+    given = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
+    keys = ["data", "model", "norm", "init", "optim", "sched", "optim.lr", "optim.weight_decay"]
+    keys += ["loss", "reg.l1", "reg.l2", "model.dropout", "train.batch_size", "seed", *given]
+    values = {key: _hparam(conf, key) for key in keys}
+    return {k: given.get(k, "") if v is None else v for k, v in values.items()}
 
 
-def _number(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def _hparam(conf: config.Config, key: str):
+    """The value of the dotted `key` in `conf` in its HParams type; None if there is no such
+    key (a group's value is its option's name)."""
+    import dataclasses
+    import typing
+
+    parent, value = None, conf
+    for part in key.split("."):
+        if not hasattr(value, part):
+            return None
+        parent, value = value, getattr(value, part)
+    if dataclasses.is_dataclass(value):
+        return getattr(value, "name", None)
+    hint = typing.get_type_hints(type(parent)).get(key.rsplit(".", 1)[-1])
+    if value is None or type(None) in typing.get_args(hint) or isinstance(value, (list, tuple)):
+        return show(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @dataclass
@@ -192,6 +194,7 @@ class Built:
     device: torch.device
     tracker: Tracker | None = None
     start_epoch: int = 0
+    stopper: stopping.Stopper | None = None
 
 
 def setup(member: Member) -> Built:
@@ -208,7 +211,11 @@ def setup(member: Member) -> Built:
     else:  # on a GPU, from the device's own stream, which the weights (made on the CPU) left
         dropout = torch.Generator(device).manual_seed(conf.seed)
     batches = torch.Generator().manual_seed(conf.seed)
-    return Built(member, dataset, model, dropout, batches, device)
+    early = conf.train.early_stop
+    stopper = None
+    if early.patience is not None:
+        stopper = stopping.Stopper(early.patience, early.min_delta, early.restore_best)
+    return Built(member, dataset, model, dropout, batches, device, stopper=stopper)
 
 
 def execute_population(
@@ -259,14 +266,16 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     penalty = optim.build_penalty([c.reg for c in confs], stack)
     loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
     status, errors = ["failed"] * len(built), [None] * len(built)
+    stopped: list[int | None] = [None] * len(built)
     tables: dict[str, str] = {}
     own_progress = progress is None and len(built) > 1
     try:
         for i, b in enumerate(built):
             conf, run_dir = b.member.conf, b.member.run_dir
             if conf.resume:
+                saved = run_dir / "checkpoint.pt"
                 b.start_epoch = resume(
-                    run_dir / "checkpoint.pt", conf, stack, i, update, schedule, b.batches
+                    saved, conf, stack, i, update, schedule, b.batches, b.stopper
                 )
             else:
                 key = str(b.model)  # members differ in their layers only where their dropout does
@@ -276,21 +285,18 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
         starts = {b.start_epoch for b in built}
         if len(starts) > 1:
             raise ValueError("the members of a population resume from one epoch")
-        metrics = ["train_loss", "valid_loss"]
-        if dataset.task == "classification":
-            metrics += ["train_acc", "valid_acc"]
         for b in built:
             conf = b.member.conf
             b.tracker = Tracker(
                 b.member.run_dir,
                 epochs=conf.train.epochs,
                 hparams=hparams(conf, b.member.overrides),
-                metrics=metrics,
                 hist_every=conf.log.hist_every,
                 figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
                 figure_every=conf.log.figure_every,
                 start_epoch=b.start_epoch,
                 progress=progress is None and len(built) == 1,
+                model=b.model,
             )
         if own_progress:
             progress = PopulationProgress([(len(built), first.train.epochs, built[0].start_epoch)])
@@ -314,8 +320,10 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                 weight_stats_every=first.log.weight_stats_every,
                 lrs=lrs,
                 progress=progress,
+                stoppers=[b.stopper for b in built],
             )
         status = [r.status for r in results]
+        stopped = [r.epoch if r.stopped else None for r in results]
         errors = [r.error for r in results]
     except KeyboardInterrupt:
         status = ["interrupted"] * len(built)
@@ -330,7 +338,7 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
         if own_progress and isinstance(progress, PopulationProgress):
             progress.close()
         summaries = []
-        for b, state, error in zip(built, status, errors, strict=True):
+        for b, state, error, stop in zip(built, status, errors, stopped, strict=True):
             if b.tracker is None:
                 continue
             summaries.append(
@@ -343,6 +351,8 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                     threads=torch.get_num_threads(),
                     overrides=b.member.overrides,
                     **({"error": error} if error else {}),
+                    **({"stopped_epoch": stop} if stop is not None else {}),
+                    weights_of=b.stopper.restored if b.stopper is not None else None,
                 )
             )
     for b, summary in zip(built, summaries, strict=True):
@@ -352,6 +362,18 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                 "diverged: %s; stopped there, everything up to it is in %s",
                 summary.get("error"),
                 run_dir,
+            )
+        if "stopped_epoch" in summary:
+            best = summary["best"]
+            log.info(
+                "stopped early after epoch %d: the valid loss has not improved since epoch %d "
+                "(%.4g)%s",
+                summary["stopped_epoch"],
+                best.get("epoch", 0),
+                best.get("valid_loss", float("nan")),
+                "; ends with its weights (best.pt)"
+                if b.member.conf.train.early_stop.restore_best
+                else "",
             )
         if summary["status"] == "interrupted":
             log.warning(
@@ -366,10 +388,12 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     return summaries
 
 
-def resume(checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, batches) -> int:
+def resume(
+    checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, batches, stopper=None
+) -> int:
     """Load `checkpoint` into member `i` of the population; returns the epoch it holds."""
     try:
-        epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, batches)
+        epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, batches, stopper)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # the fields of another run
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

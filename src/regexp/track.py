@@ -2,14 +2,16 @@
 
 Each epoch costs one TensorBoard event (all its scalars together), one CSV row and, at most
 ten times a second, a console update; histograms come every `hist_every` epochs, and a
-figure's snapshot (a copy of the model's state) every `figure_every`. A lesson-24
-epoch takes well under a millisecond, so the recording is where the loop's speed is decided:
-events are written synchronously into a buffered file, with tensorboardX's record writer
-(whose CRC is in C with the crc32c package), and flushed every few seconds. A SummaryWriter
-would hand each event to a background process queue, which costs more than the epoch.
-Figures take tens of milliseconds to draw, so the snapshots are drawn after the loop, when the
-run closes (after its `seconds` are counted), into TensorBoard images at their epochs, and the
-last one into a PNG in the run dir.
+figure every `figure_every`. A lesson-24 epoch takes well under a millisecond, so the
+recording is where the loop's speed is decided: events are written synchronously into a
+buffered file, with tensorboardX's record writer (whose CRC is in C with the crc32c package),
+and flushed every few seconds. A SummaryWriter would hand each event to a background process
+queue, which costs more than the epoch. Figures take tens of milliseconds to draw, so the
+loop only computes what they show and a child process draws them (render.py); their PNGs come
+back while the run trains and go into TensorBoard's Images tab at their epochs.
+
+Why it is long: a run's whole record is written here (TensorBoard, CSV, JSON, the console, a
+population's progress line), so that what goes into which file, and when, is in one place.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from regexp.models import weights
 
 if TYPE_CHECKING:
     from regexp.plots import Plot
+    from regexp.render import Animation
 
 log = logging.getLogger("regexp")
 
@@ -49,16 +52,31 @@ TAGS = {
     "penalty": "loss/penalty",  # the reg.l1/reg.l2 term added to the training objective
 }
 
-# The lessons' "Loss_group" view: train and valid in one chart each.
+# The lessons' "Loss_group" view: train and valid in one chart each, over the runs ticked.
 LAYOUT = {
     "train vs valid": {
         "loss": ["Multiline", ["loss/train", "loss/valid"]],
         "accuracy": ["Multiline", ["acc/train", "acc/valid"]],
     }
 }
+# And a chart per run, named by its dir: a layout chooses tags, not runs (a chart draws its
+# tags in every run ticked), so each run also writes its two losses under tags of its own.
+PER_RUN = "per run"
 
-# The model states kept for figures, in values; beyond, they are drawn in the loop.
-MAX_SNAPSHOT_VALUES = 50_000_000
+
+def run_tags(name: str) -> dict[str, str]:
+    """The run `name`'s own tags of its train and valid loss."""
+    return {k: f"{PER_RUN}/{name}/{k.split('_')[0]}" for k in ("train_loss", "valid_loss")}
+
+
+def layout(name: str) -> dict:
+    """The custom-scalars layout of the run `name`: LAYOUT and the run's own chart."""
+    import re
+
+    own = "^" + re.escape(f"{PER_RUN}/{name}/") + "(train|valid)$"
+    return {**LAYOUT, f"train vs valid, {PER_RUN}": {name: ["Multiline", [own]]}}
+
+
 HISTOGRAM_BINS = 30  # what TensorBoard's histogram view resamples to anyway
 FLUSH_SECONDS = 5  # how stale the files on disk may get while a run goes on
 
@@ -76,21 +94,24 @@ class Tracker:
         *,
         epochs: int,
         hparams: dict,
-        metrics: list[str],
         hist_every: int = 0,
         figure: Plot | None = None,
         figure_every: int = 0,
         start_epoch: int = 0,
         console: Console | None = None,
         progress: bool = True,
+        model: nn.Module | None = None,
     ):
+        """With `model`, a new run's record starts at epoch 0 with its initial weights'
+        histograms and figure."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.epochs, self.hist_every = epochs, hist_every
-        self.figure, self.figure_every = figure, figure_every
-        self._snapshots: list[tuple[int, dict]] = []  # (epoch, the model's state then)
-        self._snapshot_epoch, self._last_png = None, b""
+        self.figure, self.figure_every = (figure, figure_every) if figure_every else (None, 0)
+        self._animation: Animation | None = None
+        self._drawn_epoch: int | None = None
         self.start_epoch = self.epoch = start_epoch
+        self._own_tags = run_tags(self.run_dir.name)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self.started = time.perf_counter()
@@ -103,10 +124,11 @@ class Tracker:
         csv_path = self.run_dir / "metrics.csv"
         self._columns: list[str] = []  # metrics.csv's, fixed by its header
         if start_epoch == 0:
-            self.write(tb.custom_scalars(LAYOUT))
-            experiment, session_start, _ = tb.hparams(hparams, {TAGS[m]: 0 for m in metrics})
-            self.write(experiment)
-            self.write(session_start)
+            self.write(tb.custom_scalars(layout(self.run_dir.name)))
+            # The session's hparams only, no experiment summary: TensorBoard then builds the
+            # experiment from every run's values, and ticks the keys whose values differ
+            # (it would take one run's own summary, in which none differs).
+            self.write(tb.hparams(hparams, {})[1])
             self._csv_file = open(csv_path, "w", newline="")  # noqa: SIM115
         else:
             self._resume(csv_path, start_epoch)
@@ -132,6 +154,12 @@ class Tracker:
         self._last_update = self._last_flush = time.perf_counter()
         self._every = max(1, epochs // 10)  # plain lines when not on a terminal
         self.log_lines = progress
+        if self.figure is not None:
+            self._animation = _animate(self.figure, self.run_dir, start_epoch)
+        if model is not None and start_epoch == 0:
+            if self.hist_every:
+                self.log_histograms(model, 0, grads=False)  # (none yet, or zeros)
+            self._draw(model, 0)
 
     def _resume(self, csv_path: Path, start_epoch: int) -> None:
         """Go on from `start_epoch`: the epochs after it are dropped from metrics.csv, and from
@@ -181,12 +209,8 @@ class Tracker:
         self._pending.append((epoch, metrics))
         if self.hist_every and epoch % self.hist_every == 0:
             self.log_histograms(model, epoch)
-        if self.figure is not None and self.figure_every and epoch % self.figure_every == 0:
-            self._snapshots.append((epoch, self.figure.snapshot(model)))
-            self._snapshot_epoch = epoch
-            kept = sum(t.numel() for _, state in self._snapshots for t in state.values())
-            if kept > MAX_SNAPSHOT_VALUES:
-                self.log_figures(model)
+        if self.figure_every and epoch % self.figure_every == 0:
+            self._draw(model, epoch)
         now = time.perf_counter()
         if now - self._last_update > 0.1 or epoch == self.epochs:
             self._last_update = now
@@ -199,9 +223,14 @@ class Tracker:
                 self.flush()
 
     def _write_pending(self) -> None:
+        if self._animation is not None and self._log_images(self._animation.images()):
+            self.flush()  # where TensorBoard sees the figure while the run trains
         for epoch, metrics in self._pending:
             self._remember(epoch, metrics)
             values = [Summary.Value(tag=tag(k), simple_value=v) for k, v in metrics.items()]
+            values += [
+                Summary.Value(tag=t, simple_value=metrics[k]) for k, t in self._own_tags.items()
+            ]
             self.write(Summary(value=values), epoch)
             if not self._columns:
                 self._columns = list(metrics)
@@ -222,12 +251,13 @@ class Tracker:
                 )
         self._pending.clear()
 
-    def log_histograms(self, model: nn.Module, epoch: int) -> None:
-        """A histogram of every parameter and of its gradient, read in one device sync."""
+    def log_histograms(self, model: nn.Module, epoch: int, grads: bool = True) -> None:
+        """A histogram of every parameter and (with `grads`) of its gradient, read in one
+        device sync."""
         tensors = {}
-        for name, p in model.named_parameters():
+        for name, p in layer_names(model).items():
             tensors[f"weights/{name}"] = p.detach()
-            if p.grad is not None:
+            if grads and p.grad is not None:
                 tensors[f"grads/{name}"] = p.grad.detach()
         stats = []
         for t in tensors.values():
@@ -255,17 +285,25 @@ class Tracker:
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
         self.write(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
-    def log_figures(self, model: nn.Module) -> None:
-        """Draw the pending snapshots of `model` into TensorBoard images."""
-        for epoch, state in self._snapshots:
-            self._last_png, width, height = self.figure.render(model, state, epoch)
-            self.log_image(f"figures/{self.figure.name}", self._last_png, width, height, epoch)
-        self._snapshots.clear()
+    def _draw(self, model: nn.Module, epoch: int) -> None:
+        """Send the figure of `model` at `epoch` to be drawn."""
+        if self._animation is not None:
+            self._animation.frame(epoch, self.figure.predict(model))
+            self._drawn_epoch = epoch
+
+    def _log_images(self, images: list[tuple[int, bytes, int, int]]) -> int:
+        for epoch, png, width, height in images:
+            self.log_image(f"figures/{self.figure.name}", png, width, height, epoch)
+        return len(images)
 
     # --- at the end ------------------------------------------------------------------------
 
-    def close(self, status: str, model: nn.Module | None = None, **extra) -> dict:
-        """Flush everything, write summary.json, then draw the figures; returns the summary."""
+    def close(
+        self, status: str, model: nn.Module | None = None, weights_of: int | None = None, **extra
+    ) -> dict:
+        """Flush everything, write summary.json, then draw the figures; returns the summary.
+        `weights_of`: the epoch whose weights `model` holds, where it is not the last (early
+        stopping restored the best): the last frame shows them under that epoch."""
         self._write_pending()
         if self._progress is not None:
             self._progress.stop()
@@ -282,21 +320,17 @@ class Tracker:
         self._csv_file.close()
         self._events.flush()
         write_json(self.run_dir / "summary.json", summary)
-        # The figures come last, as they take a while: the record above is whole even if the
-        # drawing is cut short (a second Ctrl-C).
-        if self.figure is not None and self.figure_every and model is not None:
-            if status != "failed" and self.epoch > self.start_epoch:
-                self._final_figure(model)
+        # The figures come last, as they may take a while to finish drawing: the record above
+        # is whole even if the wait is cut short (a second Ctrl-C).
+        if self._animation is not None:
+            at = self.epoch if weights_of is None else weights_of
+            if status != "failed" and model is not None and self._drawn_epoch != at:
+                self._draw(model, at)
+            self._animation.close()
+            self._log_images(self._animation.images(wait=True))
         self.write(_session_end(status))
         self._events.close()
         return summary
-
-    def _final_figure(self, model: nn.Module) -> None:
-        """The figure of the last epoch into TensorBoard (unless it is there) and as a PNG."""
-        if self._snapshot_epoch != self.epoch:
-            self._snapshots.append((self.epoch, self.figure.snapshot(model)))
-        self.log_figures(model)
-        (self.run_dir / f"{self.figure.name}.png").write_bytes(self._last_png)
 
     def print_summary(self, summary: dict) -> None:
         table = Table()
@@ -364,6 +398,34 @@ class PopulationProgress:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _animate(figure: Plot, run_dir: Path, start_epoch: int) -> Animation | None:
+    """The run's figure in the drawing process, or None (and a warning) where none starts."""
+    from regexp import render
+
+    try:
+        return render.renderer().open(figure.spec, run_dir, start_epoch)
+    except OSError as exc:
+        log.warning("figures off: the drawing process did not start (%s)", exc)
+        return None
+
+
+def layer_names(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's parameters named by their layer's kind and rank among the layers of that
+    kind (`linear1.weight`, `batchnorm1d2.bias`), not by its place in the module list, which
+    dropout layers shift: the same layer keeps its name across a dropout or norm sweep, and
+    TensorBoard overlays it."""
+    names, counts = {}, {}
+    for module in model.modules():
+        params = list(module.named_parameters(recurse=False))
+        if not params:
+            continue
+        kind = type(module).__name__.lower()
+        counts[kind] = counts.get(kind, 0) + 1
+        for name, p in params:
+            names[f"{kind}{counts[kind]}.{name}"] = p
+    return names
 
 
 def weight_norm(model: nn.Module) -> float:

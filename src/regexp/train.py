@@ -8,6 +8,10 @@ device; each epoch gathers each member's training set once in the order of its o
 permutation, and a batch is a slice of that (a large set is gathered batch by batch). The
 losses stay on the device and are read once per epoch, for every member at once, so nothing
 forces a device-to-host sync every step.
+
+Why it is long: the loop and what only it uses (an epoch's batches, the members' losses and
+scores, gradient clipping, evaluation, checkpoints) are read together, top to bottom; the
+rules of early stopping live apart, in stopping.py.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from regexp.data import Dataset
 from regexp.errors import UserError
 from regexp.optim import Penalty, Update
 from regexp.stack import Stack, WeightStats
+from regexp.stopping import Stopper
 
 EVAL_CHUNK = 8192  # examples per forward pass in evaluation, to bound memory
 # With no checkpoint_every, a checkpoint whenever this many seconds of training have passed:
@@ -52,6 +57,7 @@ class Result:
     status: str  # "completed", "diverged" or "interrupted"
     epoch: int  # the last epoch that ran
     error: str | None = None
+    stopped: bool = False  # completed by early stopping, at `epoch`
 
 
 @dataclass
@@ -125,6 +131,7 @@ def fit(
     weight_stats_every: int | None = None,
     lrs: Sequence[float] = (),
     progress: Callable[[int, list[float], int], None] | None = None,
+    stoppers: Sequence[Stopper | None] = (),
 ) -> list[Result]:
     """Train every member from `start_epoch` + 1 to `epochs`; member i's metrics go to
     `trackers[i]`, its batch order comes from `generators[i]`, its state is saved to
@@ -140,19 +147,28 @@ def fit(
     always holds whole epochs. `lrs` are the members' learning rates as configured, which
     `schedule` changes each epoch (the logged lr is the Python float torch would show).
     `progress(epoch, valid_losses, running)` hears of each epoch of the whole population.
+
+    `stoppers[i]` stops member i early (stopping.Stopper): it is frozen then, as a diverged
+    member is, completed at that epoch; its best weights are written as best.pt beside its
+    checkpoint, and it ends holding them with `restore_best`, as it does when it trains to
+    the last epoch.
     """
     k = stack.k
     trackers = list(trackers) or [None] * k
     checkpoints = list(checkpoints) or [None] * k
     generators = list(generators) or [None] * k
+    stoppers = list(stoppers) or [None] * k
     results: list[Result | None] = [None] * k
     active = [True] * k  # (a Python list: the update reads it without a device sync)
+    held: list[dict | None] = [None] * k  # a stopped member's state, which training leaves
 
     def save(i: int, epoch: int) -> None:
         if checkpoints[i] is not None:
             if trackers[i] is not None:  # the record on disk first: never behind a checkpoint
                 trackers[i].flush()
-            save_checkpoint(checkpoints[i], epoch, stack, i, update, schedule, generators[i])
+            save_checkpoint(
+                checkpoints[i], epoch, stack, i, update, schedule, generators[i], stoppers[i]
+            )
 
     last_save = time.monotonic()
     classify = data.task == "classification"
@@ -215,6 +231,14 @@ def fit(
                 error = f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}"
                 results[i] = Result("diverged", epoch, error)
                 active[i] = False
+            elif stoppers[i] is not None and stoppers[i].step(
+                epoch, metrics["valid_loss"], stack.models[i]
+            ):
+                results[i] = Result("completed", epoch, stopped=True)
+                active[i] = False
+                save(i, epoch)
+                # (Its batch norm's running statistics would go on moving with the others.)
+                held[i] = {key: v.clone() for key, v in stack.models[i].state_dict().items()}
         if schedule is not None:
             schedule.step(valid_losses)
             lrs = schedule.lrs()
@@ -237,6 +261,12 @@ def fit(
             for i in running:
                 save(i, epoch)
             last_save = time.monotonic()
+    for i, stopper in enumerate(stoppers):
+        if held[i] is not None:
+            with torch.no_grad():
+                stack.models[i].load_state_dict(held[i])
+        if stopper is not None and (held[i] is not None or results[i] is None):
+            stopper.restore(stack.models[i])  # (not an interrupted run's: it goes on)
     return [r or Result("completed", epochs) for r in results]
 
 
@@ -358,9 +388,12 @@ def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False) -> list[
 CHECKPOINT_FORMAT = 2
 
 
-def save_checkpoint(path: Path, epoch: int, stack: Stack, i: int, update, schedule, generator):
+def save_checkpoint(
+    path: Path, epoch: int, stack: Stack, i: int, update, schedule, generator, stopper=None
+):
     """Everything member `i` needs to go on alone exactly as if it had not stopped, written
-    atomically (a temp file, then a rename), so a kill mid-write leaves the last one whole."""
+    atomically (a temp file, then a rename), so a kill mid-write leaves the last one whole;
+    with early stopping, its state and (as best.pt beside it) the best weights."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
@@ -374,6 +407,9 @@ def save_checkpoint(path: Path, epoch: int, stack: Stack, i: int, update, schedu
             "batches": generator.get_state() if generator is not None else None,
         },
     }
+    if stopper is not None:
+        stopper.save(Path(path).parent)
+        state["early_stop"] = stopper.state_dict()
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -403,7 +439,9 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     return state
 
 
-def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generator) -> int:
+def load_checkpoint(
+    path: Path, stack: Stack, i: int, update, schedule, generator, stopper=None
+) -> int:
     """Restore into member `i` what `save_checkpoint` saved; returns the epoch it was saved at."""
     state = read_checkpoint(path, stack.flat.device)
     epoch = state["epoch"]
@@ -417,4 +455,6 @@ def load_checkpoint(path: Path, stack: Stack, i: int, update, schedule, generato
     stack.generators[i].set_state(rng["dropout"].cpu())
     if generator is not None and rng["batches"] is not None:
         generator.set_state(rng["batches"].cpu())
+    if stopper is not None and "early_stop" in state:
+        stopper.load(state["early_stop"], Path(path).parent, stack.flat.device)
     return epoch

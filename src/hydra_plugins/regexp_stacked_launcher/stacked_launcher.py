@@ -47,7 +47,7 @@ class StackedLauncherConf:
     max_members: int = 64
     # Worker processes, a population at a time each; null: one per core; 1: this process.
     n_jobs: int | None = None
-    threads: int | None = None  # torch's threads per process; null: 1 in workers
+    threads: int | None = None  # torch's threads per process; null: 1, regexp's default
 
 
 ConfigStore.instance().store(
@@ -122,10 +122,9 @@ class StackedLauncher(Launcher):
         if workers > 1:
             trained = self._in_workers(members, workers)
         else:
-            if self.threads:
-                import torch
+            import torch
 
-                torch.set_num_threads(self.threads)
+            torch.set_num_threads(self.threads or 1)  # regexp's default (jobs.train_job says why)
             trained = map(_population, members)
         for population, summaries in zip(populations, trained, strict=True):
             for i, summary in zip(population, summaries, strict=True):
