@@ -237,19 +237,31 @@ def _finite(values) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
+def report_figures(runs, keys: list[str], out: Path, groups=None) -> list[Path]:
     """The report's figures in `out`: every run's valid-loss curve; the final losses against
-    each swept number; a heatmap of the valid loss when two parameters were swept."""
+    each swept number; a heatmap of the valid loss when two parameters were swept. With
+    `groups` (replicas.Group: the runs of one setting over seeds and draws) each curve is a
+    setting's mean with a band of ± one std, and so is each point against a swept number."""
     plt = _pyplot()
     written = []
     with_curves = [r for r in runs if r.curves.get("valid_loss")]
     if with_curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run in with_curves:
-            epochs = run.curves["epoch"]
-            (line,) = ax.plot(epochs, run.curves["valid_loss"], label=_label(run.overrides, keys))
-            if len(with_curves) <= 6:  # the gap to the train loss, where it stays readable
-                ax.plot(epochs, run.curves["train_loss"], "--", color=line.get_color(), lw=1)
+        if groups is None:
+            lines = len(with_curves)
+            for run in with_curves:
+                epochs = run.curves["epoch"]
+                label = _label(run.overrides, keys)
+                (line,) = ax.plot(epochs, run.curves["valid_loss"], label=label)
+                if lines <= 6:  # the gap to the train loss, where it stays readable
+                    ax.plot(epochs, run.curves["train_loss"], "--", color=line.get_color(), lw=1)
+        else:
+            lines = len(groups)
+            for group in groups:
+                label = f"{_label(group.setting, keys)} (n={len(group.runs)})"
+                line = _band(ax, group.runs, "valid_loss", label)
+                if line is not None and lines <= 6:
+                    _band(ax, group.runs, "train_loss", None, "--", line.get_color())
         losses = [
             v
             for r in with_curves
@@ -259,18 +271,20 @@ def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
         ]
         if losses and min(losses) > 0:
             ax.set_yscale("log")
-        title = "valid loss (solid) and train loss (dashed) of every run"
+        what = "of every run" if groups is None else "mean ± std over the seeds and draws"
         ax.set(
             xlabel="epoch",
             ylabel="loss",
-            title=title if len(with_curves) <= 6 else "valid loss of every run",
+            title=f"valid (solid) and train loss (dashed), {what}"
+            if lines <= 6
+            else f"valid loss, {what}",
         )
-        if len(with_curves) <= 12:
+        if lines <= 12:
             ax.legend(fontsize="small")
         written.append(_save(fig, out / "curves.png"))
 
     with_weights = [r for r in runs if r.curves.get("weights_l2_norm")]
-    if with_weights and len(with_weights) <= 12:
+    if with_weights and len(with_weights) <= 12 and groups is None:
         written.append(_weights(plt, with_weights, keys, out / "weights.png"))
 
     done = [r for r in runs if _finite([r.final("train_loss"), r.final("valid_loss")])]
@@ -282,14 +296,24 @@ def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for metric, style in (("train_loss", "o-"), ("valid_loss", "s-")):
-            means = [
-                _mean(r.final(metric) for r in done if r.overrides.get(key) == v) for v in values
-            ]
-            ax.plot(values, means, style, label=metric.replace("_", " "))
+            at = [[r.final(metric) for r in done if r.overrides.get(key) == v] for v in values]
+            means = [_mean(a) for a in at]
+            (line,) = ax.plot(values, means, style, label=metric.replace("_", " "))
+            if groups is not None:
+                spread = [_std(a) for a in at]
+                ax.fill_between(
+                    values,
+                    [m - s for m, s in zip(means, spread, strict=True)],
+                    [m + s for m, s in zip(means, spread, strict=True)],
+                    color=line.get_color(),
+                    alpha=0.2,
+                    lw=0,
+                )
         _scale_x(ax, values)
+        over = "the other settings" if groups is None else "the runs, ± std"
         ax.set(
             xlabel=key,
-            ylabel="final loss (mean over the other settings)",
+            ylabel=f"final loss (mean over {over})",
             title=f"train and valid loss against {key}",
         )
         ax.legend()
@@ -371,6 +395,34 @@ def _scale_x(ax, values: list[float]) -> None:
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return sum(values) / len(values) if values else None
+
+
+def _std(values) -> float:
+    """The sample std of the finite values; 0 for fewer than two."""
+    from regexp.replicas import stat
+
+    s = stat(values)
+    return 0.0 if s is None else s.std
+
+
+def _band(ax, runs, metric: str, label, style: str = "-", color=None):
+    """The runs' mean curve of `metric` over the epochs with a band of ± one std (epoch by
+    epoch, over the runs that logged it); returns the line, None where no run has it."""
+    import numpy as np
+
+    by_epoch: dict[float, list[float]] = {}
+    for run in runs:
+        for e, v in zip(run.curves.get("epoch", []), run.curves.get(metric, []), strict=False):
+            if math.isfinite(v):
+                by_epoch.setdefault(e, []).append(v)
+    if not by_epoch:
+        return None
+    epochs = sorted(by_epoch)
+    mean = np.array([_mean(by_epoch[e]) for e in epochs])
+    spread = np.array([_std(by_epoch[e]) for e in epochs])
+    (line,) = ax.plot(epochs, mean, style, label=label, color=color, lw=1.5 if label else 1)
+    ax.fill_between(epochs, mean - spread, mean + spread, color=line.get_color(), alpha=0.2, lw=0)
+    return line
 
 
 def _save(fig, path: Path) -> Path:
