@@ -14,7 +14,8 @@ said otherwise; n is the number of valid examples, C the model's outputs):
 | `grid_x` | (G, d) | 1-D regression and 2-D data: the inputs of the run's figure grid |
 | `grid` | (G, C') | the last epoch's outputs there (the fitted curve; each class's probability) |
 
-It imports numpy only, so that `regexp report` reads it without torch.
+It imports numpy only (`keep` takes what training made, and plots.py for the figure's grid,
+when it is called), so that `regexp report` reads it without torch.
 """
 
 from __future__ import annotations
@@ -81,4 +82,40 @@ def read(run_dir: Path) -> Predictions | None:
         float(a["noise"]) if "noise" in a else None,
         a.get("grid_x"),
         a.get("grid"),
+    )
+
+
+def keep(run_dir: Path, result, dataset, model) -> None:
+    """Write the predictions of a run that trained: its valid outputs at its last and best
+    epochs (train.Result; a resumed run whose best epoch came before it resumed keeps that
+    one's from its file), the valid targets and what the data knows of them (data.Dataset),
+    and `model`'s outputs on its figure's grid."""
+    from regexp import plots
+
+    if result.last is None:
+        return
+    best, best_epoch = result.best, result.best_epoch
+    if best is None:
+        before = read(run_dir)
+        if before is not None:
+            best, best_epoch = before.best, before.epochs[1]
+        else:
+            best, best_epoch = result.last, result.epoch
+    figure = plots.for_dataset(dataset)
+    grid_x = grid = None
+    if figure is not None:
+        grid_x, grid = figure.grid.cpu().numpy(), figure.predict(model)
+    target = dataset.valid_target
+    write(
+        run_dir,
+        Predictions(
+            np.asarray(result.last),
+            np.asarray(best),
+            (result.epoch, best_epoch),
+            dataset.y_valid.cpu().numpy(),
+            None if target is None else target.cpu().numpy(),
+            dataset.valid_noise,
+            grid_x,
+            grid,
+        ),
     )

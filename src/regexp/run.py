@@ -301,7 +301,7 @@ def _train(built: list[Built]) -> list[dict]:
                 best_valid=[_best_valid(b.tracker) for b in built],
             )
         for b, result in zip(built, results, strict=True):
-            keep_predictions(b, result)
+            predictions.keep(b.member.run_dir, result, b.dataset, b.model)
         status = [r.status for r in results]
         errors = [r.error for r in results]
     except KeyboardInterrupt:
@@ -357,40 +357,6 @@ def _best_valid(tracker: Tracker) -> float:
     """The best valid loss a run had before this fit (a resumed run's), else infinity."""
     best = tracker.best
     return best["valid_loss"] if best is not None else float("inf")
-
-
-def keep_predictions(b: Built, result: train.Result) -> None:
-    """Write the member's predictions.npz: its valid outputs at its last and best epochs (a
-    resumed run whose best epoch came before it resumed keeps that one's from its file), the
-    valid targets, what the data knows of them, and the outputs on its figure's grid."""
-    if result.last is None:
-        return
-    run_dir, dataset = b.member.run_dir, b.dataset
-    best, best_epoch = result.best, result.best_epoch
-    if best is None:
-        before = predictions.read(run_dir)
-        if before is not None:
-            best, best_epoch = before.best, before.epochs[1]
-        else:
-            best, best_epoch = result.last, result.epoch
-    figure = plots.for_dataset(dataset)
-    grid_x = grid = None
-    if figure is not None:
-        grid_x, grid = figure.grid.cpu().numpy(), figure.predict(b.model)
-    target = dataset.valid_target
-    predictions.write(
-        run_dir,
-        predictions.Predictions(
-            result.last.numpy(),
-            best.numpy() if hasattr(best, "numpy") else best,
-            (result.epoch, best_epoch),
-            dataset.y_valid.cpu().numpy(),
-            None if target is None else target.cpu().numpy(),
-            dataset.valid_noise,
-            grid_x,
-            grid,
-        ),
-    )
 
 
 def resume(checkpoint: Path, conf: config.Config, stack, i: int, update, schedule, batches) -> int:

@@ -10,6 +10,10 @@ losses stay on the device and are read once per epoch, for every member at once,
 forces a device-to-host sync every step. Each member's outputs on its valid set are kept on
 the device, those of its last epoch and of its best valid epoch (decided when the epoch's
 losses are read), and come back to the host once, at the end, in its Result.
+
+Why it is long: the loop and everything an epoch does (train, evaluate, keep the outputs,
+checkpoint) read top to bottom in one file, as nanoGPT's train.py does, so that what the hot
+loop costs is seen in one place.
 """
 
 from __future__ import annotations
