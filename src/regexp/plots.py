@@ -324,6 +324,106 @@ def report_figures(runs, keys: list[str], out: Path, groups=None) -> list[Path]:
     return written
 
 
+TERMS = [  # (a Decomposition's attribute, its name in the figure, its style)
+    ("bias2", "bias²", "o-"),
+    ("variance", "variance", "s-"),
+    ("noise", "noise", ":"),
+    ("expected_error", "expected error", "D-"),
+]
+
+
+def bias_variance_figures(curves: dict, results: list, keys: list[str], out: Path) -> list[Path]:
+    """bias_variance.png: bias², variance, noise and expected error against each swept
+    strength (`curves`: key -> [(value, Decomposition)], the other keys at their smallest), a
+    symlog axis where 0 is among the values, the lessons' U-curve; where nothing numeric was
+    swept, the terms of each setting as bars. fits.png: for each setting (`results`:
+    bias_variance.Result), every run's fit over the truth, with their mean."""
+    plt = _pyplot()
+    lines = {k: line for k, line in curves.items() if len(line) >= 2}
+    panels = max(1, len(lines))
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    if lines:
+        for ax, (key, line) in zip(axes[0], lines.items(), strict=True):
+            values = [v for v, _ in line]
+            for attr, name, style in TERMS:
+                ax.plot(values, [getattr(d, attr) for _, d in line], style, label=name)
+            _scale_x(ax, values)
+            task = line[0][1].task
+            ax.set(
+                xlabel=key,
+                ylabel="0-1 loss" if task == "classification" else "squared error",
+                title=f"bias and variance against {key.rsplit('.', 1)[-1]}",
+            )
+            ax.legend(fontsize="small")
+    else:
+        ax = axes[0][0]
+        names = [_label(r.setting, keys) for r in results]
+        width = 0.8 / len(TERMS)
+        for j, (attr, name, _) in enumerate(TERMS):
+            ax.bar(
+                [i + j * width for i in range(len(results))],
+                [getattr(r.decomposition, attr) for r in results],
+                width,
+                label=name,
+            )
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results))], names)
+        ax.set(title="bias and variance of each setting")
+        ax.legend(fontsize="small")
+    written = [_save(fig, out / "bias_variance.png")]
+    with_grid = [r for r in results if r.runs and r.runs[0].grid is not None]
+    if with_grid:
+        written.append(_fits(plt, with_grid[:12], keys, out / "fits.png"))
+    return written
+
+
+def _fits(plt, results: list, keys: list[str], path: Path) -> Path:
+    """Each setting's runs over the truth: 1-D regression, every fitted curve thin, their
+    mean thick, f(x) dashed; 2-D data, every run's decision boundary thin, the boundary of
+    the mean probability thick, over the valid points."""
+    import numpy as np
+
+    cols = min(4, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False, sharex=True, sharey=True
+    )
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, result in zip(axes.flat, results, strict=False):
+        runs = result.runs
+        first = runs[0]
+        grids = np.stack([p.grid for p in runs])
+        if first.grid_x.shape[1] == 1:
+            x = first.grid_x[:, 0]
+            for g in grids:
+                ax.plot(x, g[:, 0], color="tab:blue", lw=0.6, alpha=0.35)
+            ax.plot(x, grids.mean(0)[:, 0], color="black", lw=2, label="mean fit")
+            if first.x is not None:
+                order = np.argsort(first.x[:, 0])
+                truth = first.y if first.target is None else first.target
+                name = "valid y" if first.target is None else "f(x)"
+                ax.plot(first.x[order, 0], truth[order, 0], "--", c="tab:red", lw=1.5, label=name)
+                ax.scatter(first.x[:, 0], first.y[:, 0], s=12, c="tab:orange", zorder=3)
+        else:
+            side = int(round(math.sqrt(len(first.grid_x))))
+            xx = first.grid_x[:, 0].reshape(side, side)
+            yy = first.grid_x[:, 1].reshape(side, side)
+            if first.x is not None:
+                ax.scatter(*first.x.T, c=first.y, cmap="RdBu_r", s=5, alpha=0.3)
+            for g in grids:
+                ax.contour(xx, yy, g[:, -1].reshape(side, side), levels=[0.5],
+                           colors="tab:blue", linewidths=0.6, alpha=0.4)  # fmt: skip
+            mean = grids.mean(0)[:, -1].reshape(side, side)
+            if mean.min() < 0.5 < mean.max():
+                ax.contour(xx, yy, mean, levels=[0.5], colors="black", linewidths=2)
+        ax.set_title(f"{_label(result.setting, keys)} (n={len(runs)})", fontsize="small")
+    handles = axes.flat[0].get_legend_handles_labels()[0]
+    if handles:
+        axes.flat[0].legend(fontsize="x-small")
+    fig.suptitle("every run's fit (thin) and their mean (thick): the spread is the variance")
+    return _save(fig, path)
+
+
 def _weights(plt, runs, keys, path: Path) -> Path:
     """The weights' L2 norm and sparsity over the epochs: L2's shrinkage, L1's zeros."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

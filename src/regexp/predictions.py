@@ -11,6 +11,7 @@ said otherwise; n is the number of valid examples, C the model's outputs):
 | `y` | (n, C), or (n,) int64 | the valid targets, or the valid labels |
 | `target` | (n, C) | toy_regression only: the noise-free target f(x) of each valid input |
 | `noise` | () float64 | toy_regression only: the std of the noise on the valid targets |
+| `x` | (n, d) | 1-D regression and 2-D data: the valid inputs (as the model sees them) |
 | `grid_x` | (G, d) | 1-D regression and 2-D data: the inputs of the run's figure grid |
 | `grid` | (G, C') | the last epoch's outputs there (the fitted curve; each class's probability) |
 
@@ -38,6 +39,7 @@ class Predictions:
     noise: float | None = None
     grid_x: np.ndarray | None = None
     grid: np.ndarray | None = None
+    x: np.ndarray | None = None
 
 
 def write(run_dir: Path, p: Predictions) -> Path:
@@ -55,6 +57,8 @@ def write(run_dir: Path, p: Predictions) -> Path:
     if p.grid_x is not None and p.grid is not None:
         arrays["grid_x"] = np.asarray(p.grid_x, np.float32)
         arrays["grid"] = np.asarray(p.grid, np.float32)
+    if p.x is not None:
+        arrays["x"] = np.asarray(p.x, np.float32)
     path = Path(run_dir) / NAME
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
@@ -82,6 +86,7 @@ def read(run_dir: Path) -> Predictions | None:
         float(a["noise"]) if "noise" in a else None,
         a.get("grid_x"),
         a.get("grid"),
+        a.get("x"),
     )
 
 
@@ -102,9 +107,10 @@ def keep(run_dir: Path, result, dataset, model) -> None:
         else:
             best, best_epoch = result.last, result.epoch
     figure = plots.for_dataset(dataset)
-    grid_x = grid = None
+    grid_x = grid = x = None
     if figure is not None:
         grid_x, grid = figure.grid.cpu().numpy(), figure.predict(model)
+        x = dataset.x_valid.cpu().numpy()
     target = dataset.valid_target
     write(
         run_dir,
@@ -117,5 +123,6 @@ def keep(run_dir: Path, result, dataset, model) -> None:
             dataset.valid_noise,
             grid_x,
             grid,
+            x,
         ),
     )

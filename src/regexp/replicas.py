@@ -3,6 +3,7 @@ group, a setting measured several times, and the statistics the report gives of 
 mean, standard deviation, a 95% interval (Student's t) and n.
 
 Pure Python on what report.py loaded; nothing here reads files or imports the training code.
+`fmt` writes a number or a Stat as every table of the report shows it.
 """
 
 from __future__ import annotations
@@ -132,3 +133,19 @@ def paired(base: Group, other: Group, keys: list[str], get: Callable) -> list[fl
         if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
             diffs.append(b - a)
     return diffs
+
+
+def fmt(value, interval: bool = False) -> str:
+    """A cell: a number in 4 digits; a Stat as mean ± std (and its 95% interval)."""
+    if value is None:
+        return "-"
+    if isinstance(value, Stat):
+        text = f"{fmt(value.mean)} ± {value.std:.2g}"
+        if interval and math.isfinite(value.half):
+            text += f" [{fmt(value.low)}, {fmt(value.high)}]"
+        return text
+    if isinstance(value, float):
+        if math.isfinite(value) and value == int(value) and abs(value) < 1e6:
+            return str(int(value))
+        return f"{value:.4g}"
+    return str(value)

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from regexp.console import console as default_console
 from regexp.errors import UserError
-from regexp.replicas import Group, Replicas, Stat, paired, replicas, stat
+from regexp.replicas import Group, Replicas, Stat, fmt, paired, replicas, stat
 
 log = logging.getLogger("regexp")
 
@@ -159,22 +159,6 @@ def rows(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list]]:
         row = [run.path.name, *(run.overrides.get(k) for k in keys)]
         table.append(row + [get(run) for _, get in columns])
     return header, table
-
-
-def fmt(value, interval: bool = False) -> str:
-    """A cell: a number in 4 digits; a Stat as mean ± std (and its 95% interval)."""
-    if value is None:
-        return "-"
-    if isinstance(value, Stat):
-        text = f"{fmt(value.mean)} ± {value.std:.2g}"
-        if interval and math.isfinite(value.half):
-            text += f" [{fmt(value.low)}, {fmt(value.high)}]"
-        return text
-    if isinstance(value, float):
-        if math.isfinite(value) and value == int(value) and abs(value) < 1e6:
-            return str(int(value))
-        return f"{value:.4g}"
-    return str(value)
 
 
 def verdict(runs: list[Run], keys: list[str]) -> str:
@@ -422,8 +406,28 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     console.print(view)
     console.print(f"[bold]verdict[/]: {line}", soft_wrap=True)
     written = ["report.md", "report.csv", *(f.name for f in figures)]
+    if reps is not None:
+        decomposed, claim = decompose(reps, out)
+        written += [f.name for f in decomposed]
+        if decomposed:
+            console.print(f"[bold]bias and variance[/]: {claim}", soft_wrap=True)
     console.print(f"wrote {', '.join(written)} in {out}", soft_wrap=True)
     return out
+
+
+def decompose(reps: Replicas, out: Path) -> tuple[list[Path], str]:
+    """The bias-variance decomposition of each setting with two runs or more on one valid set:
+    bias_variance.csv, .md, .png and fits.png in `out`; returns them and what they show."""
+    from regexp import bias_variance, plots
+
+    results = [bias_variance.decompose(g, reps.replica_keys) for g in reps.groups]
+    done = [r for r in results if r.decomposition is not None]
+    if not done:
+        return [], ""
+    written = bias_variance.write(out, results, reps.keys)
+    curves = bias_variance.curves(done, reps.keys)
+    written += plots.bias_variance_figures(curves, done, reps.keys, out)
+    return written, bias_variance.claims(done, reps.keys)
 
 
 def _common_parent(dirs: list[Path]) -> str:
