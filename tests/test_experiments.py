@@ -20,8 +20,15 @@ def sweep_points(name: str) -> list[list[str]]:
     with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
         cfg = compose("train", [f"+experiment={name}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    axes = [[f"{key}={v}" for v in str(values).split(",")] for key, values in params.items()]
+    axes = [[f"{key}={v}" for v in _values(str(values))] for key, values in params.items()]
     return [list(point) for point in product(*axes)]
+
+
+def _values(text: str) -> list[str]:
+    """A sweep's values: a, b, c or range(start, stop[, step]), as Hydra expands them."""
+    if text.startswith("range(") and text.endswith(")"):
+        return [str(v) for v in range(*(int(a) for a in text[6:-1].split(",")))]
+    return text.split(",")
 
 
 def test_every_lesson_comparison_is_there():
@@ -35,6 +42,8 @@ def test_every_lesson_comparison_is_there():
         "norms",
         "overfitting",
         "early_stopping",
+        "bias_variance",
+        "bias_variance_dropout",
     }
 
 

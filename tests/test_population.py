@@ -108,3 +108,37 @@ def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
 def _alone(tmp_path: Path, overrides: list[str]) -> Path:
     run.execute(conf_of(overrides), tmp_path / "alone", overrides)
     return tmp_path / "alone"
+
+
+def test_each_member_keeps_the_predictions_of_its_lone_run(tmp_path):
+    """predictions.npz: the valid outputs at the last and the best epoch, equal to the lone
+    run's, with what toy_regression knows of its valid targets; a classification member's
+    logits give its logged accuracy."""
+    from regexp import predictions
+
+    base = ["train.epochs=40", "model.hidden=[16,16]", *QUIET[1:]]
+    varied = [["seed=0"], ["seed=1", "data.draw=3"], ["seed=2", "model.dropout=0.5"]]
+    members = [
+        run.Member(conf_of([*base, *v]), tmp_path / f"member{i}", v) for i, v in enumerate(varied)
+    ]
+    run.execute_population(members)
+    for i, v in enumerate(varied):
+        alone = tmp_path / f"alone{i}"
+        summary = run.execute(conf_of([*base, *v]), alone, v)
+        a, b = predictions.read(tmp_path / f"member{i}"), predictions.read(alone)
+        assert a.epochs == b.epochs == (40, summary["best"]["epoch"])
+        assert a.last.dtype == a.best.dtype == "float32" and a.last.shape == (10, 1)
+        assert (a.last == b.last).all() and (a.best == b.best).all()
+        last = ((a.last - a.y) ** 2).mean()  # the valid loss logged at those epochs
+        assert last == pytest.approx(summary["final"]["valid_loss"], rel=1e-5)
+        best = ((a.best - a.y) ** 2).mean()
+        assert best == pytest.approx(summary["best"]["valid_loss"], rel=1e-5)
+        assert a.noise == 0.3 and a.target.shape == (10, 1)
+        assert a.grid.shape == (200, 1) and a.grid_x.shape == (200, 1)
+    moons = ["data=moons", "data.n_valid=50", "train.epochs=5", "model.hidden=[8]", *QUIET[1:]]
+    summary = run.execute(conf_of(moons), tmp_path / "moons", [])
+    p = predictions.read(tmp_path / "moons")
+    assert p.last.shape == (50, 2) and p.y.dtype == "int64" and p.target is None
+    accuracy = (p.last.argmax(1) == p.y).mean()
+    assert accuracy == pytest.approx(summary["final"]["valid_acc"])
+    assert p.grid.shape == (64 * 64, 2)

@@ -111,7 +111,8 @@ BAD_INPUT = [
     ("norm=bn data.n_train=9 train.batch_size=4", "train.batch_size=4 is not allowed: one that"),
     (
         "+experiment=nope",
-        "experiment=nope: no such option (options: bn_cnn, dropout, early_stopping, l1_vs_l2",
+        "experiment=nope: no such option (options: bias_variance, bias_variance_dropout, bn_cnn, "
+        "dropout, early_stopping, l1_vs_l2",
     ),
     ("reg.l1=-1e-4", "reg.l1=-0.0001 is not allowed: a penalty strength >= 0"),
     ("reg.l2=-1", "reg.l2=-1.0 is not allowed"),

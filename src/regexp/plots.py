@@ -313,23 +313,28 @@ def _finite(values) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def report_figures(runs, keys: list[str], out: Path) -> list[Path]:
+def report_figures(runs, keys: list[str], out: Path, groups=None) -> list[Path]:
     """The report's figures in `out`: every run's loss curves; the final losses against each
     swept number (or, for a list-valued key such as model.hidden, against the model's
-    parameter count); a heatmap of the valid loss when two parameters were swept."""
+    parameter count); a heatmap of the valid loss when two parameters were swept. With
+    `groups` (replicas.Group: the runs of one setting over seeds and draws) each curve is a
+    setting's mean with a band of ± one std, and so is each point against a swept number."""
     plt = _pyplot()
     written = []
-    figure = curves_figure(plt, runs, keys)
+    if groups is None:
+        figure = curves_figure(plt, runs, keys)
+    else:
+        figure = band_curves_figure(plt, runs, keys, groups)
     if figure is not None:
         written.append(_save(figure, out / "curves.png"))
 
     with_weights = [r for r in runs if r.curves.get("weights_l2_norm")]
-    if with_weights and len(with_weights) <= 12:
+    if with_weights and len(with_weights) <= 12 and groups is None:
         written.append(_weights(plt, with_weights, keys, out / "weights.png"))
 
     done = [r for r in runs if _finite([r.final("train_loss"), r.final("valid_loss")])]
     for key in keys:
-        figure = loss_vs_figure(plt, done, key)
+        figure = loss_vs_figure(plt, done, key, groups is not None)
         if figure is not None:
             written.append(_save(figure, out / f"loss_vs_{key}.png"))
 
@@ -395,10 +400,11 @@ def curves_figure(plt, runs, keys: list[str]):
 LOG_KEYS = ("lr", "weight_decay", "l1", "l2")
 
 
-def loss_vs_figure(plt, runs, key: str):
+def loss_vs_figure(plt, runs, key: str, band: bool = False):
     """The final train and valid loss against `key`'s values (the mean over the other
-    settings); for a list-valued key (model.hidden=[50],[200,200]), against the models'
-    parameter counts. None where there is nothing to plot."""
+    settings, with a band of ± one std over the runs with `band`); for a list-valued key
+    (model.hidden=[50],[200,200]), against the models' parameter counts. None where there is
+    nothing to plot."""
     values = {r.overrides.get(key) for r in runs}
     if all(isinstance(v, float) for v in values):
         points = sorted(values)
@@ -417,8 +423,19 @@ def loss_vs_figure(plt, runs, key: str):
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for metric, style in (("train_loss", "o-"), ("valid_loss", "s-")):
-        means = [_mean(r.final(metric) for r in runs if r.overrides.get(key) == v) for v in points]
-        ax.plot(x, means, style, label=metric.replace("_", " "))
+        at = [[r.final(metric) for r in runs if r.overrides.get(key) == v] for v in points]
+        means = [_mean(a) for a in at]
+        (line,) = ax.plot(x, means, style, label=metric.replace("_", " "))
+        if band:
+            spread = [_std(a) for a in at]
+            ax.fill_between(
+                x,
+                [m - d for m, d in zip(means, spread, strict=True)],
+                [m + d for m, d in zip(means, spread, strict=True)],
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+            )
     if x is not points:  # name each point by its value, over its valid loss
         for xi, yi, value in zip(x, means, points, strict=True):
             ax.annotate(value, (xi, yi), textcoords="offset points", xytext=(0, 6),
@@ -426,11 +443,147 @@ def loss_vs_figure(plt, runs, key: str):
     _scale_x(ax, x, log=key.rsplit(".", 1)[-1] in LOG_KEYS)
     ax.set(
         xlabel=label,
-        ylabel="final loss (mean over the other settings)",
+        ylabel="final loss (mean over the runs, ± std)"
+        if band
+        else "final loss (mean over the other settings)",
         title=f"train and valid loss against {key}",
     )
     ax.legend()
     return fig
+
+
+def band_curves_figure(plt, runs, keys: list[str], groups):
+    """Each setting's mean valid loss over its seeds and draws with a band of ± one std (and
+    its train loss, dashed, while there are few settings). None without curves."""
+    if not any(r.curves.get("valid_loss") for r in runs):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = len(groups)
+    for group in groups:
+        label = f"{_label(group.setting, keys)} (n={len(group.runs)})"
+        line = _band(ax, group.runs, "valid_loss", label)
+        if line is not None and lines <= 6:
+            _band(ax, group.runs, "train_loss", None, "--", line.get_color())
+    losses = [
+        v
+        for r in runs
+        for k in ("valid_loss", "train_loss")
+        for v in r.curves.get(k, [])
+        if math.isfinite(v)
+    ]
+    if losses and min(losses) > 0:
+        ax.set_yscale("log")
+    what = "mean ± std over the seeds and draws"
+    ax.set(
+        xlabel="epoch",
+        ylabel="loss",
+        title=f"valid (solid) and train loss (dashed), {what}"
+        if lines <= 6
+        else f"valid loss, {what}",
+    )
+    if lines <= 12:
+        ax.legend(fontsize="small")
+    return fig
+
+
+TERMS = [  # (a Decomposition's attribute, its name in the figure, its style)
+    ("bias2", "bias²", "o-"),
+    ("variance", "variance", "s-"),
+    ("noise", "noise", ":"),
+    ("expected_error", "expected error", "D-"),
+]
+
+
+def bias_variance_figures(curves: dict, results: list, keys: list[str], out: Path) -> list[Path]:
+    """bias_variance.png: bias², variance, noise and expected error against each swept
+    strength (`curves`: key -> [(value, Decomposition)], the other keys at their smallest), a
+    symlog axis where 0 is among the values, the lessons' U-curve; where nothing numeric was
+    swept, the terms of each setting as bars. fits.png: for each setting (`results`:
+    bias_variance.Result), every run's fit over the truth, with their mean."""
+    plt = _pyplot()
+    lines = {k: line for k, line in curves.items() if len(line) >= 2}
+    panels = max(1, len(lines))
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    if lines:
+        for ax, (key, line) in zip(axes[0], lines.items(), strict=True):
+            values = [v for v, _ in line]
+            for attr, name, style in TERMS:
+                ax.plot(values, [getattr(d, attr) for _, d in line], style, label=name)
+            _scale_x(ax, values)
+            task = line[0][1].task
+            ax.set(
+                xlabel=key,
+                ylabel="0-1 loss" if task == "classification" else "squared error",
+                title=f"bias and variance against {key.rsplit('.', 1)[-1]}",
+            )
+            ax.legend(fontsize="small")
+    else:
+        ax = axes[0][0]
+        names = [_label(r.setting, keys) for r in results]
+        width = 0.8 / len(TERMS)
+        for j, (attr, name, _) in enumerate(TERMS):
+            ax.bar(
+                [i + j * width for i in range(len(results))],
+                [getattr(r.decomposition, attr) for r in results],
+                width,
+                label=name,
+            )
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results))], names)
+        ax.set(title="bias and variance of each setting")
+        ax.legend(fontsize="small")
+    written = [_save(fig, out / "bias_variance.png")]
+    with_grid = [r for r in results if r.runs and r.runs[0].grid is not None]
+    if with_grid:
+        written.append(_fits(plt, with_grid[:12], keys, out / "fits.png"))
+    return written
+
+
+def _fits(plt, results: list, keys: list[str], path: Path) -> Path:
+    """Each setting's runs over the truth: 1-D regression, every fitted curve thin, their
+    mean thick, f(x) dashed; 2-D data, every run's decision boundary thin, the boundary of
+    the mean probability thick, over the valid points."""
+    import numpy as np
+
+    cols = min(4, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False, sharex=True, sharey=True
+    )
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, result in zip(axes.flat, results, strict=False):
+        runs = result.runs
+        first = runs[0]
+        grids = np.stack([p.grid for p in runs])
+        if first.grid_x.shape[1] == 1:
+            x = first.grid_x[:, 0]
+            for g in grids:
+                ax.plot(x, g[:, 0], color="tab:blue", lw=0.6, alpha=0.35)
+            ax.plot(x, grids.mean(0)[:, 0], color="black", lw=2, label="mean fit")
+            if first.x is not None:
+                order = np.argsort(first.x[:, 0])
+                truth = first.y if first.target is None else first.target
+                name = "valid y" if first.target is None else "f(x)"
+                ax.plot(first.x[order, 0], truth[order, 0], "--", c="tab:red", lw=1.5, label=name)
+                ax.scatter(first.x[:, 0], first.y[:, 0], s=12, c="tab:orange", zorder=3)
+        else:
+            side = int(round(math.sqrt(len(first.grid_x))))
+            xx = first.grid_x[:, 0].reshape(side, side)
+            yy = first.grid_x[:, 1].reshape(side, side)
+            if first.x is not None:
+                ax.scatter(*first.x.T, c=first.y, cmap="RdBu_r", s=5, alpha=0.3)
+            for g in grids:
+                ax.contour(xx, yy, g[:, -1].reshape(side, side), levels=[0.5],
+                           colors="tab:blue", linewidths=0.6, alpha=0.4)  # fmt: skip
+            mean = grids.mean(0)[:, -1].reshape(side, side)
+            if mean.min() < 0.5 < mean.max():
+                ax.contour(xx, yy, mean, levels=[0.5], colors="black", linewidths=2)
+        ax.set_title(f"{_label(result.setting, keys)} (n={len(runs)})", fontsize="small")
+    handles = axes.flat[0].get_legend_handles_labels()[0]
+    if handles:
+        axes.flat[0].legend(fontsize="x-small")
+    fig.suptitle("every run's fit (thin) and their mean (thick): the spread is the variance")
+    return _save(fig, path)
 
 
 def _weights(plt, runs, keys, path: Path) -> Path:
@@ -507,6 +660,34 @@ def _scale_x(ax, values: list[float], log: bool = False) -> None:
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return sum(values) / len(values) if values else None
+
+
+def _std(values) -> float:
+    """The sample std of the finite values; 0 for fewer than two."""
+    from regexp.replicas import stat
+
+    s = stat(values)
+    return 0.0 if s is None else s.std
+
+
+def _band(ax, runs, metric: str, label, style: str = "-", color=None):
+    """The runs' mean curve of `metric` over the epochs with a band of ± one std (epoch by
+    epoch, over the runs that logged it); returns the line, None where no run has it."""
+    import numpy as np
+
+    by_epoch: dict[float, list[float]] = {}
+    for run in runs:
+        for e, v in zip(run.curves.get("epoch", []), run.curves.get(metric, []), strict=False):
+            if math.isfinite(v):
+                by_epoch.setdefault(e, []).append(v)
+    if not by_epoch:
+        return None
+    epochs = sorted(by_epoch)
+    mean = np.array([_mean(by_epoch[e]) for e in epochs])
+    spread = np.array([_std(by_epoch[e]) for e in epochs])
+    (line,) = ax.plot(epochs, mean, style, label=label, color=color, lw=1.5 if label else 1)
+    ax.fill_between(epochs, mean - spread, mean + spread, color=line.get_color(), alpha=0.2, lw=0)
+    return line
 
 
 def _save(fig, path: Path) -> Path:

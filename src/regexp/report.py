@@ -1,7 +1,14 @@
 """`regexp report DIR...`: a table and figures from run dirs, finished, failed or running.
 
-It reads only what runs leave on disk (summary.json, metrics.csv, .hydra/overrides.yaml) and
-never imports the training code, so it starts fast and works on a sweep still in progress.
+It reads only what runs leave on disk (summary.json, metrics.csv, .hydra/overrides.yaml,
+predictions.npz) and never imports the training code, so it starts fast and works on a sweep
+still in progress. Runs that differ only in `seed` and/or `data.draw` are replicas of one
+setting (replicas.py): the table then has a row per setting, each number its mean ± std over
+the replicas with a 95% interval, and the verdict says in how many of them an effect held.
+
+Why it is long: it holds both readings of a sweep, run by run and setting by setting over
+replicas, side by side: each one's table and verdict, which share the formatting, the files
+and the console view below. The statistics themselves live in replicas.py.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from rich.table import Table
 
 from regexp.console import console as default_console
 from regexp.errors import UserError
+from regexp.replicas import Group, Replicas, Stat, fmt, paired, replicas, stat
 
 log = logging.getLogger("regexp")
 
@@ -153,16 +161,6 @@ def rows(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list]]:
     return header, table
 
 
-def fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if math.isfinite(value) and value == int(value) and abs(value) < 1e6:
-            return str(int(value))
-        return f"{value:.4g}"
-    return str(value)
-
-
 def verdict(runs: list[Run], keys: list[str]) -> str:
     """What the sweep shows, in one line computed from its numbers. Numeric sweeps compare
     each setting with the one of smallest values (e.g. lambda 0); others rank by valid loss."""
@@ -186,7 +184,7 @@ def verdict(runs: list[Run], keys: list[str]) -> str:
         ]
     for r in done:
         final, best = r.final("valid_loss"), r.best("valid_loss")
-        if best is not None and final > 1.1 * best:
+        if _turned_up(r):
             parts.append(
                 f"{_setting(r, keys)}: the valid loss turned up after epoch "
                 f"{r.best('epoch')} ({_num(best)} -> {_num(final)})"
@@ -229,17 +227,138 @@ def _num(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1 else f"{value:.3g}"
 
 
+def group_rows(reps: Replicas) -> tuple[list[str], list[list]]:
+    """The report of a sweep with replicas: a row per setting, sorted by mean valid loss; each
+    number a Stat over the setting's runs."""
+    columns = [
+        (name, get)
+        for name, get in COLUMNS[1:]
+        if any(get(r) is not None for g in reps.groups for r in g.runs)
+    ]
+    header = [*reps.keys, "n", "status", *(name for name, _ in columns)]
+
+    def order(group: Group) -> float:
+        valid = group.stat(lambda r: r.final("valid_loss"))
+        return valid.mean if valid is not None else math.inf
+
+    table = []
+    for group in sorted(reps.groups, key=order):
+        statuses = [r.status for r in group.runs]
+        status = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+        row = [*(group.setting.get(k) for k in reps.keys), len(group.runs), status]
+        table.append(row + [group.stat(get) for _, get in columns])
+    return header, table
+
+
+GROUP_VERDICT = [  # (name, how to get it from a run, the words for less and more)
+    ("valid loss", lambda r: r.final("valid_loss"), ("lowered", "raised")),
+    ("train loss", lambda r: r.final("train_loss"), ("lowered", "raised")),
+    ("valid acc", lambda r: r.final("valid_acc"), ("lowered", "raised")),
+    ("weight norm", lambda r: r.summary.get("weight_norm"), ("shrank", "grew")),
+]
+
+
+def group_verdict(reps: Replicas) -> str:
+    """What a sweep with replicas shows: each setting against the one of smallest values, in
+    how many replicas (the same seed and draw) each effect held and by how much (mean ± std
+    of the paired differences); non-numeric settings ranked by mean valid loss."""
+    groups, noun = reps.groups, reps.noun
+    valid = lambda r: r.final("valid_loss")  # noqa: E731
+    lost = [
+        f"{_setting(r, reps.keys + reps.replica_keys)} {r.status}"
+        for g in groups
+        for r in g.runs
+        if not _finite(r.final("valid_loss"), r.final("train_loss"))
+    ]
+    if len(groups) < 2:
+        s = groups[0].stat(valid) if groups else None
+        what = f"one setting over {len(groups[0].runs)} {noun}" if groups else "no runs"
+        parts = [f"{what}: valid loss {fmt(s)}" if s else what]
+        return "; ".join(parts + lost)
+    numeric = all(isinstance(g.setting.get(k), float) for g in groups for k in reps.keys)
+    parts = []
+    if numeric:
+        base = min(groups, key=lambda g: [g.setting[k] for k in reps.keys])
+        for group in groups:
+            if group is not base:
+                parts.append(_group_compare(base, group, reps))
+    else:
+        ranked = sorted(groups, key=lambda g: (g.stat(valid) or Stat(math.inf, 0, 0, 0)).mean)
+        parts.append(
+            "by mean valid loss: "
+            + ", ".join(f"{_group_name(g, reps.keys)} {fmt(g.stat(valid))}" for g in ranked)
+        )
+    for group in groups:
+        up = [r for r in group.runs if _turned_up(r)]
+        if up:
+            parts.append(
+                f"{_group_name(group, reps.keys)}: the valid loss turned up in {len(up)} of "
+                f"{len(group.runs)} {noun}"
+            )
+    return "; ".join(parts + lost)
+
+
+def _group_compare(base: Group, group: Group, reps: Replicas) -> str:
+    changed = [k for k in reps.keys if group.setting[k] != base.setting[k]]
+    what = ", ".join(
+        f"{k.rsplit('.', 1)[-1]} {fmt(base.setting[k])} -> {fmt(group.setting[k])}" for k in changed
+    )
+    shown = []
+    for name, get, (less, more) in GROUP_VERDICT:
+        a, b = base.stat(get), group.stat(get)
+        if a is None or b is None:
+            continue
+        text = f"{name} {_num(a.mean)} -> {_num(b.mean)}"
+        diffs = paired(base, group, reps.replica_keys, get)
+        if diffs:
+            d = stat(diffs)
+            word = less if d.mean < 0 else more
+            k = sum(x < 0 for x in diffs) if d.mean < 0 else sum(x > 0 for x in diffs)
+            text += (
+                f" ({word} in {k} of {len(diffs)} {reps.noun}, by "
+                f"{_num(-d.mean if word == less else d.mean)} ± {_num(d.std)})"
+            )
+        shown.append(text)
+    return f"{what}: " + ", ".join(shown)
+
+
+def _group_name(group: Group, keys: list[str]) -> str:
+    short = {k: k.rsplit(".", 1)[-1] for k in keys}
+    return " ".join(f"{short[k]}={fmt(group.setting[k])}" for k in keys) or "defaults"
+
+
+def _turned_up(run: Run) -> bool:
+    final, best = run.final("valid_loss"), run.best("valid_loss")
+    return _finite(final, best) and final > 1.1 * best
+
+
 def write_markdown(path: Path, header: list[str], table: list[list], summary: str) -> None:
     lines = [summary, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
+    lines += ["| " + " | ".join(fmt(v, interval=True) for v in row) + " |" for row in table]
     path.write_text("\n".join(lines) + "\n")
 
 
 def write_csv(path: Path, header: list[str], table: list[list]) -> None:
+    """The table as CSV; a column of Stats as three: its mean (named as the column), `std`
+    and `ci95` (the half width of the 95% interval)."""
+    stats = [any(isinstance(row[j], Stat) for row in table) for j in range(len(header))]
+    head = []
+    for name, is_stat in zip(header, stats, strict=True):
+        head += [name, f"{name} std", f"{name} ci95"] if is_stat else [name]
+
+    def cells(row: list) -> list:
+        out = []
+        for value, is_stat in zip(row, stats, strict=True):
+            if is_stat:
+                out += ["", "", ""] if value is None else [value.mean, value.std, value.half]
+            else:
+                out.append("" if value is None else value)
+        return out
+
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in row] for row in table])
+        writer.writerow(head)
+        writer.writerows([cells(row) for row in table])
 
 
 def report(dirs: list[Path], out: Path | None = None, console: Console | None = None) -> Path:
@@ -249,20 +368,33 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
 
     runs = [load(p) for p in find_runs(dirs)]
     keys = swept_keys(runs)
-    header, table = rows(runs, keys)
+    reps = replicas(runs, keys)
+    if reps is None:
+        header, table = rows(runs, keys)
+        line = verdict(runs, keys)
+    else:
+        header, table = group_rows(reps)
+        line = group_verdict(reps)
     if out is None:
         out = dirs[0] if len(dirs) == 1 else Path(_common_parent(dirs))
     out.mkdir(parents=True, exist_ok=True)
-    line = verdict(runs, keys)
     write_markdown(out / "report.md", header, table, line)
     write_csv(out / "report.csv", header, table)
-    figures = plots.report_figures(runs, keys, out)
+    if reps is None:
+        figures = plots.report_figures(runs, keys, out)
+    else:
+        figures = plots.report_figures(runs, reps.keys, out, reps.groups)
 
     console = console or default_console()
     # On the console, the swept values name each run (the dir name says the same at length).
-    skip = 1 if keys else 0
+    skip = 1 if keys and reps is None else 0
+    what = (
+        f"{len(runs)} runs"
+        if reps is None
+        else f"{len(runs)} runs: {len(reps.groups)} settings over {' x '.join(reps.replica_keys)}"
+    )
     view = Table(
-        title=f"{len(runs)} runs in {out}, sorted by valid loss",
+        title=f"{what} in {out}, sorted by valid loss",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
@@ -274,8 +406,28 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     console.print(view)
     console.print(f"[bold]verdict[/]: {line}", soft_wrap=True)
     written = ["report.md", "report.csv", *(f.name for f in figures)]
+    if reps is not None:
+        decomposed, claim = decompose(reps, out)
+        written += [f.name for f in decomposed]
+        if decomposed:
+            console.print(f"[bold]bias and variance[/]: {claim}", soft_wrap=True)
     console.print(f"wrote {', '.join(written)} in {out}", soft_wrap=True)
     return out
+
+
+def decompose(reps: Replicas, out: Path) -> tuple[list[Path], str]:
+    """The bias-variance decomposition of each setting with two runs or more on one valid set:
+    bias_variance.csv, .md, .png and fits.png in `out`; returns them and what they show."""
+    from regexp import bias_variance, plots
+
+    results = [bias_variance.decompose(g, reps.replica_keys) for g in reps.groups]
+    done = [r for r in results if r.decomposition is not None]
+    if not done:
+        return [], ""
+    written = bias_variance.write(out, results, reps.keys)
+    curves = bias_variance.curves(done, reps.keys)
+    written += plots.bias_variance_figures(curves, done, reps.keys, out)
+    return written, bias_variance.claims(done, reps.keys)
 
 
 def _common_parent(dirs: list[Path]) -> str:

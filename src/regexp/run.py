@@ -20,7 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regexp import config, data, init, models, optim, plots, rundir, schedules, stopping, train
+from regexp import (
+    config,
+    data,
+    init,
+    models,
+    optim,
+    plots,
+    predictions,
+    rundir,
+    schedules,
+    stopping,
+    train,
+)
 from regexp.errors import ConfigError, UserError, show
 from regexp.stack import Stack, weight_mask
 from regexp.track import PopulationProgress, Tracker, write_json
@@ -321,7 +333,10 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                 lrs=lrs,
                 progress=progress,
                 stoppers=[b.stopper for b in built],
+                best_valid=[_best_valid(b.tracker) for b in built],
             )
+        for b, result in zip(built, results, strict=True):
+            predictions.keep(b.member.run_dir, result, b.dataset, b.model)
         status = [r.status for r in results]
         stopped = [r.epoch if r.stopped else None for r in results]
         errors = [r.error for r in results]
@@ -386,6 +401,12 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     if len(built) == 1:
         built[0].tracker.print_summary(summaries[0])
     return summaries
+
+
+def _best_valid(tracker: Tracker) -> float:
+    """The best valid loss a run had before this fit (a resumed run's), else infinity."""
+    best = tracker.best
+    return best["valid_loss"] if best is not None else float("inf")
 
 
 def resume(

@@ -7,11 +7,13 @@ one tracker per member) and knows nothing of Hydra or the command line. The data
 device; each epoch gathers each member's training set once in the order of its own seeded
 permutation, and a batch is a slice of that (a large set is gathered batch by batch). The
 losses stay on the device and are read once per epoch, for every member at once, so nothing
-forces a device-to-host sync every step.
+forces a device-to-host sync every step. Each member's outputs on its valid set are kept on
+the device, those of its last epoch and of its best valid epoch (decided when the epoch's
+losses are read), and come back to the host once, at the end, in its Result.
 
 Why it is long: the loop and what only it uses (an epoch's batches, the members' losses and
-scores, gradient clipping, evaluation, checkpoints) are read together, top to bottom; the
-rules of early stopping live apart, in stopping.py.
+scores, gradient clipping, evaluation, the outputs kept, checkpoints) are read together, top
+to bottom; the rules of early stopping live apart, in stopping.py.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class Result:
     epoch: int  # the last epoch that ran
     error: str | None = None
     stopped: bool = False  # completed by early stopping, at `epoch`
+    # The member's outputs on its valid set (n_valid, outputs), on the CPU, in eval mode: at
+    # its last epoch, and at its best valid epoch of this fit (None where no epoch of it beat
+    # the `best_valid` it started from).
+    last: torch.Tensor | None = None
+    best: torch.Tensor | None = None
+    best_epoch: int | None = None
 
 
 @dataclass
@@ -132,6 +140,7 @@ def fit(
     lrs: Sequence[float] = (),
     progress: Callable[[int, list[float], int], None] | None = None,
     stoppers: Sequence[Stopper | None] = (),
+    best_valid: Sequence[float] = (),
 ) -> list[Result]:
     """Train every member from `start_epoch` + 1 to `epochs`; member i's metrics go to
     `trackers[i]`, its batch order comes from `generators[i]`, its state is saved to
@@ -147,6 +156,8 @@ def fit(
     always holds whole epochs. `lrs` are the members' learning rates as configured, which
     `schedule` changes each epoch (the logged lr is the Python float torch would show).
     `progress(epoch, valid_losses, running)` hears of each epoch of the whole population.
+    Each Result holds the member's valid outputs at its last epoch and at the epoch whose valid
+    loss is lowest, as the tracker's best epoch (a resumed run starts from its `best_valid`).
 
     `stoppers[i]` stops member i early (stopping.Stopper): it is frozen then, as a diverged
     member is, completed at that epoch; its best weights are written as best.pt beside its
@@ -179,6 +190,7 @@ def fit(
         every = max(1, epochs // WEIGHT_STATS_POINTS)
     stats = WeightStats(stack) if every else None
     lrs = schedule.lrs() if schedule is not None else list(lrs) or update.lr.view(-1).tolist()
+    outputs = Outputs(k, best_valid)
     for epoch in range(start_epoch + 1, epochs + 1):
         train_stats, penalty_mean = _train_epoch(
             stack,
@@ -192,7 +204,7 @@ def fit(
             clip_grad_norm,
             active,
         )
-        valid_stats = evaluate(stack, loss_fn, data, classify)
+        valid_stats, valid_out = evaluate(stack, loss_fn, data, classify, keep=True)
         columns = [*train_stats, *valid_stats]
         if penalty_mean is not None:
             columns.append(penalty_mean)
@@ -224,6 +236,7 @@ def fit(
             valid_losses.append(metrics["valid_loss"])
             if i not in running:
                 continue
+            outputs.seen(i, epoch, valid_out, metrics["valid_loss"])
             if trackers[i] is not None:
                 trackers[i].log_epoch(epoch, metrics, stack.models[i])
             bad = [key for key in ("train_loss", "valid_loss") if not math.isfinite(metrics[key])]
@@ -231,14 +244,17 @@ def fit(
                 error = f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}"
                 results[i] = Result("diverged", epoch, error)
                 active[i] = False
+                outputs.stopped(i, valid_out)
             elif stoppers[i] is not None and stoppers[i].step(
                 epoch, metrics["valid_loss"], stack.models[i]
             ):
                 results[i] = Result("completed", epoch, stopped=True)
                 active[i] = False
+                outputs.stopped(i, valid_out)
                 save(i, epoch)
                 # (Its batch norm's running statistics would go on moving with the others.)
                 held[i] = {key: v.clone() for key, v in stack.models[i].state_dict().items()}
+        outputs.last = valid_out
         if schedule is not None:
             schedule.step(valid_losses)
             lrs = schedule.lrs()
@@ -267,7 +283,44 @@ def fit(
                 stack.models[i].load_state_dict(held[i])
         if stopper is not None and (held[i] is not None or results[i] is None):
             stopper.restore(stack.models[i])  # (not an interrupted run's: it goes on)
-    return [r or Result("completed", epochs) for r in results]
+    results = [r or Result("completed", epochs) for r in results]
+    for i, result in enumerate(results):
+        result.last, result.best, result.best_epoch = outputs.of(i)
+    return results
+
+
+class Outputs:
+    """The members' valid outputs worth keeping, on the device: each epoch's evaluation is kept
+    by reference as the last; a member's row is copied (on the device, no sync) into the best
+    when its valid loss, read on the host with the epoch's other numbers, improves."""
+
+    def __init__(self, k: int, best_valid: Sequence[float] = ()):
+        self.best_loss = list(best_valid) or [math.inf] * k
+        self.best_epoch: list[int | None] = [None] * k
+        self.last: torch.Tensor | None = None  # (K, n_valid, outputs)
+        self.best: torch.Tensor | None = None
+        self.frozen: dict[int, torch.Tensor] = {}  # a stopped member's last outputs
+
+    def seen(self, i: int, epoch: int, out: torch.Tensor, valid_loss: float) -> None:
+        if not valid_loss < self.best_loss[i]:  # (as the tracker's best: NaN never improves)
+            return
+        self.best_loss[i], self.best_epoch[i] = valid_loss, epoch
+        if self.best is None:
+            self.best = out.clone()
+        else:
+            self.best[i].copy_(out[i])
+
+    def stopped(self, i: int, out: torch.Tensor) -> None:
+        self.frozen[i] = out[i]
+
+    def of(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
+        last = self.frozen.get(i, None if self.last is None else self.last[i])
+        best = None if self.best_epoch[i] is None else self.best[i]
+        return (
+            None if last is None else last.float().cpu(),
+            None if best is None else best.float().cpu(),
+            self.best_epoch[i],
+        )
 
 
 def _train_epoch(stack, update, loss_fn, data, size, generators, classify, penalty, clip, active):
@@ -362,26 +415,32 @@ def correct(out: torch.Tensor, y: torch.Tensor, shared: bool = False) -> torch.T
     return (predicted == (y.unsqueeze(0) if shared else y)).sum(1)
 
 
-def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False) -> list[torch.Tensor]:
+def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False, keep: bool = False):
     """Each member's mean loss and, when classifying, its correct count over its valid set in
-    eval mode: a list of (K,) tensors."""
+    eval mode: a list of (K,) tensors; with `keep`, that list and the outputs (K, n, outputs)."""
     x, y, shared = data.x_valid, data.y_valid, data.shared_valid
     n = data.n_valid
+    kept = []
     with torch.inference_mode():
         losses, right = [], []
         for i in range(0, n, EVAL_CHUNK):
             xb = x[i : i + EVAL_CHUNK] if shared else x[:, i : i + EVAL_CHUNK]
             yb = y[i : i + EVAL_CHUNK] if shared else y[:, i : i + EVAL_CHUNK]
             out = stack.forward(xb, training=False, shared=shared)
+            if keep:
+                kept.append(out)
             chunk = out.shape[1]
             loss = member_losses(loss_fn, out, yb, shared)
             losses.append(loss if chunk == n else loss * chunk)
             if classify:
                 right.append(correct(out, yb, shared))
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum(0) / n
-        if not classify:
-            return [loss]
-        return [loss, right[0] if len(right) == 1 else torch.stack(right).sum(0)]
+        stats = [loss]
+        if classify:
+            stats.append(right[0] if len(right) == 1 else torch.stack(right).sum(0))
+        if not keep:
+            return stats
+        return stats, kept[0] if len(kept) == 1 else torch.cat(kept, 1)
 
 
 # 2: a member's stacked optimizer and schedule state (1, unnumbered: torch.optim's).

@@ -1,0 +1,73 @@
+"""`regexp report` on replicas: runs that differ only in seed and/or data.draw read as one
+setting, with mean ± std, a 95% interval and counts over the replicas."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from regexp import report
+from regexp.replicas import replicas, stat, t95
+
+
+def run(valid: float, train: float, norm: float, **overrides) -> report.Run:
+    values = {k.replace("__", "."): float(v) for k, v in overrides.items()}
+    summary = {
+        "final": {"valid_loss": valid, "train_loss": train},
+        "best": {"valid_loss": valid, "epoch": 10},
+        "weight_norm": norm,
+    }
+    return report.Run(
+        Path("-".join(f"{k}={v}" for k, v in values.items())), "completed", values, summary
+    )
+
+
+def test_stat_is_the_mean_the_sample_std_and_a_t_interval():
+    s = stat([1.0, 2.0, 3.0, 4.0, 5.0, None, math.nan])
+    assert (s.mean, s.n) == (3.0, 5)
+    assert s.std == pytest.approx(math.sqrt(2.5), abs=1e-12)
+    assert s.half == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-5)
+    assert stat([7.0]).std == 0 and math.isnan(stat([7.0]).half) and stat([None]) is None
+    assert t95(1) == pytest.approx(12.7062) and t95(22) == pytest.approx(2.0739, abs=2e-3)
+    assert t95(1000) == pytest.approx(1.9623, abs=2e-3)
+
+
+def test_seeds_and_draws_are_replicas_of_one_setting_and_the_verdict_counts_them():
+    runs = [
+        run(0.30 + 0.01 * s + 0.001 * d, 0.01, 10.0, seed=s, data__draw=d, optim__weight_decay=0)
+        for s in range(3)
+        for d in range(2)
+    ]
+    # lambda 1e-2 lowers the valid loss of every replica but one, always shrinks the weights
+    runs += [
+        run(0.25 + 0.01 * s + (0.1 if (s, d) == (2, 1) else 0), 0.05, 5.0 - s, seed=s,
+            data__draw=d, optim__weight_decay=1e-2)
+        for s in range(3)
+        for d in range(2)
+    ]  # fmt: skip
+    keys = report.swept_keys(runs)
+    reps = replicas(runs, keys)
+    assert reps.keys == ["optim.weight_decay"] and reps.replica_keys == ["seed", "data.draw"]
+    assert [len(g.runs) for g in reps.groups] == [6, 6]
+    header, table = report.group_rows(reps)
+    assert header[:3] == ["optim.weight_decay", "n", "status"]
+    assert [row[0] for row in table] == [0.01, 0.0]  # sorted by mean valid loss
+    assert table[0][2] == "6 completed"
+    valid = table[0][header.index("valid loss")]
+    expected = [0.25, 0.25, 0.26, 0.26, 0.27, 0.37]
+    assert valid.mean == pytest.approx(sum(expected) / 6) and valid.n == 6
+    line = report.group_verdict(reps)
+    assert line.startswith(
+        "weight_decay 0 -> 0.01: valid loss 0.3105 -> 0.2767 (lowered in 5 of 6 runs"
+    )
+    assert "weight norm 10 -> 4 (shrank in 6 of 6 runs, by 6 ± 0.8944)" in line
+    assert "train loss 0.0100 -> 0.0500 (raised in 6 of 6 runs, by 0.0400 ± 0.0000)" in line
+
+
+def test_a_sweep_without_replicas_reads_run_by_run():
+    runs = [run(0.3, 0.1, 1.0, optim__weight_decay=w) for w in (0, 1e-2)]
+    assert replicas(runs, report.swept_keys(runs)) is None
+    seeds = [run(0.3, 0.1, 1.0, seed=s, optim__weight_decay=s) for s in (0, 1)]  # one each
+    assert replicas(seeds, report.swept_keys(seeds)) is None
