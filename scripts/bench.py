@@ -130,17 +130,26 @@ STACKED = {
 }
 
 
-def stacked(repeats: int) -> None:
+def stacked(repeats: int, only: str = "") -> None:
+    """Each sweep of STACKED (those whose name holds `only`) with the basic and the stacked
+    launcher, pair by pair: the best of `repeats`, and each pair's speed-up (min to max)."""
     table = Table(title=f"sweeps, wall seconds of the whole command, best of {repeats}")
-    for column in ("sweep", "basic", "stacked", "speed-up"):
+    for column in ("sweep", "basic", "stacked", "speed-up (best)", "pairs: min to max"):
         table.add_column(column, justify="right")
     for name, sweep in STACKED.items():
+        if only not in name:
+            continue
         basic, ours = [], []
         for _ in range(repeats):  # interleaved, so drift hits both alike
             basic.append(command_seconds(["hydra/launcher=basic"], sweep))
             ours.append(command_seconds(["hydra/launcher=stacked"], sweep))
+        pairs = [b / o for b, o in zip(basic, ours, strict=True)]
         table.add_row(
-            name, f"{min(basic):.1f}", f"{min(ours):.1f}", f"{min(basic) / min(ours):.2f}x"
+            name,
+            f"{min(basic):.1f}",
+            f"{min(ours):.1f}",
+            f"{min(basic) / min(ours):.2f}x",
+            f"{min(pairs):.2f}x to {max(pairs):.2f}x",
         )
     Console().print(table)
     import resource  # the largest child so far: the 64-member population's process
@@ -311,6 +320,7 @@ def main() -> None:
         help="all: the two loop cases (the sweep takes a minute more)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (loop cases)")
+    parser.add_argument("--only", default="", help="stacked: the sweeps whose name holds this")
     parser.add_argument("--hand-written", type=int, metavar="EPOCHS", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -322,7 +332,7 @@ def main() -> None:
         sweep(min(args.repeats, 3))
         return
     if args.case == "stacked":
-        stacked(min(args.repeats, 3))
+        stacked(min(args.repeats, 3), args.only)
         return
     if args.case == "startup":
         startup(args.repeats)

@@ -13,7 +13,7 @@ said otherwise; n is the number of valid examples, C the model's outputs):
 | `noise` | () float64 | toy_regression only: the std of the noise on the valid targets |
 | `x` | (n, d) | 1-D regression and 2-D data: the valid inputs (as the model sees them) |
 | `grid_x` | (G, d) | 1-D regression and 2-D data: the inputs of the run's figure grid |
-| `grid` | (G, C') | the last epoch's outputs there (the fitted curve; each class's probability) |
+| `grid` | (G, C') | the last epoch's outputs there (the fitted curve; P(class 1), or the class) |
 
 It imports numpy only (`keep` takes what training made, and plots.py for the figure's grid,
 when it is called), so that `regexp report` reads it without torch.
@@ -109,7 +109,11 @@ def keep(run_dir: Path, result, dataset, model) -> None:
     figure = plots.for_dataset(dataset)
     grid_x = grid = x = None
     if figure is not None:
-        grid_x, grid = figure.grid.cpu().numpy(), figure.predict(model)
+        # (G, 1) where the figure draws one value a point: P(class 1), or the class
+        grid_x, grid = (
+            figure.grid.cpu().numpy(),
+            figure.predict(model).reshape(len(figure.grid), -1),
+        )
         x = dataset.x_valid.cpu().numpy()
     target = dataset.valid_target
     write(
