@@ -141,4 +141,4 @@ def test_each_member_keeps_the_predictions_of_its_lone_run(tmp_path):
     assert p.last.shape == (50, 2) and p.y.dtype == "int64" and p.target is None
     accuracy = (p.last.argmax(1) == p.y).mean()
     assert accuracy == pytest.approx(summary["final"]["valid_acc"])
-    assert p.grid.shape == (64 * 64, 2)
+    assert p.grid.shape == (64 * 64, 1)  # P(class 1) at each point of the figure

@@ -4,6 +4,11 @@ would, train the members as one stack, record each into its own run dir.
 `execute` trains one run (a population of one) from a config and a run dir, in-process;
 `execute_population` trains several; jobs.py is Hydra's side (the task function, the stacked
 launcher's grouping).
+
+Why it is long: a member's whole life outside the loop reads here in order (its dir held,
+set up with its own random state, resumed, recorded, closed with its summary, predictions and
+best weights), so that what a population does for each member matches a lone run's by
+being the same code.
 """
 
 from __future__ import annotations
