@@ -142,8 +142,12 @@ def resumed(args: list[str]) -> list[str]:
 def once(overrides: list[str]) -> list[str]:
     """`overrides` with each key once, at its first place, with its last value: a run resumed
     again and again keeps one clean list."""
-    last = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides}
-    return list(dict.fromkeys(last[o.lstrip("+~").split("=", 1)[0]] for o in overrides))
+
+    def key(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0]
+
+    last = {key(o): o for o in overrides}
+    return list(dict.fromkeys(last[key(o)] for o in overrides))
 
 
 # What may change when a run goes on; anything else would make it another run.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -137,7 +137,7 @@ def validate(cfg: DictConfig) -> Config:
         if key not in allowed:
             raise ConfigError(key, cfg[key], f"no such key (keys: {', '.join(sorted(allowed))})")
     conf: Config = OmegaConf.to_object(cfg)
-    for key, value in flat(OmegaConf.to_container(cfg, resolve=True)).items():
+    for key, value in flat(asdict(conf)).items():
         check_number(key, value)
     check(conf)
     return conf
@@ -216,13 +216,11 @@ def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
         return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
 
 
-# conf/train.yaml's run and sweep dirs: `_NAME` for +experiment=NAME, nothing without one. At
-# import, as a job's process (a joblib worker) resolves its dir once it has the schema here.
+# conf/train.yaml's run and sweep dirs: `_NAME` for +experiment=NAME, nothing without one; and
+# a fresh dir each, resolved once per config (cached, and the cache goes with a sweep job's
+# config to the process that runs it). At import, as a job's process (a joblib worker)
+# resolves its dir once it has the schema here.
 if not OmegaConf.has_resolver("regexp_named"):
     OmegaConf.register_new_resolver("regexp_named", lambda name: f"_{name}" if name else "")
-
-
-# conf/train.yaml's run and sweep dirs: a fresh dir each, resolved once per config (cached,
-# and the cache goes with a sweep job's config to the process that runs it).
 if not OmegaConf.has_resolver("regexp_fresh"):
     OmegaConf.register_new_resolver("regexp_fresh", rundir.fresh, use_cache=True)

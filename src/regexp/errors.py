@@ -33,6 +33,12 @@ class Ended(BaseException):  # noqa: N818 (not an error: how a run ended)
         self.error = error
 
 
+def first_line(exc: BaseException, most: int = 200) -> str:
+    """The first line of `exc`'s message (at most `most` characters), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:most] if text else type(exc).__name__
+
+
 def show(value: Any) -> str:
     """A value as an override would write it: lists as [a,b], None as null."""
     if isinstance(value, (list, tuple)):

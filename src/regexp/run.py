@@ -38,7 +38,7 @@ from regexp import (
     stopping,
     train,
 )
-from regexp.errors import ConfigError, UserError, show
+from regexp.errors import ConfigError, UserError, first_line, show
 from regexp.stack import Stack, weight_mask
 from regexp.track import PopulationProgress, Tracker, write_json
 
@@ -421,9 +421,8 @@ def resume(
     try:
         epoch = train.load_checkpoint(checkpoint, stack, i, update, schedule, batches, stopper)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # the fields of another run
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"{checkpoint}: refused, not a checkpoint of this run ({reason[:200]})"
+            f"{checkpoint}: refused, not a checkpoint of this run ({first_line(exc)})"
         ) from exc
     rundir.check_more_epochs(conf.train.epochs, epoch, checkpoint.parent)
     return epoch

@@ -36,7 +36,10 @@ def hold(run_dir: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(in_use(run_dir)) from None
+            raise UserError(
+                f"{run_dir}: refused, a live run is writing in it (it holds the dir's lock); "
+                "wait for it to end or stop it, or give another dir"
+            ) from None
         yield
     finally:
         os.close(fd)  # (releases the lock)
@@ -47,13 +50,6 @@ def check_free(run_dir: Path) -> None:
     if Path(run_dir).is_dir():
         with hold(Path(run_dir)):
             pass
-
-
-def in_use(run_dir: Path) -> str:
-    return (
-        f"{run_dir}: refused, a live run is writing in it (it holds the dir's lock); wait for "
-        "it to end or stop it, or give another dir"
-    )
 
 
 def checkpoint_of(run_dir: str) -> Path:

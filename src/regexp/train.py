@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from regexp.data import Dataset
-from regexp.errors import UserError
+from regexp.errors import UserError, first_line
 from regexp.optim import Penalty, Update
 from regexp.stack import Stack, WeightStats
 from regexp.stopping import Stopper
@@ -482,10 +482,9 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"{path}: refused, not a checkpoint of this run (a safe load of tensors only "
-            f"failed: {reason[:200]})"
+            f"failed: {first_line(exc)})"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
