@@ -192,3 +192,55 @@ def test_the_launcher_plans_a_population_per_worker_while_each_keeps_a_few_membe
     assert sizes([[0, 1, 2], [3, 4, 5]], 64, 2) == [3, 3]
     assert sizes([list(range(12))], 64, 1) == [12]
     assert sorted(sum(plan([list(range(9)), [9]], 64, 4), [])) == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["seed=3"],
+        ["seed=1", "model=cnn", "data=digits", "optim.lr=0.1"],
+        ["+experiment=dropout", "model.dropout=0.5", "seed=2"],
+        ["optim=adam", "optim.betas=[0.8,0.9]", "+extra=1"],
+        ["model={hidden: [3]}", "train.epochs=5"],
+        ["hydra.job.name=other", "seed=4"],
+    ],
+)
+def test_a_job_composed_once_per_choice_of_groups_equals_hydras_composition(overrides):
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import ComposeOnce
+    from regexp import config
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
+        hydra = GlobalHydra.instance().config_loader()
+        master = hydra.load_configuration("train", ["seed=0,1"], run_mode=RunMode.MULTIRUN)
+        once = ComposeOnce(hydra)
+        once.load_sweep_config(master, ["seed=7"])  # an earlier job, which it must not leak
+        for _ in range(2):  # composed, then from the cache
+            ours = once.load_sweep_config(master, overrides)
+            theirs = hydra.load_sweep_config(master, overrides)
+            assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs)
+            assert OmegaConf.is_struct(ours) and not OmegaConf.is_readonly(ours.hydra)
+
+
+def test_a_value_hydra_refuses_is_refused_as_hydra_refuses_it():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+
+    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import ComposeOnce
+    from regexp import config
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
+        hydra = GlobalHydra.instance().config_loader()
+        master = hydra.load_configuration("train", ["seed=0,1"], run_mode=RunMode.MULTIRUN)
+        for bad in (["seed=abc"], ["+seed=1"], ["~nope"]):
+            with pytest.raises(ConfigCompositionException) as theirs:
+                hydra.load_sweep_config(master, bad)
+            with pytest.raises(ConfigCompositionException) as ours:
+                ComposeOnce(hydra).load_sweep_config(master, bad)
+            assert str(ours.value) == str(theirs.value)

@@ -224,3 +224,12 @@ if not OmegaConf.has_resolver("regexp_named"):
     OmegaConf.register_new_resolver("regexp_named", lambda name: f"_{name}" if name else "")
 if not OmegaConf.has_resolver("regexp_fresh"):
     OmegaConf.register_new_resolver("regexp_fresh", rundir.fresh, use_cache=True)
+
+
+@dataclass
+class Member:
+    """One run of a population: its config, its run dir and the overrides that made it."""
+
+    conf: Config
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)

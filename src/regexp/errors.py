@@ -1,8 +1,10 @@
 """The errors a user can fix, which the CLI reports in one line (exit code 2, no traceback),
-and the end of a run or sweep that did not complete."""
+the end of a run or sweep that did not complete, and a run stopped by a signal."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
 from typing import Any
 
 
@@ -44,3 +46,14 @@ def show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(show(v) for v in value) + "]"
     return "null" if value is None else str(value)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM; the process exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, run_dir: Path | None = None, epoch: int | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.run_dir, self.epoch = signum, run_dir, epoch
+
+    def __reduce__(self):  # as it comes back from a launcher's worker process
+        return type(self), (self.signum, self.run_dir, self.epoch)

@@ -1,5 +1,7 @@
 """Hydra's side of training: the task function behind `regexp train`, a sweep job as a member
-of a population for the stacked launcher, and what decides which jobs share a population."""
+of a population for the stacked launcher, and what decides which jobs share a population.
+torch and the training code are imported where a job trains: the stacked launcher's process
+sets jobs up and groups them while its workers import them."""
 
 from __future__ import annotations
 
@@ -9,16 +11,14 @@ import math
 import os
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from regexp import config
+from regexp.config import Member
 from regexp.errors import UserError
-from regexp.outcomes import Outcome
-from regexp.run import Member, execute, failure, one_line
-from regexp.track import write_json
+from regexp.outcomes import Outcome, failure, one_line, write_json
 
 log = logging.getLogger("regexp")
 
@@ -42,6 +42,10 @@ def train_job(cfg: DictConfig) -> Outcome:
         # One thread unless told or a launcher shares out cores: on a busy machine torch's
         # default (a thread per core) spins waiting for the core another process holds, and a
         # lesson-24 run takes 10-40x longer (README, Speed).
+        import torch
+
+        from regexp.run import execute
+
         torch.set_num_threads(conf.threads or threads_per_job(hydra.launcher) or 1)
         summary = execute(conf, run_dir, overrides)
     except Exception as exc:

@@ -1,5 +1,6 @@
 """How a job ended, carried as values: the task function returns an `Outcome`, and the Hydra
-callback `SweepReport` turns the outcomes of a run or a sweep into the command's exit.
+callback `SweepReport` turns the outcomes of a run or a sweep into the command's exit; a job
+that failed before it trained leaves its `failure` as its summary.json (`write_json`).
 
 Nothing here imports torch: a sweep's launcher process loads it to unpickle the outcomes of
 jobs that ran elsewhere.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from regexp.errors import Ended
+from regexp.errors import Ended, UserError
 
 log = logging.getLogger("regexp")
 
@@ -68,3 +70,33 @@ class SweepReport(Callback):
             log.info("  %s: %s%s", name, s["status"], f": {s['error']}" if s.get("error") else "")
         if bad:
             raise Ended(f"{len(bad)} of {len(summaries)} jobs did not complete")
+
+
+def failure(exc: BaseException, overrides: list[str]) -> dict:
+    """The summary of a run that failed before its tracker started."""
+    return {"status": "failed", "epochs": 0, "error": one_line(exc), "overrides": overrides}
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write `obj` as JSON atomically: readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_finite(obj), indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _finite(obj):
+    """`obj` with NaN and infinities as null, which JSON can hold."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

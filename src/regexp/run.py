@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,34 +38,14 @@ from regexp import (
     stopping,
     train,
 )
-from regexp.errors import ConfigError, UserError, first_line, show
+from regexp.config import Member
+from regexp.console import PopulationProgress
+from regexp.errors import ConfigError, Interrupted, UserError, first_line, show
+from regexp.outcomes import failure, one_line, write_json
 from regexp.stack import Stack, weight_mask
-from regexp.track import PopulationProgress, Tracker, write_json
+from regexp.track import Tracker
 
 log = logging.getLogger("regexp")
-
-
-class Interrupted(KeyboardInterrupt):
-    """A run stopped by SIGINT or SIGTERM; the process exits with 128 + the signal number."""
-
-    def __init__(self, signum: int, run_dir: Path | None = None, epoch: int | None = None):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.run_dir, self.epoch = signum, run_dir, epoch
-
-    def __reduce__(self):  # as it comes back from a launcher's worker process
-        return type(self), (self.signum, self.run_dir, self.epoch)
-
-
-def failure(exc: BaseException, overrides: list[str]) -> dict:
-    """The summary of a run that failed before its tracker started."""
-    return {"status": "failed", "epochs": 0, "error": one_line(exc), "overrides": overrides}
-
-
-def one_line(exc: BaseException) -> str:
-    if isinstance(exc, UserError):
-        return str(exc)
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @contextmanager
@@ -175,15 +155,6 @@ def _hparam(conf: config.Config, key: str):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return value
-
-
-@dataclass
-class Member:
-    """One run of a population: its config, its run dir and the overrides that made it."""
-
-    conf: config.Config
-    run_dir: Path
-    overrides: list[str] = field(default_factory=list)
 
 
 def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> dict:

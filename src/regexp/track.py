@@ -19,14 +19,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from tensorboardX import summary as tb
 from tensorboardX.event_file_writer import EventsWriter
@@ -34,7 +32,9 @@ from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 from torch import nn
 
+from regexp.console import epochs_bar
 from regexp.models import weights
+from regexp.outcomes import write_json
 
 if TYPE_CHECKING:
     from regexp.plots import Plot
@@ -137,15 +137,7 @@ class Tracker:
         self.console = console or Console()
         self._progress = None
         if progress and self.console.is_terminal:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[losses]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
+            self._progress = epochs_bar(self.console)
             self._task = self._progress.add_task(
                 "epoch", total=epochs, completed=start_epoch, losses=""
             )
@@ -349,57 +341,6 @@ class Tracker:
         self.console.print(f"run dir {self.run_dir}", soft_wrap=True)
 
 
-class PopulationProgress:
-    """The epochs of one or more populations, a line each: a progress bar on a terminal, else
-    a log line every tenth of the run (each member's own record goes to its dir).
-
-    `populations` holds each one's (members, epochs, start epoch);
-    `progress(epoch, valid_losses, running, which)` hears of an epoch of population `which`."""
-
-    def __init__(self, populations: list[tuple[int, int, int]], console: Console | None = None):
-        self.sizes = [k for k, _, _ in populations]
-        self.epochs = [epochs for _, epochs, _ in populations]
-        self.console = console or Console()
-        self._last = [0.0] * len(populations)
-        sizes = self.sizes
-        self._progress = None
-        self._names = [
-            f"population of {k}" if len(sizes) == 1 else f"population {i + 1}/{len(sizes)} of {k}"
-            for i, k in enumerate(sizes)
-        ]
-        if self.console.is_terminal:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[losses]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._tasks = [
-                self._progress.add_task(name, total=epochs, completed=start, losses="")
-                for name, (_, epochs, start) in zip(self._names, populations, strict=True)
-            ]
-            self._progress.start()
-
-    def __call__(self, epoch: int, valid_losses: list[float], running: int, which: int = 0):
-        finite = [v for v in valid_losses if math.isfinite(v)]
-        best = f"best valid {min(finite):.4g}" if finite else ""
-        text = f"{running} of {self.sizes[which]} training  {best}"
-        epochs = self.epochs[which]
-        if self._progress is not None:
-            now = time.perf_counter()
-            if now - self._last[which] > 0.1 or epoch == epochs:
-                self._last[which] = now
-                self._progress.update(self._tasks[which], completed=epoch, losses=text)
-        elif epoch % max(1, epochs // 10) == 0 or epoch == epochs:
-            log.info("%s: epoch %d/%d  %s", self._names[which], epoch, epochs, text)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
 def _animate(figure: Plot, run_dir: Path, start_epoch: int) -> Animation | None:
     """The run's figure in the drawing process, or None (and a warning) where none starts."""
     from regexp import render
@@ -448,24 +389,6 @@ def _session_end(status: str) -> Summary:
         )
     )
     return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=meta)])
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write `obj` as JSON atomically: readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def _finite(obj):
-    """`obj` with NaN and infinities as null, which JSON can hold."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _fmt(value) -> str:

@@ -14,6 +14,7 @@ the shape that scales out. A group of jobs is split so that every worker has a p
 as long as each keeps a few members (stacking pays most at 4 to 8 members on a CPU).
 """
 
+import copy
 import logging
 import multiprocessing
 import os
@@ -42,9 +43,11 @@ log = logging.getLogger("regexp")
 @dataclass
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.regexp_stacked_launcher.stacked_launcher.StackedLauncher"
-    # The most members one population holds (its memory grows with them); a larger group of
-    # jobs is split into populations of about equal size.
-    max_members: int = 64
+    # The most members one population holds; a larger group of jobs is split into populations
+    # of about equal size. On a CPU a lesson-24 member-epoch costs least at about 8 (0.80 ms at
+    # 8, 0.89 at 16, 0.93 at 4, two workers on 2 cores: README, Speed); on a GPU larger
+    # populations pay, as far as memory allows.
+    max_members: int = 8
     # Worker processes, a population at a time each; null: one per core; 1: this process.
     n_jobs: int | None = None
     threads: int | None = None  # torch's threads per process; null: 1, regexp's default
@@ -57,7 +60,7 @@ ConfigStore.instance().store(
 
 class StackedLauncher(Launcher):
     def __init__(
-        self, max_members: int = 64, n_jobs: int | None = None, threads: int | None = None
+        self, max_members: int = 8, n_jobs: int | None = None, threads: int | None = None
     ) -> None:
         self.max_members, self.threads = max_members, threads
         self.n_jobs = n_jobs or os.cpu_count() or 1
@@ -67,17 +70,32 @@ class StackedLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        # The sweeper composes every job to check the batch, then this launcher composes each
+        # again: through one cache, shared by both (the same HydraContext).
+        if not isinstance(hydra_context.config_loader, ComposeOnce):
+            hydra_context.config_loader = ComposeOnce(hydra_context.config_loader)
         self.config, self.hydra_context = config, hydra_context
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from regexp import jobs, run
-
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        # Worker processes start (and import torch) while the jobs are set up here, when the
+        # sweep is large enough for populations to be split among them.
+        pool = self._pool(min(self.n_jobs, len(job_overrides) // MIN_SPLIT))
+        try:
+            return self._launch(job_overrides, initial_job_idx, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _launch(self, job_overrides, initial_job_idx: int, pool) -> list[JobReturn]:
+        from regexp import jobs, outcomes
+
+        assert self.config is not None and self.hydra_context is not None
         returns = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
@@ -102,7 +120,7 @@ class StackedLauncher(Launcher):
         for i, r in enumerate(returns):
             if i not in ready:  # refused: its summary.json says why; as the basic launcher says
                 where = r.hydra_cfg.hydra.runtime.output_dir
-                log.error("job failed: %s (in %s)", run.one_line(r._return_value), where)
+                log.error("job failed: %s (in %s)", outcomes.one_line(r._return_value), where)
                 r.return_value, r.status = jobs.outcome(r._return_value), JobStatus.COMPLETED
         groups: dict[str, list[int]] = {}
         for i in ready:
@@ -120,8 +138,10 @@ class StackedLauncher(Launcher):
         )
         members = [[returns[i].return_value for i in p] for p in populations]
         if workers > 1:
-            trained = self._in_workers(members, workers)
+            trained = self._in_workers(members, pool or self._pool(workers))
         else:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
             import torch
 
             torch.set_num_threads(self.threads or 1)  # regexp's default (jobs.train_job says why)
@@ -130,29 +150,41 @@ class StackedLauncher(Launcher):
             for i, summary in zip(population, summaries, strict=True):
                 if isinstance(summary, Exception):
                     where = returns[i].hydra_cfg.hydra.runtime.output_dir
-                    log.error("job failed: %s (in %s)", run.one_line(summary), where)
+                    log.error("job failed: %s (in %s)", outcomes.one_line(summary), where)
                 returns[i].return_value = jobs.outcome(summary)
                 returns[i].status = JobStatus.COMPLETED
         return returns
 
-    def _in_workers(self, populations: "list[list]", workers: int) -> "list[list]":
-        """Train `populations` in `workers` processes; returns each one's summaries. A signal
-        is passed on to the workers, which stop after the epoch in progress and checkpoint;
-        populations not yet started are not started, and the signal is raised here once the
-        workers are done."""
-        from regexp.run import Interrupted
-        from regexp.track import PopulationProgress
-
+    def _pool(self, workers: int) -> futures.ProcessPoolExecutor | None:
+        """`workers` processes of one population at a time each, started now (None for fewer
+        than two); the pool starts more, up to `n_jobs`, if more populations come."""
+        if workers < 2:
+            return None
         assert self.config is not None
         spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-        updates = spawn.Queue()
-        received: list[int] = []
+        self._updates = spawn.Queue()
         pool = futures.ProcessPoolExecutor(
-            workers,
+            self.n_jobs,
             mp_context=spawn,
             initializer=_start_worker,
-            initargs=(updates, self.threads or 1, self.config.hydra.hydra_logging),
+            initargs=(self._updates, self.threads or 1, self.config.hydra.hydra_logging),
         )
+        for _ in range(workers):  # a process is spawned for each task no idle one takes
+            pool.submit(_ready)
+        return pool
+
+    def _in_workers(
+        self, populations: "list[list]", pool: futures.ProcessPoolExecutor
+    ) -> "list[list]":
+        """Train `populations` in the worker processes of `pool`; returns each one's
+        summaries. A signal is passed on to the workers, which stop after the epoch in
+        progress and checkpoint; populations not yet started are not started, and the signal
+        is raised here once the workers are done."""
+        from regexp.console import PopulationProgress
+        from regexp.errors import Interrupted
+
+        updates = self._updates
+        received: list[int] = []
 
         def forward(signum, frame):
             first = not received
@@ -181,7 +213,7 @@ class StackedLauncher(Launcher):
             _drain(updates, progress)
         finally:
             progress.close()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # (the signal reaches every worker)
             for s, handler in handlers.items():
                 signal.signal(s, handler)
         stopped = [f.exception() for f in done if not f.cancelled() and f.exception()]
@@ -206,7 +238,13 @@ def _start_worker(updates, threads: int, hydra_logging) -> None:
     configure_log(hydra_logging)
     import torch
 
+    import regexp.run  # noqa: F401 (what every population needs, imported before it comes)
+
     torch.set_num_threads(threads)
+
+
+def _ready() -> None:
+    """Nothing: a task that makes the pool start a worker process now."""
 
 
 def _train(which: int, members: "list") -> "list":
@@ -255,6 +293,59 @@ def _drain(updates, progress) -> None:
             progress(*updates.get_nowait())
         except queue.Empty:
             return
+
+
+class ComposeOnce:
+    """Hydra's config loader, composing a sweep's jobs as Hydra does but building the defaults
+    list and merging the config files once per choice of config groups: about half a second a
+    job, serial, before anything trains. A job's config is then a copy of its choice's
+    composition with the job's value overrides applied by Hydra's own code, and its overrides
+    and dir name set as Hydra sets them (tests/test_stacked.py compares the two, key for key).
+    A job whose overrides reach into `hydra.` is composed by Hydra itself."""
+
+    def __init__(self, loader):
+        self._loader = loader
+        self._composed: dict[tuple, DictConfig] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import ConfigCompositionException
+        from omegaconf.errors import OmegaConfBaseException
+
+        parsed = OverridesParser.create().parse_overrides(list(sweep_overrides))
+        if any(o.is_hydra_override() for o in parsed):
+            return self._loader.load_sweep_config(master_config, sweep_overrides)
+        repo = self._loader.repository
+        # What chooses config files, by the rule of Hydra's defaults list (Overrides).
+        choosing = [
+            o
+            for o in parsed
+            if repo.group_exists(o.key_or_group) and not isinstance(o.value(), dict)
+        ]
+        key = (id(master_config), *(o.input_line for o in choosing))
+        if key not in self._composed:
+            lines = [o.input_line for o in choosing]
+            self._composed[key] = self._loader.load_sweep_config(master_config, lines)
+        config = copy.deepcopy(self._composed[key])
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(  # noqa: SLF001 (Hydra's own step)
+                [o for o in parsed if o not in choosing], config
+            )
+        except OmegaConfBaseException as exc:  # as Hydra's load_configuration says it
+            raise ConfigCompositionException().with_traceback(exc.__traceback__) from exc
+        job = config.hydra.job
+        config.hydra.overrides.task = [o.input_line for o in parsed]
+        job.override_dirname = get_overrides_dirname(
+            overrides=parsed,
+            kv_sep=job.config.override_dirname.kv_sep,
+            item_sep=job.config.override_dirname.item_sep,
+            exclude_keys=job.config.override_dirname.exclude_keys,
+        )
+        return config
 
 
 def plan(groups: "list[list[int]]", most: int, workers: int) -> "list[list[int]]":
