@@ -191,6 +191,7 @@ def test_the_launcher_plans_a_population_per_worker_while_each_keeps_a_few_membe
     assert sizes([list(range(5))], 2, 2) == [2, 2, 1]
     assert sizes([[0, 1, 2], [3, 4, 5]], 64, 2) == [3, 3]
     assert sizes([list(range(12))], 64, 1) == [12]
+    assert sizes([list(range(100))], 8, 2) == [8] * 9 + [7] * 4  # (not 12 of 8 and one of 4)
     assert sorted(sum(plan([list(range(9)), [9]], 64, 4), [])) == list(range(10))
 
 

@@ -62,14 +62,16 @@ def train(args: list[str]) -> int:
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
         train_job
     )
-    if {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args):
+    sweep = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args))
+    if sweep:
         refuse_same_dirs(args)
     for given in (a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")):
         from regexp import rundir
 
         rundir.check_free(Path(given))  # before Hydra writes its .hydra/ files there
-    sys.argv = ["regexp train", *resumed(args)]  # Hydra parses sys.argv
-    app()
+    with resumed_sweep(args) if sweep else contextlib.nullcontext(resumed(args)) as argv:
+        sys.argv = ["regexp train", *argv]  # Hydra parses sys.argv
+        app()
     return 0
 
 
@@ -134,9 +136,83 @@ def resumed(args: list[str]) -> list[str]:
     new = [a for a in args if not a.startswith("resume=")]
     if not any(a.startswith("-") for a in new):  # (Hydra's flags: --cfg, --help, ...)
         refuse_changes(run_dir / checkpoint.name, keep, new, known=saved_file.exists())
-    # Quoted for Hydra's override grammar: a sweep job's dir name holds '=' and ','.
-    quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    quoted = quote(run_dir)
     return [*once(keep + new), f"resume={quoted}", f"hydra.run.dir={quoted}"]
+
+
+def quote(path: Path) -> str:
+    """`path` quoted for Hydra's override grammar: a sweep job's dir name holds '=' and ','."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@contextlib.contextmanager
+def resumed_sweep(args: list[str]):
+    """`regexp train -m resume=SWEEP_DIR`: yields the arguments that launch the sweep in
+    SWEEP_DIR again, into its dir: the overrides that made it (its multirun.yaml), then the new
+    ones, which only a resume's (RESUME_MAY_CHANGE) and the launcher's may be. Its jobs, told
+    through the environment (which reaches any launcher's processes), each go on from where
+    they are: rundir.resumed_sweep_job. `rerun_failed=true` reruns the failed ones too."""
+    from omegaconf import OmegaConf
+
+    from regexp import config, rundir
+    from regexp.errors import ConfigError, UserError
+
+    given = [a for a in args if a.startswith("resume=")]
+    if not given:
+        yield args
+        return
+    sweep = Path(given[-1].split("=", 1)[1])
+    if not (sweep / "multirun.yaml").is_file():
+        what = "no such dir" if not sweep.is_dir() else "it holds no multirun.yaml"
+        raise ConfigError(
+            "resume",
+            str(sweep),
+            f"with -m, the dir of a sweep to go on with ({what}); "
+            "a run goes on without -m: regexp train resume=RUN_DIR",
+        )
+    new, rerun = [], False
+    for arg in (a for a in args if not a.startswith(("-", "resume="))):
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key == "rerun_failed":
+            rerun = arg.split("=", 1)[-1].lower() in ("true", "1", "yes")
+        elif key.startswith((*RESUME_MAY_CHANGE, "hydra/launcher", "hydra.launcher.")):
+            new.append(arg)
+        else:
+            raise UserError(
+                f"{arg} is not allowed with -m resume={sweep}: the sweep goes on with its own "
+                f"overrides; only {', '.join(k + '*' for k in RESUME_MAY_CHANGE)}, "
+                "hydra/launcher, hydra.launcher.* and rerun_failed=true may be given"
+            )
+    saved = OmegaConf.load(sweep / "multirun.yaml").hydra.overrides
+    saved = OmegaConf.to_container(saved, resolve=False)  # as given (its dir names one)
+    task = [o for o in saved["task"] if not o.lstrip("+~").startswith("resume=")]
+    hydra = [o for o in saved["hydra"] if not o.startswith("hydra.sweep.dir=")]
+    added = [o for o in new if not o.startswith("hydra")]
+    hydra = once(hydra + [o for o in new if o.startswith("hydra")])
+    # Hydra's sweeper gives each job one value per key, the last: a job's dir would be named
+    # by the new values. Each keeps its name, from the values the sweep started with (through
+    # every later resume): `regexp_saved_dirname` (config.py) names it so.
+    naming = "hydra.sweep.subdir=${regexp_saved_dirname:"
+    subdir = [o for o in hydra if o.startswith("hydra.sweep.subdir=")]
+    if added and (not subdir or subdir[-1].startswith(naming)):
+        named = dict(config.parse_names(subdir[-1][len(naming) + 1 : -2])) if subdir else {}
+        for key in (o.lstrip("+~").split("=", 1)[0] for o in added):
+            first = [o for o in task if o.lstrip("+~").split("=", 1)[0] == key][:1]
+            named.setdefault(key, first[0] if first else None)
+        names = "|".join(line or key for key, line in named.items())
+        hydra = [o for o in hydra if o not in subdir] + [f'{naming}"{names}"}}']
+    told = {rundir.RESUMED_SWEEP: str(sweep.resolve()), rundir.RERUN_FAILED: "1" if rerun else ""}
+    before = {k: os.environ.get(k) for k in told}
+    os.environ.update(told)
+    try:
+        flags = [a for a in args if a.startswith("-")]
+        yield [*flags, *task, *added, *hydra, f"hydra.sweep.dir={quote(sweep.resolve())}"]
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def once(overrides: list[str]) -> list[str]:

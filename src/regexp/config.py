@@ -226,6 +226,42 @@ if not OmegaConf.has_resolver("regexp_fresh"):
     OmegaConf.register_new_resolver("regexp_fresh", rundir.fresh, use_cache=True)
 
 
+def parse_names(names: str) -> list[tuple[str, str | None]]:
+    """The keys of `regexp_saved_dirname`'s argument, each with the override a job's dir name
+    takes for it ('key=value'), or None where the name leaves the key out ('key')."""
+    return [
+        (entry.lstrip("+~").split("=", 1)[0], entry if "=" in entry else None)
+        for entry in names.split("|")
+    ]
+
+
+def saved_dirname(names: str, *, _root_: DictConfig) -> str:
+    """A job's dir name in a resumed sweep (cli.resumed_sweep): Hydra's, from the job's
+    overrides with the values the sweep started with for the keys its resumes gave again
+    (`names`: parse_names), so that each job goes on in the dir it started in."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    started = dict(parse_names(names))
+    parse = OverridesParser.create().parse_overrides
+    lines = []
+    for override in parse(list(_root_.hydra.overrides.task)):
+        line = started.get(override.key_or_group, override.input_line)
+        if line is not None:
+            lines.append(line)
+    naming = _root_.hydra.job.config.override_dirname
+    return get_overrides_dirname(
+        overrides=parse(lines),
+        exclude_keys=list(naming.exclude_keys),
+        item_sep=naming.item_sep,
+        kv_sep=naming.kv_sep,
+    )
+
+
+if not OmegaConf.has_resolver("regexp_saved_dirname"):
+    OmegaConf.register_new_resolver("regexp_saved_dirname", saved_dirname)
+
+
 @dataclass
 class Member:
     """One run of a population: its config, its run dir and the overrides that made it."""
@@ -233,3 +269,4 @@ class Member:
     conf: Config
     run_dir: Path
     overrides: list[str] = field(default_factory=list)
+    start_epoch: int = 0  # a resumed member's checkpoint: a population's members start together

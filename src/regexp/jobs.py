@@ -5,6 +5,7 @@ sets jobs up and groups them while its workers import them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from regexp import config
+from regexp import config, rundir
 from regexp.config import Member
 from regexp.errors import UserError
 from regexp.outcomes import Outcome, failure, one_line, write_json
@@ -32,13 +33,17 @@ def train_job(cfg: DictConfig) -> Outcome:
     hydra = HydraConfig.get()
     run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
     sweep = hydra.mode == RunMode.MULTIRUN
+    step = sweep_step(cfg, run_dir)
+    if step == "skip":
+        return skipped(run_dir)
     try:
         try:
             conf = config.validate(cfg)
         except Exception as exc:  # (an interpolation that fails, too)
-            if cfg.get("resume") is None:  # a resumed run keeps its own summary
+            if cfg.get("resume") is None and step != "resume":  # a resumed run keeps its own
                 write_json(run_dir / "summary.json", failure(exc, overrides))
             raise
+        conf, _ = going_on(conf, run_dir, step)
         # One thread unless told or a launcher shares out cores: on a busy machine torch's
         # default (a thread per core) spins waiting for the core another process holds, and a
         # lesson-24 run takes 10-40x longer (README, Speed).
@@ -93,17 +98,58 @@ def population_key(conf: config.Config) -> str:
     return json.dumps(kept, sort_keys=True, default=str)
 
 
-def member_of(cfg: DictConfig) -> Member:
-    """The job Hydra is running, validated, as a member of a population; a value the checks
-    refuse is written to its summary.json and raised."""
+def member_of(cfg: DictConfig) -> Member | Outcome:
+    """The job Hydra is running, validated, as a member of a population (or, in a resumed
+    sweep, the outcome of a job that ended); a value the checks refuse is written to its
+    summary.json and raised."""
     hydra = HydraConfig.get()
     run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
+    step = sweep_step(cfg, run_dir)
+    if step == "skip":
+        return skipped(run_dir)
     try:
-        return Member(config.validate(cfg), run_dir, overrides)
+        conf = config.validate(cfg)
     except Exception as exc:  # (an interpolation that fails, too)
-        if cfg.get("resume") is None:  # a resumed run keeps its own summary
+        if cfg.get("resume") is None and step != "resume":  # a resumed run keeps its own
             write_json(run_dir / "summary.json", failure(exc, overrides))
         raise
+    conf, start = going_on(conf, run_dir, step)
+    return Member(conf, run_dir, overrides, start)
+
+
+def sweep_step(cfg: DictConfig, run_dir: Path) -> str | None:
+    """What the job does in a sweep resumed by `regexp train -m resume=SWEEP_DIR` (skip,
+    resume or start: rundir.resumed_sweep_job); None outside one."""
+    try:
+        epochs = int(cfg.train.epochs)
+    except Exception:  # (an interpolation that fails: validate says so)
+        epochs = 0
+    return rundir.resumed_sweep_job(run_dir, epochs)
+
+
+def skipped(run_dir: Path) -> Outcome:
+    """A job of a resumed sweep that had ended: its outcome as its summary.json says it."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    log.info("skipped, %s already: %s", summary["status"], run_dir)
+    if summary["status"] == "failed":
+        return Outcome(math.nan, "failed")
+    return outcome(summary)
+
+
+def going_on(conf: config.Config, run_dir: Path, step: str | None) -> tuple[config.Config, int]:
+    """The job's config as it trains in a resumed sweep, and the epoch it starts from: from
+    its own checkpoint (which must leave epochs to train), or from the start with what an
+    earlier attempt left without a checkpoint cleared."""
+    if step == "start":
+        rundir.clear_record(run_dir)
+    if step != "resume":
+        return conf, 0
+    from regexp import train  # (torch: only where a sweep is resumed)
+
+    done = train.read_checkpoint(run_dir / "checkpoint.pt")["epoch"]
+    rundir.check_more_epochs(conf.train.epochs, done, run_dir)
+    log.info("resumed from epoch %d: %s", done, run_dir)
+    return dataclasses.replace(conf, resume=str(run_dir)), done
 
 
 def outcome(summary: dict | Exception) -> Outcome:

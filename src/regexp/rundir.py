@@ -1,9 +1,10 @@
-"""Run dirs: a fresh one for each run and sweep, a lock held by the run writing in one, and
-the checkpoint `resume=` continues."""
+"""Run dirs: a fresh one for each run and sweep, a lock held by the run writing in one, the
+checkpoint `resume=` continues, and what each job of a resumed sweep does with its dir."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,3 +70,37 @@ def check_more_epochs(epochs: int, done: int, run_dir) -> None:
         raise ConfigError(
             "train.epochs", epochs, f"more than the {done} epochs the run in {run_dir} has done"
         )
+
+
+# Set by `regexp train -m resume=SWEEP_DIR` for the jobs it launches, in whatever process or
+# machine a launcher runs them: the sweep being resumed, and whether its failed jobs rerun.
+RESUMED_SWEEP, RERUN_FAILED = "REGEXP_RESUMED_SWEEP", "REGEXP_RERUN_FAILED"
+
+
+def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
+    """What the job writing in `run_dir` does in a resumed sweep (None outside one): "skip" a
+    job that ended (completed its `epochs` or stopped early, diverged, or failed unless failed
+    jobs rerun); "resume" one whose checkpoint goes on (interrupted, killed, completed but given
+    more epochs, a failed one rerun); "start" one that never trained or left no checkpoint."""
+    sweep = os.environ.get(RESUMED_SWEEP)
+    if not sweep or Path(sweep).resolve() not in Path(run_dir).resolve().parents:
+        return None
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):  # none (never started), or cut short by a kill
+        summary = {}
+    status = summary.get("status")
+    ended = status == "completed" and (
+        (summary.get("epochs") or 0) >= epochs or "stopped_epoch" in summary
+    )
+    if ended or status == "diverged" or (status == "failed" and not os.environ.get(RERUN_FAILED)):
+        return "skip"
+    return "resume" if (Path(run_dir) / "checkpoint.pt").is_file() else "start"
+
+
+def clear_record(run_dir: Path) -> None:
+    """Remove the event files and best weights a run left without a checkpoint, before it
+    starts again in its dir (every other file it wrote is rewritten as it trains): a record
+    that no checkpoint continues, which TensorBoard would show beside the new one."""
+    for stale in [*Path(run_dir).glob("events.out.tfevents.*"), Path(run_dir) / "best.pt"]:
+        stale.unlink(missing_ok=True)

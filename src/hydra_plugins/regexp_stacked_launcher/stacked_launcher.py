@@ -15,6 +15,7 @@ as long as each keeps a few members (stacking pays most at 4 to 8 members on a C
 """
 
 import copy
+import itertools
 import logging
 import multiprocessing
 import os
@@ -94,6 +95,7 @@ class StackedLauncher(Launcher):
 
     def _launch(self, job_overrides, initial_job_idx: int, pool) -> list[JobReturn]:
         from regexp import jobs, outcomes
+        from regexp.outcomes import Outcome
 
         assert self.config is not None and self.hydra_context is not None
         returns = []
@@ -116,15 +118,22 @@ class StackedLauncher(Launcher):
                 )
             )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        ready = [i for i, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
-        for i, r in enumerate(returns):
-            if i not in ready:  # refused: its summary.json says why; as the basic launcher says
+        ready = [
+            i
+            for i, r in enumerate(returns)
+            if r.status == JobStatus.COMPLETED and not isinstance(r.return_value, Outcome)
+        ]  # (an Outcome: a job of a resumed sweep that had ended, skipped)
+        for r in returns:
+            if r.status != JobStatus.COMPLETED:  # refused: its summary.json says why, as the
+                # basic launcher says it
                 where = r.hydra_cfg.hydra.runtime.output_dir
                 log.error("job failed: %s (in %s)", outcomes.one_line(r._return_value), where)
                 r.return_value, r.status = jobs.outcome(r._return_value), JobStatus.COMPLETED
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i in ready:
-            groups.setdefault(jobs.population_key(returns[i].return_value.conf), []).append(i)
+            member = returns[i].return_value
+            key = (jobs.population_key(member.conf), member.start_epoch)
+            groups.setdefault(key, []).append(i)
         populations = plan(list(groups.values()), self.max_members, self.n_jobs)
         sizes = sorted({len(p) for p in populations})
         workers = min(self.n_jobs, len(populations))
@@ -366,6 +375,7 @@ MIN_SPLIT = 4  # members; a smaller population gains little from stacking
 
 
 def _split(jobs: "list[int]", count: int) -> "list[list[int]]":
-    """`jobs` in `count` populations of about equal size."""
-    size = -(-len(jobs) // count)
-    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    """`jobs` in `count` populations whose sizes differ by one at most."""
+    size, more = divmod(len(jobs), count)
+    ends = [i * size + min(i, more) for i in range(count + 1)]
+    return [jobs[a:b] for a, b in itertools.pairwise(ends) if b > a]
