@@ -71,3 +71,30 @@ def test_a_sweep_without_replicas_reads_run_by_run():
     assert replicas(runs, report.swept_keys(runs)) is None
     seeds = [run(0.3, 0.1, 1.0, seed=s, optim__weight_decay=s) for s in (0, 1)]  # one each
     assert replicas(seeds, report.swept_keys(seeds)) is None
+
+
+def test_the_weights_figure_of_replicas_draws_each_settings_mean_and_band(tmp_path):
+    from regexp import plots
+
+    runs = []
+    for decay, start in ((0, 14.0), (1e-2, 5.0)):
+        for seed in range(3):
+            r = run(0.3, 0.1, start, seed=seed, optim__weight_decay=decay)
+            norms = [start + seed, start + seed - 1, math.nan, start + seed - 2]
+            r.curves = {
+                "epoch": [1, 2, 3, 4],
+                "valid_loss": [0.5, 0.4, 0.35, 0.3],
+                "train_loss": [0.4, 0.2, 0.15, 0.1],
+                "weights_l2_norm": norms,
+                "weights_sparsity": [0.0, 0.01 * seed, math.nan, 0.02],
+            }
+            runs.append(r)
+    keys = report.swept_keys(runs)
+    groups = replicas(runs, keys).groups
+    left, _ = plots.weights_figure(plots._pyplot(), runs, keys, groups).axes
+    # A line and a band a setting, not six lines: the mean of norms 14, 15, 16 at epoch 1.
+    assert len(left.get_lines()) == 2 and len(left.collections) == 2
+    first = left.get_lines()[0]
+    assert list(first.get_xdata()) == [1, 2, 4] and first.get_ydata()[0] == pytest.approx(15.0)
+    plots.report_figures(runs, keys, tmp_path, groups)
+    assert (tmp_path / "weights.png").is_file()

@@ -329,8 +329,9 @@ def report_figures(runs, keys: list[str], out: Path, groups=None) -> list[Path]:
         written.append(_save(figure, out / "curves.png"))
 
     with_weights = [r for r in runs if r.curves.get("weights_l2_norm")]
-    if with_weights and len(with_weights) <= 12 and groups is None:
-        written.append(_weights(plt, with_weights, keys, out / "weights.png"))
+    if with_weights and len(with_weights if groups is None else groups) <= 12:
+        figure = weights_figure(plt, with_weights, keys, groups)
+        written.append(_save(figure, out / "weights.png"))
 
     done = [r for r in runs if _finite([r.final("train_loss"), r.final("valid_loss")])]
     for key in keys:
@@ -586,10 +587,16 @@ def _fits(plt, results: list, keys: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _weights(plt, runs, keys, path: Path) -> Path:
-    """The weights' L2 norm and sparsity over the epochs: L2's shrinkage, L1's zeros."""
+def weights_figure(plt, runs, keys, groups=None):
+    """The weights' L2 norm and sparsity over the epochs: L2's shrinkage, L1's zeros; with
+    `groups`, each setting's mean over its runs with a band of ± one std."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for run in runs:
+    for group in groups or []:
+        label = f"{_label(group.setting, keys)} (n={len(group.runs)})"
+        line = _band(left, group.runs, "weights_l2_norm", label)
+        if line is not None:
+            _band(right, group.runs, "weights_sparsity", label, color=line.get_color())
+    for run in runs if groups is None else []:
         points = [
             (e, n, z)
             for e, n, z in zip(
@@ -607,7 +614,7 @@ def _weights(plt, runs, keys, path: Path) -> Path:
     left.set(xlabel="epoch", ylabel="L2 norm of the weights", title="weight norm")
     right.set(xlabel="epoch", ylabel="share of |w| < 1e-3", title="sparsity")
     right.legend(fontsize="small")
-    return _save(fig, path)
+    return fig
 
 
 def _heatmap(plt, runs, keys, path: Path) -> list[Path]:
