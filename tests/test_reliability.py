@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import read_events, read_json, regexp
 
-from regexp import cli
+from regexp import cli, rundir
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -126,6 +126,8 @@ BAD_INPUT = [
         marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA"),
     ),
     ("resume=no/such/run", "resume=no/such/run is not allowed: the dir of a run to continue"),
+    ("hydra.run.dir=/proc/x", "cannot use /proc/x: No such file or directory"),
+    ("data=null", "Config group override must be a string or a list. Got NoneType"),
 ]
 
 
@@ -148,6 +150,33 @@ def test_bad_input_is_refused_in_one_line_with_exit_2(
     assert "Traceback" not in err
     assert not list(tmp_path.glob("**/metrics.csv"))  # nothing was trained
     assert not list(tmp_path.glob("**/events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("command", [["report", "run"], ["probe", "dropout"]])
+def test_an_output_dir_that_cannot_be_written_is_refused_in_one_line(tmp_path, command):
+    regexp("train", "train.epochs=2", "log.figure_every=0", "hydra.run.dir=run", cwd=tmp_path)
+    done = regexp(*command, "--out", "/proc/x", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    said = f"regexp {command[0]}: error: cannot use /proc/x: No such file or directory\n"
+    assert done.stderr == said
+
+
+def test_a_full_disk_leaves_no_half_written_file_and_says_so_in_one_line(tmp_path):
+    import errno
+
+    from regexp import outcomes
+
+    path = tmp_path / "summary.json"
+    outcomes.write_json(path, {"status": "started"})
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "summary.json.tmp"))
+    with pytest.raises(OSError), rundir.atomic(path) as tmp:
+        tmp.write_text("half")
+        raise full
+    assert read_json(path) == {"status": "started"} and not list(tmp_path.glob("*.tmp"))
+    assert cli.user_error(RuntimeError("while saving")) is None
+    chained = RuntimeError("while saving")
+    chained.__cause__ = full
+    assert cli.user_error(chained) == f"cannot use {full.filename}: No space left on device"
 
 
 def test_there_are_at_least_30_bad_input_cases():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import os
 import re
 import signal
@@ -415,8 +416,13 @@ def user_error(exc: BaseException) -> str | None:
 
     if isinstance(exc, UserError):
         return str(exc)
-    if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
-        return str(exc)  # Hydra's usage error
+    unwritable = unwritable_path(exc)
+    if unwritable is not None:
+        return unwritable
+    if isinstance(exc, ValueError) and str(exc).startswith(
+        ("Only one of --run, --multirun", "Config group override must be")
+    ):
+        return str(exc)  # Hydra's usage errors (`data=null`: a group needs an option)
     if isinstance(exc, MissingConfigException) and exc.options:
         group, _, name = (exc.missing_cfg_file or "").rpartition("/")
         close = difflib.get_close_matches(name, exc.options, n=1)
@@ -434,6 +440,22 @@ def user_error(exc: BaseException) -> str | None:
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         return _omegaconf_error(cause)
     return _first_lines(str(exc))
+
+
+# What stops a write that the user can fix: a dir that cannot be made or written (a path
+# under /proc, a read-only filesystem, no permission), a full disk or quota.
+UNWRITABLE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def unwritable_path(exc: BaseException) -> str | None:
+    """One line for an error writing a file or dir, anywhere in `exc`'s chain; None if none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in UNWRITABLE and exc.filename:
+            return f"cannot use {exc.filename}: {exc.strerror}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _omegaconf_error(exc) -> str:

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from regexp.errors import Ended, UserError
+from regexp.rundir import atomic
 
 log = logging.getLogger("regexp")
 
@@ -86,9 +87,8 @@ def one_line(exc: BaseException) -> str:
 
 def write_json(path: Path, obj: dict) -> None:
     """Write `obj` as JSON atomically: readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, default=str) + "\n")
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(_finite(obj), indent=2, default=str) + "\n")
 
 
 def _finite(obj):

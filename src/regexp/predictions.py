@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from regexp.rundir import atomic
+
 NAME = "predictions.npz"
 
 
@@ -60,9 +62,8 @@ def write(run_dir: Path, p: Predictions) -> Path:
     if p.x is not None:
         arrays["x"] = np.asarray(p.x, np.float32)
     path = Path(run_dir) / NAME
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic(path, ".tmp.npz") as tmp:  # (np.savez adds .npz to a name without it)
+        np.savez(tmp, **arrays)
     return path
 
 

@@ -278,6 +278,7 @@ def read_gif(path: Path) -> list[tuple[int, object]]:
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from regexp.rundir import atomic
+
+    with atomic(path) as tmp:
+        tmp.write_bytes(data)

@@ -46,6 +46,19 @@ def hold(run_dir: Path):
         os.close(fd)  # (releases the lock)
 
 
+@contextmanager
+def atomic(path: Path, suffix: str = ".tmp"):
+    """Yields a temporary path beside `path` to write, moved onto `path` once written: a reader
+    never sees half a file, and a write that fails (a full disk) leaves nothing behind."""
+    tmp = Path(path).with_name(Path(path).name + suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def check_free(run_dir: Path) -> None:
     """Refuse `run_dir` if a live run holds its lock (checked before anything is written)."""
     if Path(run_dir).is_dir():

@@ -11,13 +11,13 @@ best, the same count of epochs without improvement and the same weights to resto
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from regexp.errors import UserError
+from regexp.rundir import atomic
 
 BEST = "best.pt"
 
@@ -59,9 +59,8 @@ class Stopper:
         if self._saved or self.best_state is None:
             return
         path = Path(run_dir) / BEST
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"epoch": self.best_epoch, "model": self.best_state}, tmp)
-        os.replace(tmp, path)
+        with atomic(path) as tmp:
+            torch.save({"epoch": self.best_epoch, "model": self.best_state}, tmp)
         self._saved = True
 
     def load(self, state: dict, run_dir: Path, device) -> None:

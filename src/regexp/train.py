@@ -19,7 +19,6 @@ to bottom; the rules of early stopping live apart, in stopping.py.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from torch import nn
 from regexp.data import Dataset
 from regexp.errors import UserError, first_line
 from regexp.optim import Penalty, Update
+from regexp.rundir import atomic
 from regexp.stack import Stack, WeightStats
 from regexp.stopping import Stopper
 
@@ -469,9 +469,8 @@ def save_checkpoint(
     if stopper is not None:
         stopper.save(Path(path).parent)
         state["early_stop"] = stopper.state_dict()
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        torch.save(state, tmp)
 
 
 def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
