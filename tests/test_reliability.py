@@ -128,6 +128,16 @@ BAD_INPUT = [
     ("resume=no/such/run", "resume=no/such/run is not allowed: the dir of a run to continue"),
     ("hydra.run.dir=/proc/x", "cannot use /proc/x: No such file or directory"),
     ("data=null", "Config group override must be a string or a list. Got NoneType"),
+    (
+        "model.hidden=[100000,100000]",
+        "model.hidden=[100000,100000] is not allowed: a size that fits: the run needs about 149 GB "
+        "(10,000,400,001 parameters), and cpu has",
+    ),
+    (
+        "data.n_train=10000000",
+        "data.n_train=10000000 is not allowed: a size that fits: the run needs about 89.5 GB (the "
+        "activations of a batch of 10,000,000 through a model of 81,001 parameters)",
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ being the same code.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import threading
@@ -95,6 +96,67 @@ def build_model(conf: config.Config, dataset: data.Dataset) -> torch.nn.Module:
     outputs = optim.model_outputs(conf.loss, dataset.task, dataset.n_outputs)  # bce: one logit
     model = models.build(conf.model, conf.norm, dataset.in_shape, outputs)
     return init.apply(model, conf.init)
+
+
+def check_memory(conf: config.Config, dataset: data.Dataset, device: torch.device) -> None:
+    """Refuse a run that cannot fit in the memory free on its device, before anything of it is
+    allocated (the kernel would kill it without a word): its model built on the meta device,
+    which allocates nothing, and a batch passed through it there to size the activations. The
+    estimate: 4 copies of the parameters (weights, gradients, two optimizer buffers), twice
+    the activations (kept for the backward pass, and their gradients)."""
+    with torch.device("meta"):
+        model = models.build(
+            conf.model,
+            conf.norm,
+            dataset.in_shape,
+            optim.model_outputs(conf.loss, dataset.task, dataset.n_outputs),
+        )
+    count = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    n = len(dataset.x_train)
+    batch = min(conf.train.batch_size or n, n)
+    sizes: list[int] = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, out: sizes.append(out.numel() * out.element_size()))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    model.eval()(torch.empty(batch, *dataset.in_shape, device="meta"))  # (bn: a batch of 1)
+    for hook in hooks:
+        hook.remove()
+    need = 4 * params + 2 * sum(sizes)
+    free = free_memory(device)
+    if free is None or need <= free:
+        return
+    gb = lambda b: f"{b / 2**30:.3g} GB"  # noqa: E731
+    if 4 * params >= 2 * sum(sizes):
+        key = "model.channels" if conf.model.name == "cnn" else "model.hidden"
+        value, what = getattr(conf.model, key.split(".")[1]), f"{count:,} parameters"
+    else:
+        key = "train.batch_size" if conf.train.batch_size else "data.n_train"
+        value = batch
+        what = f"the activations of a batch of {batch:,} through a model of {count:,} parameters"
+    raise ConfigError(
+        key,
+        value,
+        f"a size that fits: the run needs about {gb(need)} ({what}), and {device} has "
+        f"{gb(free)} free",
+    )
+
+
+def free_memory(device: torch.device) -> int | None:
+    """The bytes free on `device` (the memory the OS can still give, on the CPU), or None
+    where it cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_batches(model: torch.nn.Module, n: int, n_valid: int, batch_size: int | None) -> None:
@@ -192,6 +254,7 @@ def setup(member: Member) -> Built:
     seed_everything(conf.seed)
     device = device_of(conf.device)
     dataset = data.load(conf.data, conf.seed, device)
+    check_memory(conf, dataset, device)
     model = build_model(conf, dataset).to(device)
     check_batches(model, len(dataset.x_train), len(dataset.x_valid), conf.train.batch_size)
     if device.type == "cpu":  # the masks come after the initial weights in torch's stream
