@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import read_events, read_json, regexp
 
-from regexp import cli, rundir
+from regexp import cli, errors, rundir
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -128,6 +128,8 @@ BAD_INPUT = [
     ("resume=no/such/run", "resume=no/such/run is not allowed: the dir of a run to continue"),
     ("hydra.run.dir=/proc/x", "cannot use /proc/x: No such file or directory"),
     ("data=null", "Config group override must be a string or a list. Got NoneType"),
+    ("optim.lr=${optim.lr}", "optim.lr: Recursive interpolation detected"),
+    ("optim.lr=${oc.env:USER,me}", "optim.lr="),  # a string where a number goes: one line
     (
         "model.hidden=[100000,100000]",
         "model.hidden=[100000,100000] is not allowed: a size that fits: the run needs about 149 GB "
@@ -183,10 +185,10 @@ def test_a_full_disk_leaves_no_half_written_file_and_says_so_in_one_line(tmp_pat
         tmp.write_text("half")
         raise full
     assert read_json(path) == {"status": "started"} and not list(tmp_path.glob("*.tmp"))
-    assert cli.user_error(RuntimeError("while saving")) is None
+    assert errors.user_error(RuntimeError("while saving")) is None
     chained = RuntimeError("while saving")
     chained.__cause__ = full
-    assert cli.user_error(chained) == f"cannot use {full.filename}: No space left on device"
+    assert errors.user_error(chained) == f"cannot use {full.filename}: No space left on device"
 
 
 def test_there_are_at_least_30_bad_input_cases():

@@ -3,6 +3,9 @@ the end of a run or sweep that did not complete, and a run stopped by a signal."
 
 from __future__ import annotations
 
+import difflib
+import errno
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -57,3 +60,82 @@ class Interrupted(KeyboardInterrupt):
 
     def __reduce__(self):  # as it comes back from a launcher's worker process
         return type(self), (self.signum, self.run_dir, self.epoch)
+
+
+def user_error(exc: BaseException) -> str | None:
+    """One line that says what the user got wrong, or None when `exc` is a bug."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, UserError):
+        return str(exc)
+    unwritable = unwritable_path(exc)
+    if unwritable is not None:
+        return unwritable
+    if isinstance(exc, ValueError) and str(exc).startswith(
+        ("Only one of --run, --multirun", "Config group override must be")
+    ):
+        return str(exc)  # Hydra's usage errors (`data=null`: a group needs an option)
+    if isinstance(exc, MissingConfigException) and exc.options:
+        group, _, name = (exc.missing_cfg_file or "").rpartition("/")
+        close = difflib.get_close_matches(name, exc.options, n=1)
+        hint = f"; did you mean {group}={close[0]}?" if close else ""
+        return f"{group}={name}: no such option (options: {', '.join(exc.options)}){hint}"
+    if isinstance(exc, OverrideParseException):
+        reason = exc.message.split(" See https://")[0].splitlines()[0]
+        return (
+            f"{exc.override}: not an override Hydra can parse ({reason}; KEY=VALUE, lists as [a,b])"
+        )
+    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return None
+    # Hydra wraps OmegaConf's error, which names the key; prefer that one.
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return _omegaconf_error(cause)
+    return _first_lines(str(exc))
+
+
+# What stops a write that the user can fix: a dir that cannot be made or written (a path
+# under /proc, a read-only filesystem, no permission), a full disk or quota.
+UNWRITABLE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def unwritable_path(exc: BaseException) -> str | None:
+    """One line for an error writing a file or dir, anywhere in `exc`'s chain; None if none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in UNWRITABLE and exc.filename:
+            return f"cannot use {exc.filename}: {exc.strerror}"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _omegaconf_error(exc) -> str:
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    key = exc.full_key
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        known = _fields(exc.object_type)
+        parent, _, leaf = key.rpartition(".")
+        close = difflib.get_close_matches(leaf, known, n=1)
+        prefix = f"{parent}." if parent else ""
+        hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+        where = f"'{parent}'" if parent else "the config"
+        return f"{key}: no such key in {where}{hint} (keys: {', '.join(known)})"
+    message = str(exc).splitlines()[0]
+    value = getattr(exc, "value", None)
+    return f"{key}={value}: {message}" if value is not None else f"{key}: {message}"
+
+
+def _fields(cls) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _first_lines(text: str) -> str:
+    """Hydra's multi-line messages, folded to one line without the search-path dump."""
+    text = text.split("\nConfig search path:")[0]
+    text = re.sub(r"\s*\n\s*", " ", text.strip())
+    return text

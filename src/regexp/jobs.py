@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from regexp import config, rundir
 from regexp.config import Member
-from regexp.errors import UserError
+from regexp.errors import UserError, user_error
 from regexp.outcomes import Outcome, failure, one_line, write_json
 
 log = logging.getLogger("regexp")
@@ -31,7 +31,7 @@ def train_job(cfg: DictConfig) -> Outcome:
     callback `outcomes.SweepReport` raises it), rather than as a failed job's traceback; in
     a sweep, the sweep goes on."""
     hydra = HydraConfig.get()
-    run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
+    run_dir, overrides = Path(hydra.runtime.output_dir), task_overrides(hydra)
     sweep = hydra.mode == RunMode.MULTIRUN
     step = sweep_step(cfg, run_dir)
     if step == "skip":
@@ -56,9 +56,11 @@ def train_job(cfg: DictConfig) -> Outcome:
     except Exception as exc:
         if sweep:
             log.error("job failed: %s (in %s)", one_line(exc), run_dir)
-        elif not isinstance(exc, UserError):
+            return Outcome(math.nan, "failed")
+        said = user_error(exc)  # (raised, Hydra would print its own line about the job first)
+        if said is None:
             raise
-        return Outcome(math.nan, "failed", None if sweep else exc)
+        return Outcome(math.nan, "failed", exc if isinstance(exc, UserError) else UserError(said))
     return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
 
 
@@ -103,7 +105,7 @@ def member_of(cfg: DictConfig) -> Member | Outcome:
     sweep, the outcome of a job that ended); a value the checks refuse is written to its
     summary.json and raised."""
     hydra = HydraConfig.get()
-    run_dir, overrides = Path(hydra.runtime.output_dir), list(hydra.overrides.task)
+    run_dir, overrides = Path(hydra.runtime.output_dir), task_overrides(hydra)
     step = sweep_step(cfg, run_dir)
     if step == "skip":
         return skipped(run_dir)
@@ -115,6 +117,12 @@ def member_of(cfg: DictConfig) -> Member | Outcome:
         raise
     conf, start = going_on(conf, run_dir, step)
     return Member(conf, run_dir, overrides, start)
+
+
+def task_overrides(hydra: DictConfig) -> list[str]:
+    """The job's overrides as given: `optim.lr=${optim.lr}` is a string here, not a value to
+    resolve (which would recurse)."""
+    return list(OmegaConf.to_container(hydra.overrides.task, resolve=False))
 
 
 def sweep_step(cfg: DictConfig, run_dir: Path) -> str | None:
