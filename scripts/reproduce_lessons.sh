@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Reproduce every comparison and demonstration of the lessons into outputs/lessons/:
 # each experiment's sweep, its report (table, figures, a verdict computed from the numbers)
-# and every probe, then outputs/lessons/README.md with all of them. A few minutes on 2 cores.
+# and every probe, then outputs/lessons/README.md with all of them. Every comparison is read
+# over seeds (SEEDS of them, 5 by default: each setting's mean ± std and "in k of n seeds"),
+# the bias-variance ones over 20 training sets each; about ten minutes on 2 cores.
 #
 #   scripts/reproduce_lessons.sh [OUT_DIR]      (default: outputs/lessons)
+#   SEEDS=10 scripts/reproduce_lessons.sh        (more seeds per setting)
 #   tensorboard --logdir outputs/lessons         (every run of every comparison)
 set -euo pipefail
 
 out=${1:-outputs/lessons}
-experiments=(weight_decay dropout bn_cnn optimizers lr_schedules l1_vs_l2 norms overfitting early_stopping)
+seeds=${SEEDS:-5}
+experiments=(weight_decay dropout bn_cnn optimizers lr_schedules l1_vs_l2 norms overfitting early_stopping
+             bias_variance bias_variance_dropout)
 probes=(dropout optim lr depth init norm)
 rm -rf "$out"
 mkdir -p "$out/probes"
@@ -17,8 +22,10 @@ start=$SECONDS
 for name in "${experiments[@]}"; do
     echo "== experiment $name"
     # A sweep whose jobs diverge exits 1; the report says so, and the lessons go on.
-    regexp train -m "+experiment=$name" "hydra.sweep.dir=$out/$name" > "$out/$name.log" 2>&1 \
-        || echo "   (some jobs did not complete: see $out/$name.log)"
+    replicas=("seed=range($seeds)")
+    [[ $name == bias_variance* ]] && replicas=()  # replicated already: 20 draws a setting
+    regexp train -m "+experiment=$name" "${replicas[@]}" "hydra.sweep.dir=$out/$name" \
+        > "$out/$name.log" 2>&1 || echo "   (some jobs did not complete: see $out/$name.log)"
     regexp report "$out/$name" > "$out/$name/report.txt"
     head -n 1 "$out/$name/report.md"
 done
@@ -46,7 +53,7 @@ done
         echo
         echo "**Verdict:** $(head -n 1 "$dir/report.md")"
         echo
-        for png in "$dir"/*.png "$dir"/*/fit.png "$dir"/*/decision_boundary.png; do
+        for png in "$dir"/*.png "$dir"/*seed=0*/fit.png "$dir"/*seed=0*/decision_boundary.png; do
             [ -f "$png" ] || continue
             rel=${png#"$out"/}
             echo "![${rel%.png}]($rel)"
