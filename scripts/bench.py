@@ -127,6 +127,8 @@ STACKED = {
         "model.hidden=[256,256]",
         "seed=range(8)",
     ],
+    # issue 15's dropout arm: 3 p x 20 training sets of 2000 epochs
+    "bias-variance dropout, 60 jobs": ["+experiment=bias_variance_dropout"],
 }
 
 

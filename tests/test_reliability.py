@@ -191,6 +191,20 @@ def test_a_full_disk_leaves_no_half_written_file_and_says_so_in_one_line(tmp_pat
     assert errors.user_error(chained) == f"cannot use {full.filename}: No space left on device"
 
 
+def test_an_absurdly_long_override_is_refused_before_hydra_writes_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    huge = "optim.lr=" + "9" * 200_000
+    assert cli.main(["train", huge]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 200
+    assert "an override of 200,009 characters; at most 10,000" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+    # An error that quotes a long value is cut to one line of at most 1000 characters.
+    cut = cli.quoted("x " * 100_000)
+    assert len(cut) <= 1000 and cut.endswith("... (199,999 characters)")
+
+
 def test_there_are_at_least_30_bad_input_cases():
     assert len(BAD_INPUT) >= 30
 

@@ -98,3 +98,40 @@ def test_the_weights_figure_of_replicas_draws_each_settings_mean_and_band(tmp_pa
     assert list(first.get_xdata()) == [1, 2, 4] and first.get_ydata()[0] == pytest.approx(15.0)
     plots.report_figures(runs, keys, tmp_path, groups)
     assert (tmp_path / "weights.png").is_file()
+
+
+def test_a_run_with_corrupt_files_reads_as_unreadable_with_why_and_the_rest_report(tmp_path):
+    import json
+
+    sweep = tmp_path / "sweep"
+    good = {"status": "completed", "epochs": 2, "final": {"valid_loss": 0.2, "train_loss": 0.1}}
+    corrupt = {
+        "optim.lr=0.1": (good, "epoch,train_loss,valid_loss\n1,0.3,0.4\n2,0.1,0.2\n"),
+        "optim.lr=0.2": ([1, 2], ""),
+        "optim.lr=0.3": ({**good, "final": None}, ""),
+        "optim.lr=0.4": (good, "epoch,train_loss,valid_loss\n1,0.3,abc\n"),
+        "optim.lr=0.5": ('{"status": "compl', ""),
+    }
+    for name, (summary, metrics) in corrupt.items():
+        run_dir = sweep / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- {name}\n")
+        text = summary if isinstance(summary, str) else json.dumps(summary)
+        (run_dir / "summary.json").write_text(text)
+        if metrics:
+            (run_dir / "metrics.csv").write_text(metrics)
+    statuses = {p.name: report.load(p).status for p in sorted(sweep.iterdir())}
+    assert statuses == {
+        "optim.lr=0.1": "completed",
+        "optim.lr=0.2": "unreadable (summary.json is a list, not an object)",
+        "optim.lr=0.3": "unreadable (summary.json: final is not a table of numbers)",
+        "optim.lr=0.4": "unreadable (metrics.csv line 2: valid_loss is 'abc', not a number)",
+        "optim.lr=0.5": "unreadable (summary.json: Unterminated string starting at: line 1 column 12 "
+        "(char 11))",
+    }
+    report.report([sweep])
+    table = (sweep / "report.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| optim.lr=")]
+    assert [("| completed |" in r, "| unreadable (" in r) for r in rows] == [(True, False)] + [
+        (False, True)
+    ] * 4

@@ -34,6 +34,9 @@ examples:
 """
 
 
+LONGEST_OVERRIDE = 10_000  # characters
+
+
 def train(args: list[str]) -> int:
     """`regexp train`: Hydra's own command line, every flag passed through. A run or sweep that
     does not complete ends in `errors.Ended` (raised by the callback `outcomes.SweepReport`),
@@ -61,6 +64,14 @@ def train(args: list[str]) -> int:
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
         train_job
     )
+    for arg in args:  # before Hydra copies it into .hydra/ and every error that quotes it
+        if len(arg) > LONGEST_OVERRIDE:
+            from regexp.errors import UserError
+
+            raise UserError(
+                f"{arg[:40]}...: an override of {len(arg):,} characters; at most "
+                f"{LONGEST_OVERRIDE:,} (a list of a thousand widths is about 5,000)"
+            )
     sweep = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args))
     if sweep:
         refuse_same_dirs(args)
@@ -347,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1  # what happened is logged already
         if user_setting == "1":
             raise end.error from None
-        print(f"regexp {name}: error: {end.error}", file=sys.stderr)
+        print(f"regexp {name}: error: {quoted(str(end.error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -359,13 +370,26 @@ def main(argv: list[str] | None = None) -> int:
         message = user_error(exc)
         if message is None or user_setting == "1":
             raise
-        print(f"regexp {name}: error: {message}", file=sys.stderr)
+        print(f"regexp {name}: error: {quoted(message)}", file=sys.stderr)
         return 2
     finally:
         if user_setting is None:
             del os.environ["HYDRA_FULL_ERROR"]
         else:
             os.environ["HYDRA_FULL_ERROR"] = user_setting
+
+
+LONGEST_ERROR = 1000  # characters of an error line: a value it quotes may be megabytes
+
+
+def quoted(message: str) -> str:
+    """`message` as one line of at most LONGEST_ERROR characters."""
+    line = " ".join(message.split())
+    return (
+        line
+        if len(line) <= LONGEST_ERROR
+        else line[: LONGEST_ERROR - 30] + f"... ({len(line):,} characters)"
+    )
 
 
 def entry() -> None:

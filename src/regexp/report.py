@@ -78,26 +78,62 @@ def find_runs(dirs: list[Path]) -> list[Path]:
 
 
 def load(path: Path) -> Run:
+    """The run in `path`; one whose files are corrupt (a summary.json that is not an object or
+    holds nulls where numbers go, a metrics.csv cell that is not a number) is `unreadable`,
+    with why, and the report goes on with the others."""
+    try:
+        return _load(path)
+    except (ValueError, TypeError) as exc:
+        overrides = _read_overrides(path / ".hydra" / "overrides.yaml")
+        return Run(path, f"unreadable ({exc})", _parse(overrides))
+
+
+def _load(path: Path) -> Run:
     summary = _read_json(path / "summary.json")
     curves: dict[str, list[float]] = {}
     if (path / "metrics.csv").is_file():
         with open(path / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
+            for line, row in enumerate(csv.DictReader(f), start=2):
                 for key, value in row.items():  # aligned by epoch: NaN where a cell is empty
                     if key:
-                        curves.setdefault(key, []).append(float(value) if value else math.nan)
+                        curves.setdefault(key, []).append(_number(value, key, line))
     overrides = summary.get("overrides")
     if overrides is None:
         overrides = _read_overrides(path / ".hydra" / "overrides.yaml")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ValueError("summary.json: overrides is not a list of strings")
     status = summary.get("status") or ("running" if curves else "started")
-    return Run(path, status, _parse(overrides), summary, curves)
+    return Run(path, str(status), _parse(overrides), summary, curves)
+
+
+def _number(text: str | None, key: str, line: int) -> float:
+    if not text:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"metrics.csv line {line}: {key} is {text!r}, not a number") from None
 
 
 def _read_json(path: Path) -> dict:
+    """A run's summary.json; {} where there is none yet (a run that has not ended)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return {}
+    try:
+        summary = json.loads(text)
+    except ValueError as exc:  # a corrupt file (a run's own writes are atomic)
+        raise ValueError(f"summary.json: {exc}") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"summary.json is a {type(summary).__name__}, not an object")
+    for part in ("final", "best"):
+        values = summary.get(part, {})
+        if not isinstance(values, dict) or not all(
+            v is None or isinstance(v, (int, float)) for v in values.values()
+        ):
+            raise ValueError(f"summary.json: {part} is not a table of numbers")
+    return summary
 
 
 def _read_overrides(path: Path) -> list[str]:

@@ -98,44 +98,51 @@ def build_model(conf: config.Config, dataset: data.Dataset) -> torch.nn.Module:
     return init.apply(model, conf.init)
 
 
-def check_memory(conf: config.Config, dataset: data.Dataset, device: torch.device) -> None:
-    """Refuse a run that cannot fit in the memory free on its device, before anything of it is
-    allocated (the kernel would kill it without a word): its model built on the meta device,
-    which allocates nothing, and a batch passed through it there to size the activations. The
-    estimate: 4 copies of the parameters (weights, gradients, two optimizer buffers), twice
-    the activations (kept for the backward pass, and their gradients)."""
-    with torch.device("meta"):
-        model = models.build(
-            conf.model,
-            conf.norm,
-            dataset.in_shape,
-            optim.model_outputs(conf.loss, dataset.task, dataset.n_outputs),
+def check_memory(
+    conf: config.Config, dataset: data.Dataset, device: torch.device, model=None
+) -> None:
+    """Refuse a run that cannot fit in the memory free on its device before it allocates it
+    (the kernel would kill it without a word). Before the model is built, its parameters,
+    counted on the meta device, which allocates nothing; once built, a batch's activations,
+    sized by one example passed through it. The estimate: 4 copies of the parameters
+    (weights, gradients, two optimizer buffers) and twice the activations (kept for the
+    backward pass, and their gradients)."""
+    if model is None:
+        outputs = optim.model_outputs(conf.loss, dataset.task, dataset.n_outputs)
+        with torch.device("meta"):
+            model = models.build(conf.model, conf.norm, dataset.in_shape, outputs)
+        activations = 0
+    else:
+        sizes: list[int] = []
+        hooks = [
+            m.register_forward_hook(
+                lambda m, i, out: sizes.append(out.numel() * out.element_size())
+            )
+            for m in model.modules()
+            if not list(m.children())
+        ]
+        training = model.training
+        with torch.no_grad():  # (eval mode: no batch statistics or dropout masks drawn)
+            model.eval()(dataset.x_train[:1])
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+        activations = sum(sizes) * min(
+            conf.train.batch_size or len(dataset.x_train), len(dataset.x_train)
         )
     count = sum(p.numel() for p in model.parameters())
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    n = len(dataset.x_train)
-    batch = min(conf.train.batch_size or n, n)
-    sizes: list[int] = []
-    hooks = [
-        m.register_forward_hook(lambda m, i, out: sizes.append(out.numel() * out.element_size()))
-        for m in model.modules()
-        if not list(m.children())
-    ]
-    model.eval()(torch.empty(batch, *dataset.in_shape, device="meta"))  # (bn: a batch of 1)
-    for hook in hooks:
-        hook.remove()
-    need = 4 * params + 2 * sum(sizes)
+    need = 4 * sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * activations
     free = free_memory(device)
     if free is None or need <= free:
         return
     gb = lambda b: f"{b / 2**30:.3g} GB"  # noqa: E731
-    if 4 * params >= 2 * sum(sizes):
+    if not activations:
         key = "model.channels" if conf.model.name == "cnn" else "model.hidden"
         value, what = getattr(conf.model, key.split(".")[1]), f"{count:,} parameters"
     else:
         key = "train.batch_size" if conf.train.batch_size else "data.n_train"
-        value = batch
-        what = f"the activations of a batch of {batch:,} through a model of {count:,} parameters"
+        value = min(conf.train.batch_size or len(dataset.x_train), len(dataset.x_train))
+        what = f"the activations of a batch of {value:,} through a model of {count:,} parameters"
     raise ConfigError(
         key,
         value,
@@ -254,8 +261,9 @@ def setup(member: Member) -> Built:
     seed_everything(conf.seed)
     device = device_of(conf.device)
     dataset = data.load(conf.data, conf.seed, device)
-    check_memory(conf, dataset, device)
+    check_memory(conf, dataset, device)  # the parameters, before they exist
     model = build_model(conf, dataset).to(device)
+    check_memory(conf, dataset, device, model)  # and a batch's activations through them
     check_batches(model, len(dataset.x_train), len(dataset.x_valid), conf.train.batch_size)
     if device.type == "cpu":  # the masks come after the initial weights in torch's stream
         dropout = torch.Generator().set_state(torch.get_rng_state())
