@@ -236,7 +236,7 @@ def parse_names(names: str) -> list[tuple[str, str | None]]:
 
 
 def saved_dirname(names: str, *, _root_: DictConfig) -> str:
-    """A job's dir name in a resumed sweep (cli.resumed_sweep): Hydra's, from the job's
+    """A job's dir name in a resumed sweep (resume.resumed_sweep): Hydra's, from the job's
     overrides with the values the sweep started with for the keys its resumes gave again
     (`names`: parse_names), so that each job goes on in the dir it started in."""
     from hydra._internal.config_loader_impl import get_overrides_dirname
