@@ -104,7 +104,7 @@ def check_memory(
     """Refuse a run that cannot fit in the memory free on its device before it allocates it
     (the kernel would kill it without a word). Before the model is built, its parameters,
     counted on the meta device, which allocates nothing; once built, a batch's activations,
-    sized by one example passed through it. The estimate: 4 copies of the parameters
+    sized by two examples passed through it. The estimate: 4 copies of the parameters
     (weights, gradients, two optimizer buffers) and twice the activations (kept for the
     backward pass, and their gradients)."""
     if model is None:
@@ -121,15 +121,14 @@ def check_memory(
             for m in model.modules()
             if not list(m.children())
         ]
-        training = model.training
-        with torch.no_grad():  # (eval mode: no batch statistics or dropout masks drawn)
-            model.eval()(dataset.x_train[:1])
+        training, examples = model.training, dataset.x_train[:2]  # (bn without running
+        with torch.no_grad():  # statistics normalizes by the batch: one example is not one)
+            model.eval()(examples)  # (eval mode: no running statistics or masks change)
         model.train(training)
         for hook in hooks:
             hook.remove()
-        activations = sum(sizes) * min(
-            conf.train.batch_size or len(dataset.x_train), len(dataset.x_train)
-        )
+        n = len(dataset.x_train)
+        activations = sum(sizes) * min(conf.train.batch_size or n, n) // len(examples)
     count = sum(p.numel() for p in model.parameters())
     need = 4 * sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * activations
     free = free_memory(device)
@@ -263,8 +262,8 @@ def setup(member: Member) -> Built:
     dataset = data.load(conf.data, conf.seed, device)
     check_memory(conf, dataset, device)  # the parameters, before they exist
     model = build_model(conf, dataset).to(device)
-    check_memory(conf, dataset, device, model)  # and a batch's activations through them
     check_batches(model, len(dataset.x_train), len(dataset.x_valid), conf.train.batch_size)
+    check_memory(conf, dataset, device, model)  # and a batch's activations through them
     if device.type == "cpu":  # the masks come after the initial weights in torch's stream
         dropout = torch.Generator().set_state(torch.get_rng_state())
     else:  # on a GPU, from the device's own stream, which the weights (made on the CPU) left
