@@ -126,8 +126,8 @@ def test_a_run_with_corrupt_files_reads_as_unreadable_with_why_and_the_rest_repo
         "optim.lr=0.2": "unreadable (summary.json is a list, not an object)",
         "optim.lr=0.3": "unreadable (summary.json: final is not a table of numbers)",
         "optim.lr=0.4": "unreadable (metrics.csv line 2: valid_loss is 'abc', not a number)",
-        "optim.lr=0.5": "unreadable (summary.json: Unterminated string starting at: line 1 column 12 "
-        "(char 11))",
+        "optim.lr=0.5": "unreadable (summary.json: Unterminated string starting at: line 1 "
+        "column 12 (char 11))",
     }
     report.report([sweep])
     table = (sweep / "report.md").read_text()

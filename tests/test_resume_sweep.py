@@ -196,3 +196,24 @@ def test_what_each_job_of_a_resumed_sweep_does_with_its_dir(tmp_path, monkeypatc
     assert rundir.resumed_sweep_job(tmp_path / "elsewhere", 10) is None  # not this sweep's
     monkeypatch.setenv(rundir.RERUN_FAILED, "1")
     assert rundir.resumed_sweep_job(cases["failed"][0], 10) == "start"
+
+
+def test_the_sweep_tally_counts_a_job_whose_summary_is_corrupt_as_failed(tmp_path, caplog):
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from regexp.errors import Ended
+    from regexp.outcomes import SweepReport
+
+    for name, text in (("seed=0", '{"status": "completed"}'), ("seed=1", '{"status": "com')):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- {name}\n")
+        (tmp_path / name / "summary.json").write_text(text)
+    caplog.set_level(logging.INFO, logger="regexp")
+    with pytest.raises(Ended):
+        SweepReport().on_multirun_end(
+            OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+        )
+    assert "2 jobs: 1 completed, 1 failed" in caplog.text
+    assert "seed=1: failed: its summary.json is unreadable" in caplog.text

@@ -56,12 +56,7 @@ class SweepReport(Callback):
         sweep = Path(config.hydra.sweep.dir)
         # Every job Hydra set up has its .hydra/; one that left no summary.json never ran.
         jobs = sorted(p.parent.parent for p in sweep.glob("**/.hydra/overrides.yaml"))
-        summaries = {
-            job.relative_to(sweep): json.loads((job / "summary.json").read_text())
-            if (job / "summary.json").exists()
-            else {"status": "failed", "error": "it left no summary.json: it never trained"}
-            for job in jobs
-        }
+        summaries = {job.relative_to(sweep): _summary(job) for job in jobs}
         counts = Counter(s["status"] for s in summaries.values())
         bad = {k: s for k, s in summaries.items() if s["status"] not in ("completed",)}
         order = ["completed", "diverged", "interrupted", "failed", *counts]
@@ -71,6 +66,19 @@ class SweepReport(Callback):
             log.info("  %s: %s%s", name, s["status"], f": {s['error']}" if s.get("error") else "")
         if bad:
             raise Ended(f"{len(bad)} of {len(summaries)} jobs did not complete")
+
+
+def _summary(job: Path) -> dict:
+    """A sweep job's summary.json, or what stands for one where it is missing or unreadable."""
+    try:
+        summary = json.loads((job / "summary.json").read_text())
+    except FileNotFoundError:
+        return {"status": "failed", "error": "it left no summary.json: it never trained"}
+    except (OSError, ValueError) as exc:
+        return {"status": "failed", "error": f"its summary.json is unreadable ({exc})"}
+    if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+        return {"status": "failed", "error": "its summary.json holds no status"}
+    return summary
 
 
 def failure(exc: BaseException, overrides: list[str]) -> dict:
