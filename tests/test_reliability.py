@@ -201,7 +201,7 @@ def test_an_absurdly_long_override_is_refused_before_hydra_writes_it(tmp_path, m
     assert "an override of 200,009 characters; at most 10,000" in err
     assert not list(tmp_path.iterdir())  # nothing written
     # An error that quotes a long value is cut to one line of at most 1000 characters.
-    cut = cli.quoted("x " * 100_000)
+    cut = cli.error_line("x " * 100_000)
     assert len(cut) <= 1000 and cut.endswith("... (199,999 characters)")
 
 

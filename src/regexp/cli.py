@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1  # what happened is logged already
         if user_setting == "1":
             raise end.error from None
-        print(f"regexp {name}: error: {quoted(str(end.error))}", file=sys.stderr)
+        print(f"regexp {name}: error: {error_line(str(end.error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         message = user_error(exc)
         if message is None or user_setting == "1":
             raise
-        print(f"regexp {name}: error: {quoted(message)}", file=sys.stderr)
+        print(f"regexp {name}: error: {error_line(message)}", file=sys.stderr)
         return 2
     finally:
         if user_setting is None:
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 LONGEST_ERROR = 1000  # characters of an error line: a value it quotes may be megabytes
 
 
-def quoted(message: str) -> str:
+def error_line(message: str) -> str:
     """`message` as one line of at most LONGEST_ERROR characters."""
     line = " ".join(message.split())
     return (

@@ -226,13 +226,15 @@ if not OmegaConf.has_resolver("regexp_fresh"):
     OmegaConf.register_new_resolver("regexp_fresh", rundir.fresh, use_cache=True)
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: `model.dropout` of `+model.dropout=0.5`."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def parse_names(names: str) -> list[tuple[str, str | None]]:
     """The keys of `regexp_saved_dirname`'s argument, each with the override a job's dir name
     takes for it ('key=value'), or None where the name leaves the key out ('key')."""
-    return [
-        (entry.lstrip("+~").split("=", 1)[0], entry if "=" in entry else None)
-        for entry in names.split("|")
-    ]
+    return [(override_key(entry), entry if "=" in entry else None) for entry in names.split("|")]
 
 
 def saved_dirname(names: str, *, _root_: DictConfig) -> str:

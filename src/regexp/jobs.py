@@ -33,17 +33,11 @@ def train_job(cfg: DictConfig) -> Outcome:
     hydra = HydraConfig.get()
     run_dir, overrides = Path(hydra.runtime.output_dir), task_overrides(hydra)
     sweep = hydra.mode == RunMode.MULTIRUN
-    step = sweep_step(cfg, run_dir)
-    if step == "skip":
-        return skipped(run_dir)
     try:
-        try:
-            conf = config.validate(cfg)
-        except Exception as exc:  # (an interpolation that fails, too)
-            if cfg.get("resume") is None and step != "resume":  # a resumed run keeps its own
-                write_json(run_dir / "summary.json", failure(exc, overrides))
-            raise
-        conf, _ = going_on(conf, run_dir, step)
+        ready = prepared(cfg, run_dir, overrides)
+        if isinstance(ready, Outcome):
+            return ready
+        conf, _ = ready
         # One thread unless told or a launcher shares out cores: on a busy machine torch's
         # default (a thread per core) spins waiting for the core another process holds, and a
         # lesson-24 run takes 10-40x longer (README, Speed).
@@ -106,17 +100,29 @@ def member_of(cfg: DictConfig) -> Member | Outcome:
     summary.json and raised."""
     hydra = HydraConfig.get()
     run_dir, overrides = Path(hydra.runtime.output_dir), task_overrides(hydra)
+    ready = prepared(cfg, run_dir, overrides)
+    if isinstance(ready, Outcome):
+        return ready
+    conf, start = ready
+    return Member(conf, run_dir, overrides, start)
+
+
+def prepared(
+    cfg: DictConfig, run_dir: Path, overrides: list[str]
+) -> tuple[config.Config, int] | Outcome:
+    """The job's validated config and the epoch it starts from, or, in a resumed sweep, the
+    outcome of a job that had ended (skipped). A value the checks refuse is written to the
+    job's summary.json (not a resumed run's: it keeps its own) and raised."""
     step = sweep_step(cfg, run_dir)
     if step == "skip":
         return skipped(run_dir)
     try:
         conf = config.validate(cfg)
     except Exception as exc:  # (an interpolation that fails, too)
-        if cfg.get("resume") is None and step != "resume":  # a resumed run keeps its own
+        if cfg.get("resume") is None and step != "resume":
             write_json(run_dir / "summary.json", failure(exc, overrides))
         raise
-    conf, start = going_on(conf, run_dir, step)
-    return Member(conf, run_dir, overrides, start)
+    return going_on(conf, run_dir, step)
 
 
 def task_overrides(hydra: DictConfig) -> list[str]:

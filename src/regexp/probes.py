@@ -672,7 +672,7 @@ def _uses(name: str, key: str) -> bool:
 def compute(name: str, overrides: list[str]) -> Probe:
     """Probe `name` with train-style `overrides` and its own knobs (demo=), refused in one line
     where the probe does not use them."""
-    keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    keys = {o: config.override_key(o) for o in overrides}
     for override, key in keys.items():
         if not _uses(name, key):
             raise UserError(

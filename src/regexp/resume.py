@@ -66,7 +66,7 @@ def resumed_sweep(args: list[str]):
         )
     new, rerun = [], False
     for arg in (a for a in args if not a.startswith(("-", "resume="))):
-        key = arg.lstrip("+~").split("=", 1)[0]
+        key = config.override_key(arg)
         if key == "rerun_failed":
             rerun = arg.split("=", 1)[-1].lower() in ("true", "1", "yes")
         elif key.startswith((*RESUME_MAY_CHANGE, "hydra/launcher", "hydra.launcher.")):
@@ -90,8 +90,8 @@ def resumed_sweep(args: list[str]):
     subdir = [o for o in hydra if o.startswith("hydra.sweep.subdir=")]
     if added and (not subdir or subdir[-1].startswith(naming)):
         named = dict(config.parse_names(subdir[-1][len(naming) + 1 : -2])) if subdir else {}
-        for key in (o.lstrip("+~").split("=", 1)[0] for o in added):
-            first = [o for o in task if o.lstrip("+~").split("=", 1)[0] == key][:1]
+        for key in map(config.override_key, added):
+            first = [o for o in task if config.override_key(o) == key][:1]
             named.setdefault(key, first[0] if first else None)
         names = "|".join(line or key for key, line in named.items())
         hydra = [o for o in hydra if o not in subdir] + [f'{naming}"{names}"}}']
@@ -112,12 +112,10 @@ def resumed_sweep(args: list[str]):
 def once(overrides: list[str]) -> list[str]:
     """`overrides` with each key once, at its first place, with its last value: a run resumed
     again and again keeps one clean list."""
+    from regexp.config import override_key
 
-    def key(override: str) -> str:
-        return override.lstrip("+~").split("=", 1)[0]
-
-    last = {key(o): o for o in overrides}
-    return list(dict.fromkeys(last[key(o)] for o in overrides))
+    last = {override_key(o): o for o in overrides}
+    return list(dict.fromkeys(last[override_key(o)] for o in overrides))
 
 
 # What may change when a run goes on; anything else would make it another run.
@@ -154,7 +152,7 @@ def refuse_changes(checkpoint, keep: list[str], new: list[str], known: bool = Tr
     ]
     if changed:
         key = changed[0]
-        given = [o for o in plain(new) if f"{key}.".startswith(o.lstrip("+~").split("=")[0] + ".")]
+        given = [o for o in plain(new) if f"{key}.".startswith(config.override_key(o) + ".")]
         raise UserError(
             f"{given[0] if given else key} is not allowed with resume={run_dir}: the run goes on "
             f"with its own config ({key}={before.get(key)}); only "
