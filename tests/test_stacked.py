@@ -245,3 +245,25 @@ def test_a_value_hydra_refuses_is_refused_as_hydra_refuses_it():
             with pytest.raises(ConfigCompositionException) as ours:
                 ComposeOnce(hydra).load_sweep_config(master, bad)
             assert str(ours.value) == str(theirs.value)
+
+
+def test_workers_see_the_launchers_dir_and_environment_as_the_sweep_launches(tmp_path, monkeypatch):
+    # Workers fork from a server that imported torch once, in the dir and environment of when
+    # it started (here, before they changed): they have the launcher's, as spawned ones would.
+    import os
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.regexp_stacked_launcher import stacked_launcher
+
+    stacked_launcher._forkserver()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REGEXP_TEST_SET_LATER", "yes")
+    launcher = stacked_launcher.StackedLauncher(n_jobs=2)
+    launcher.config = OmegaConf.create({"hydra": {"hydra_logging": None}})
+    pool = launcher._pool(2)
+    try:
+        assert pool.submit(os.getcwd).result(timeout=60) == str(tmp_path)
+        assert pool.submit(os.getenv, "REGEXP_TEST_SET_LATER").result(timeout=60) == "yes"
+    finally:
+        pool.shutdown()

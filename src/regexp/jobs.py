@@ -88,7 +88,7 @@ MAY_DIFFER = (
 def population_key(conf: config.Config) -> str:
     """What members of one population share: the config less the keys that MAY_DIFFER (and
     the scheduler's name, which must match)."""
-    flat = config.flat(OmegaConf.to_container(OmegaConf.structured(conf)))
+    flat = config.flat(dataclasses.asdict(conf))  # (OmegaConf's own copy: 20 times slower)
     kept = {k: v for k, v in flat.items() if not k.startswith(MAY_DIFFER)}
     kept["sched.name"] = flat["sched.name"]
     return json.dumps(kept, sort_keys=True, default=str)

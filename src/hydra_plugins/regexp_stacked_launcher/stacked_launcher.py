@@ -11,18 +11,27 @@ torch thread each, a population at a time per worker: on a CPU, two processes of
 share two cores better than one process of two threads (which gains nothing for these small
 nets and collapses when other work shares the cores), and a population per process is also
 the shape that scales out. A group of jobs is split so that every worker has a population,
-as long as each keeps a few members (stacking pays most at 4 to 8 members on a CPU).
+as long as each keeps a few members (stacking pays most at 4 to 8 members on a CPU). The
+workers fork from a server that imports torch once (regexp.preload), on the other core
+while this process sets up the jobs.
+
+Why it is long: a Hydra launcher is three jobs that share its state: setting jobs up as
+Hydra does (with ComposeOnce, Hydra's composition once per choice of groups), planning
+populations, and running them in worker processes that hear signals and report progress.
 """
 
+import contextlib
 import copy
 import itertools
 import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -88,7 +97,8 @@ class StackedLauncher(Launcher):
         # sweep is large enough for populations to be split among them.
         pool = self._pool(min(self.n_jobs, len(job_overrides) // MIN_SPLIT))
         try:
-            return self._launch(job_overrides, initial_job_idx, pool)
+            with self.hydra_context.config_loader.launching():
+                return self._launch(job_overrides, initial_job_idx, pool)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -170,16 +180,22 @@ class StackedLauncher(Launcher):
         if workers < 2:
             return None
         assert self.config is not None
-        spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-        self._updates = spawn.Queue()
+        context = _forkserver()
+        self._updates = context.Queue()
         pool = futures.ProcessPoolExecutor(
             self.n_jobs,
-            mp_context=spawn,
+            mp_context=context,
             initializer=_start_worker,
-            initargs=(self._updates, self.threads or 1, self.config.hydra.hydra_logging),
+            initargs=(
+                self._updates,
+                self.threads or 1,
+                self.config.hydra.hydra_logging,
+                os.environ.copy(),
+            ),
         )
-        for _ in range(workers):  # a process is spawned for each task no idle one takes
-            pool.submit(_ready)
+        # A process starts for each task no idle one takes; starting one waits for the fork
+        # server to be ready, which this thread does while the jobs are set up.
+        threading.Thread(target=_start, args=(pool, workers), daemon=True).start()
         return pool
 
     def _in_workers(
@@ -237,11 +253,25 @@ class StackedLauncher(Launcher):
 _updates = None
 
 
-def _start_worker(updates, threads: int, hydra_logging) -> None:
-    """Set up a worker process: its own process group (a terminal's Ctrl-C reaches the
-    launcher, which passes it on, so that each worker hears it once), torch's threads, and
-    logging as the launcher logs."""
+def _forkserver():
+    """Processes forked from a server that has imported torch and the training code (and has
+    neither torch's thread pools nor CUDA started: only imported). It starts now, once per
+    process, and imports as the jobs are set up."""
+    context = multiprocessing.get_context("forkserver")
+    # torch imported once, while the jobs are set up, not once per worker (3 s of CPU each)
+    context.set_forkserver_preload(["regexp.preload"])
+    forkserver.ensure_running()  # (at once)
+    return context
+
+
+def _start_worker(updates, threads: int, hydra_logging, environ: dict) -> None:
+    """Set up a worker process: the launcher's environment of now, as a spawned process has it
+    (the fork server's is that of when it started; multiprocessing sets the working dir), its
+    own process group (a terminal's Ctrl-C reaches the launcher, which passes it on, so that
+    each worker hears it once), torch's threads, and logging as the launcher logs."""
     global _updates
+    os.environ.clear()
+    os.environ.update(environ)
     os.setpgrp()
     _updates = updates
     configure_log(hydra_logging)
@@ -252,8 +282,17 @@ def _start_worker(updates, threads: int, hydra_logging) -> None:
     torch.set_num_threads(threads)
 
 
+def _start(pool: futures.ProcessPoolExecutor, workers: int) -> None:
+    """Start `workers` processes of `pool` now, each with a task that does nothing."""
+    try:
+        for _ in range(workers):
+            pool.submit(_ready)
+    except RuntimeError:  # the pool was shut down first: a launch that ended early
+        pass
+
+
 def _ready() -> None:
-    """Nothing: a task that makes the pool start a worker process now."""
+    """Nothing: a task that makes the pool start a worker process."""
 
 
 def _train(which: int, members: "list") -> "list":
@@ -315,6 +354,20 @@ class ComposeOnce:
     def __init__(self, loader):
         self._loader = loader
         self._composed: dict[tuple, DictConfig] = {}
+        # Outside a launch, the sweeper composes each job of the next batch to check it, then
+        # drops it: kept, the launch that follows takes it rather than copy a second one.
+        self.checking = True
+        self._checked: dict[tuple, DictConfig] = {}
+
+    @contextlib.contextmanager
+    def launching(self):
+        """While a batch is launched: each job's config, the sweeper's if it checked it."""
+        self.checking = False
+        try:
+            yield
+        finally:
+            self.checking = True
+            self._checked.clear()
 
     def __getattr__(self, name: str):
         return getattr(self._loader, name)
@@ -325,6 +378,9 @@ class ComposeOnce:
         from hydra.errors import ConfigCompositionException
         from omegaconf.errors import OmegaConfBaseException
 
+        job = (id(master_config), *sweep_overrides)
+        if job in self._checked:
+            return self._checked.pop(job)
         parsed = OverridesParser.create().parse_overrides(list(sweep_overrides))
         if any(o.is_hydra_override() for o in parsed):
             return self._loader.load_sweep_config(master_config, sweep_overrides)
@@ -346,14 +402,16 @@ class ComposeOnce:
             )
         except OmegaConfBaseException as exc:  # as Hydra's load_configuration says it
             raise ConfigCompositionException().with_traceback(exc.__traceback__) from exc
-        job = config.hydra.job
+        hydra_job = config.hydra.job
         config.hydra.overrides.task = [o.input_line for o in parsed]
-        job.override_dirname = get_overrides_dirname(
+        hydra_job.override_dirname = get_overrides_dirname(
             overrides=parsed,
-            kv_sep=job.config.override_dirname.kv_sep,
-            item_sep=job.config.override_dirname.item_sep,
-            exclude_keys=job.config.override_dirname.exclude_keys,
+            kv_sep=hydra_job.config.override_dirname.kv_sep,
+            item_sep=hydra_job.config.override_dirname.item_sep,
+            exclude_keys=hydra_job.config.override_dirname.exclude_keys,
         )
+        if self.checking:
+            self._checked[job] = config
         return config
 
 
