@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -102,18 +103,49 @@ def sweep_seconds(launcher: list[str], repeats: int, sweep: list[str] = SWEEP) -
     return min(command_seconds(launcher, sweep) for _ in range(repeats))
 
 
-def command_seconds(launcher: list[str], sweep: list[str]) -> float:
-    """The wall seconds of one `regexp train -m` over `sweep`."""
+def command_seconds(launcher: list[str], sweep: list[str], peaks: dict | None = None) -> float:
+    """The wall seconds of one `regexp train -m` over `sweep`; with `peaks`, each of its
+    processes' peak memory in MB (as Linux counts it, VmHWM), by command line."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "regexp", "train", "-m", *sweep, *launcher]
             + [f"hydra.sweep.dir={tmp}/sweep"],
-            check=True,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             cwd=tmp,
         )
-        return time.perf_counter() - start
+        watch = None
+        if peaks is not None:  # (a worker forked from the fork server is no child of ours)
+            watch = threading.Thread(target=sample_peaks, args=(process, peaks), daemon=True)
+            watch.start()
+        _, err = process.communicate()
+        seconds = time.perf_counter() - start
+        if watch is not None:
+            watch.join()
+        if process.returncode:
+            raise SystemExit(f"regexp train -m {' '.join(sweep)} failed:\n{err.decode()}")
+        return seconds
+
+
+def sample_peaks(process: subprocess.Popen, peaks: dict) -> None:
+    """Poll the peak memory of `process` and its descendants, 5 times a second, until it ends."""
+    while process.poll() is None:
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+        todo = [process.pid]
+        while todo:
+            pid = todo.pop()
+            todo += children.get(pid, [])
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                status = Path(f"/proc/{pid}/status").read_text()
+                mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
+                role = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+                peaks[pid] = max(peaks.get(pid, (0.0, role))[0], mb), role
+        time.sleep(0.2)
 
 
 # The stacked launcher's cases: (name, the sweep). Each runs with the basic launcher too.
@@ -138,13 +170,16 @@ def stacked(repeats: int, only: str = "") -> None:
     table = Table(title=f"sweeps, wall seconds of the whole command, best of {repeats}")
     for column in ("sweep", "basic", "stacked", "speed-up (best)", "pairs: min to max"):
         table.add_column(column, justify="right")
+    peaks: dict[str, dict] = {}
     for name, sweep in STACKED.items():
         if only not in name:
             continue
         basic, ours = [], []
         for _ in range(repeats):  # interleaved, so drift hits both alike
             basic.append(command_seconds(["hydra/launcher=basic"], sweep))
-            ours.append(command_seconds(["hydra/launcher=stacked"], sweep))
+            ours.append(
+                command_seconds(["hydra/launcher=stacked"], sweep, peaks.setdefault(name, {}))
+            )
         pairs = [b / o for b, o in zip(basic, ours, strict=True)]
         table.add_row(
             name,
@@ -154,10 +189,9 @@ def stacked(repeats: int, only: str = "") -> None:
             f"{min(pairs):.2f}x to {max(pairs):.2f}x",
         )
     Console().print(table)
-    import resource  # the largest child so far: the 64-member population's process
-
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak memory of one regexp process (the 64-job population's): {peak:.0f} MB")
+    for name, seen in peaks.items():  # the largest process: a worker, its population's
+        mb, role = max(seen.values(), default=(0.0, ""))
+        print(f"{name}: peak memory of one process {mb:.0f} MB ({role[:60]}...)")
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {platform.machine()}")
     for name, sweep in STACKED.items():
         print(f"{name}: regexp train -m {' '.join(sweep)} hydra/launcher=stacked|basic")

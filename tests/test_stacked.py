@@ -191,7 +191,10 @@ def test_the_launcher_plans_a_population_per_worker_while_each_keeps_a_few_membe
     assert sizes([list(range(5))], 2, 2) == [2, 2, 1]
     assert sizes([[0, 1, 2], [3, 4, 5]], 64, 2) == [3, 3]
     assert sizes([list(range(12))], 64, 1) == [12]
-    assert sizes([list(range(100))], 8, 2) == [8] * 9 + [7] * 4  # (not 12 of 8 and one of 4)
+    # 14 populations, 7 a worker, not 13 (the last trained alone) nor 12 of 8 and one of 4
+    assert sizes([list(range(100))], 8, 2) == [8] * 2 + [7] * 12
+    assert sizes([list(range(24))], 8, 4) == [6, 6, 6, 6]  # (not 8, 8, 4, 4)
+    assert sizes([list(range(24)), list(range(24, 30))], 8, 2) == [8, 8, 8, 6]
     assert sorted(sum(plan([list(range(9)), [9]], 64, 4), [])) == list(range(10))
 
 
