@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-import numpy as np
 from omegaconf import MISSING
 
 from regexp.errors import ConfigError, show
@@ -13,6 +12,7 @@ from regexp.lazy import lazy
 from regexp.options import need
 
 torch = lazy("torch")
+np = lazy("numpy")
 
 
 @dataclass

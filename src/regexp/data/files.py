@@ -12,9 +12,10 @@ import logging
 import pickle
 from pathlib import Path
 
-import numpy as np
-
 from regexp.errors import UserError
+from regexp.lazy import lazy
+
+np = lazy("numpy")
 
 log = logging.getLogger("regexp")
 

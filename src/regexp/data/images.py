@@ -12,8 +12,6 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from regexp.data import files
 from regexp.data.base import (
     ClassificationData,
@@ -23,7 +21,10 @@ from regexp.data.base import (
     subsample,
 )
 from regexp.errors import ConfigError, UserError
+from regexp.lazy import lazy
 from regexp.options import need, option
+
+np = lazy("numpy")
 
 
 @option("data")

@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from regexp.data.base import ClassificationData, Data, Dataset, classification, inputs
 from regexp.lazy import lazy
 from regexp.options import known, need, option
 
 torch = lazy("torch")
+np = lazy("numpy")
 
 # f in the toy regression y = w*f(x) + noise
 FUNCTIONS = {
