@@ -3,13 +3,15 @@ nothing; a resumed run equals an uninterrupted one, number for number."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
-from conftest import read_events, read_json, regexp
+from conftest import gif_epochs, read_events, read_json, regexp
 
 from regexp import cli, errors, rundir
 
@@ -299,6 +301,48 @@ def test_sigterm_stops_with_143_and_resume_drops_epochs_past_the_checkpoint(tmp_
     epochs = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == list(range(1, epochs[-1] + 1))
     assert 9.0 not in [s.value for s in read_events(run).Scalars("loss/train")]
+
+
+def drawing_process(parent: int) -> int:
+    """The pid of the drawing process (regexp.render) that process `parent` started."""
+    from pathlib import Path
+
+    for _ in range(200):
+        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            if b"render.serve" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+        time.sleep(0.05)
+    raise AssertionError("no drawing process")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_last_figures_are_drawn_waits_for_them(tmp_path, signum):
+    # The drawing process is held stopped, so that the run's end waits for its frames; the
+    # signal comes then, the drawing goes on, and nothing the run drew is lost.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regexp", "train", "train.epochs=300", "log.figure_every=100"]
+        + ["hydra.run.dir=run"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    drawing = drawing_process(process.pid)
+    time.sleep(0.5)  # (its first frame may be drawn or not: it is held either way)
+    os.kill(drawing, signal.SIGSTOP)
+    rows = tmp_path / "run" / "metrics.csv"
+    while not rows.exists() or len(rows.read_text().splitlines()) < 301:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # the record is flushed: the run waits on the frames
+    process.send_signal(signum)
+    time.sleep(0.5)
+    os.kill(drawing, signal.SIGCONT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert "writing the run's last figures and records first" in out + err
+    run = tmp_path / "run"
+    assert read_json(run / "summary.json")["status"] == "completed"
+    assert (run / "fit.png").exists() and gif_epochs(run / "fit.gif")[1] == [0, 100, 200, 300]
+    assert [i.step for i in read_events(run).Images("figures/fit")] == [0, 100, 200, 300]
+    assert "Traceback" not in out + err
 
 
 def test_resume_can_train_a_finished_run_longer(tmp_path):

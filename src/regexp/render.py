@@ -189,8 +189,11 @@ def serve() -> None:
     source = sys.stdin.buffer
 
     def reply(*message) -> None:
-        pickle.dump(message, replies, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.flush()
+        try:
+            pickle.dump(message, replies, protocol=pickle.HIGHEST_PROTOCOL)
+            replies.flush()
+        except BrokenPipeError:  # the parent is gone (killed): nobody to draw for
+            os._exit(0)
 
     while True:
         try:

@@ -49,21 +49,25 @@ from regexp.track import Tracker
 log = logging.getLogger("regexp")
 
 
+STOPPING = "stopping after this epoch to save a checkpoint"
+CLOSING = "writing the run's last figures and records first"
+
+
 @contextmanager
-def stop_on_signals():
+def stop_on_signals(doing: list[str] | None = None):
     """The first SIGINT or SIGTERM asks training to stop once the epoch in progress is done,
-    so that the checkpoint holds whole epochs; a second one stops at once. Yields the list of
-    signals received."""
+    so that the checkpoint holds whole epochs (or, once training is done, lets the run finish
+    writing its records); a second one stops at once. `doing[0]` says which, as it changes
+    (default: STOPPING). Yields the list of signals received."""
     received: list[int] = []
+    doing = doing or [STOPPING]
 
     def handle(signum, frame):
         if received:
             raise Interrupted(signum)
         received.append(signum)
-        log.warning(
-            "%s: stopping after this epoch to save a checkpoint (send it again to stop now)",
-            signal.Signals(signum).name,
-        )
+        name = signal.Signals(signum).name
+        log.warning("%s: %s (send it again to stop now)", name, doing[0])
 
     if threading.current_thread() is not threading.main_thread():  # only it may set handlers
         yield received
@@ -327,38 +331,42 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     stopped: list[int | None] = [None] * len(built)
     tables: dict[str, str] = {}
     own_progress = progress is None and len(built) > 1
-    try:
-        for i, b in enumerate(built):
-            conf, run_dir = b.member.conf, b.member.run_dir
-            if conf.resume:
-                saved = run_dir / "checkpoint.pt"
-                b.start_epoch = resume(
-                    saved, conf, stack, i, update, schedule, b.batches, b.stopper
+    doing = [STOPPING]
+    with stop_on_signals(doing) as received:
+        try:
+            for i, b in enumerate(built):
+                conf, run_dir = b.member.conf, b.member.run_dir
+                if conf.resume:
+                    saved = run_dir / "checkpoint.pt"
+                    b.start_epoch = resume(
+                        saved, conf, stack, i, update, schedule, b.batches, b.stopper
+                    )
+                else:
+                    # (members differ in their layers only where their dropout does)
+                    key = str(b.model)
+                    if key not in tables:
+                        tables[key] = models.describe(b.model, b.dataset.in_shape, b.device)
+                    (run_dir / "model.txt").write_text(tables[key] + "\n")
+            starts = {b.start_epoch for b in built}
+            if len(starts) > 1:
+                raise ValueError("the members of a population resume from one epoch")
+            for b in built:
+                conf = b.member.conf
+                b.tracker = Tracker(
+                    b.member.run_dir,
+                    epochs=conf.train.epochs,
+                    hparams=hparams(conf, b.member.overrides),
+                    hist_every=conf.log.hist_every,
+                    figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
+                    figure_every=conf.log.figure_every,
+                    start_epoch=b.start_epoch,
+                    progress=progress is None and len(built) == 1,
+                    model=b.model,
                 )
-            else:
-                key = str(b.model)  # members differ in their layers only where their dropout does
-                if key not in tables:
-                    tables[key] = models.describe(b.model, b.dataset.in_shape, b.device)
-                (run_dir / "model.txt").write_text(tables[key] + "\n")
-        starts = {b.start_epoch for b in built}
-        if len(starts) > 1:
-            raise ValueError("the members of a population resume from one epoch")
-        for b in built:
-            conf = b.member.conf
-            b.tracker = Tracker(
-                b.member.run_dir,
-                epochs=conf.train.epochs,
-                hparams=hparams(conf, b.member.overrides),
-                hist_every=conf.log.hist_every,
-                figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
-                figure_every=conf.log.figure_every,
-                start_epoch=b.start_epoch,
-                progress=progress is None and len(built) == 1,
-                model=b.model,
-            )
-        if own_progress:
-            progress = PopulationProgress([(len(built), first.train.epochs, built[0].start_epoch)])
-        with stop_on_signals() as received:
+            if own_progress:
+                progress = PopulationProgress(
+                    [(len(built), first.train.epochs, built[0].start_epoch)]
+                )
             results = train.fit(
                 stack,
                 update,
@@ -381,41 +389,44 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                 stoppers=[b.stopper for b in built],
                 best_valid=[_best_valid(b.tracker) for b in built],
             )
-        for b, result in zip(built, results, strict=True):
-            predictions.keep(b.member.run_dir, result, b.dataset, b.model)
-        status = [r.status for r in results]
-        stopped = [r.epoch if r.stopped else None for r in results]
-        errors = [r.error for r in results]
-    except KeyboardInterrupt:
-        status = ["interrupted"] * len(built)
-        raise
-    except Exception as exc:
-        errors = [one_line(exc)] * len(built)
-        for b in built:
-            if b.tracker is None and not b.member.conf.resume:  # (a resumable run keeps its own)
-                write_json(b.member.run_dir / "summary.json", failure(exc, b.member.overrides))
-        raise
-    finally:
-        if own_progress and isinstance(progress, PopulationProgress):
-            progress.close()
-        summaries = []
-        for b, state, error, stop in zip(built, status, errors, stopped, strict=True):
-            if b.tracker is None:
-                continue
-            summaries.append(
-                b.tracker.close(
-                    state,
-                    b.model,
-                    params=models.count_params(b.model),
-                    seed=b.member.conf.seed,
-                    device=str(b.device),
-                    threads=torch.get_num_threads(),
-                    overrides=b.member.overrides,
-                    **({"error": error} if error else {}),
-                    **({"stopped_epoch": stop} if stop is not None else {}),
-                    weights_of=b.stopper.restored if b.stopper is not None else None,
+            for b, result in zip(built, results, strict=True):
+                predictions.keep(b.member.run_dir, result, b.dataset, b.model)
+            status = [r.status for r in results]
+            stopped = [r.epoch if r.stopped else None for r in results]
+            errors = [r.error for r in results]
+        except KeyboardInterrupt:
+            status = ["interrupted"] * len(built)
+            raise
+        except Exception as exc:
+            errors = [one_line(exc)] * len(built)
+            for b in built:
+                if (
+                    b.tracker is None and not b.member.conf.resume
+                ):  # (a resumable run keeps its own)
+                    write_json(b.member.run_dir / "summary.json", failure(exc, b.member.overrides))
+            raise
+        finally:
+            doing[0] = CLOSING  # (training is over: a signal waits for the records)
+            if own_progress and isinstance(progress, PopulationProgress):
+                progress.close()
+            summaries = []
+            for b, state, error, stop in zip(built, status, errors, stopped, strict=True):
+                if b.tracker is None:
+                    continue
+                summaries.append(
+                    b.tracker.close(
+                        state,
+                        b.model,
+                        params=models.count_params(b.model),
+                        seed=b.member.conf.seed,
+                        device=str(b.device),
+                        threads=torch.get_num_threads(),
+                        overrides=b.member.overrides,
+                        **({"error": error} if error else {}),
+                        **({"stopped_epoch": stop} if stop is not None else {}),
+                        weights_of=b.stopper.restored if b.stopper is not None else None,
+                    )
                 )
-            )
     for b, summary in zip(built, summaries, strict=True):
         run_dir = b.member.run_dir
         if summary["status"] == "diverged":
@@ -446,6 +457,8 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
         raise Interrupted(received[0], built[0].member.run_dir, summaries[0]["epochs"])
     if len(built) == 1:
         built[0].tracker.print_summary(summaries[0])
+    if received:  # after the records were written: the run is whole, the process interrupted
+        raise Interrupted(received[0])
     return summaries
 
 
