@@ -250,16 +250,24 @@ def test_a_value_hydra_refuses_is_refused_as_hydra_refuses_it():
             assert str(ours.value) == str(theirs.value)
 
 
-def test_workers_see_the_launchers_dir_and_environment_as_the_sweep_launches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fork", [True, False])
+def test_workers_see_the_launchers_dir_and_environment_as_the_sweep_launches(
+    tmp_path, monkeypatch, fork
+):
     # Workers fork from a server that imported torch once, in the dir and environment of when
-    # it started (here, before they changed): they have the launcher's, as spawned ones would.
+    # it started (here, before they changed): they have the launcher's, as spawned ones do
+    # (where there is no fork server: Windows).
+    import multiprocessing
     import os
 
     from omegaconf import OmegaConf
 
     from hydra_plugins.regexp_stacked_launcher import stacked_launcher
 
-    stacked_launcher._forkserver()
+    if not fork:
+        monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    method = stacked_launcher._worker_context().get_start_method()
+    assert method == ("forkserver" if fork else "spawn")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REGEXP_TEST_SET_LATER", "yes")
     launcher = stacked_launcher.StackedLauncher(n_jobs=2)

@@ -31,7 +31,6 @@ import threading
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from multiprocessing import forkserver
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -180,7 +179,7 @@ class StackedLauncher(Launcher):
         if workers < 2:
             return None
         assert self.config is not None
-        context = _forkserver()
+        context = _worker_context()
         self._updates = context.Queue()
         pool = futures.ProcessPoolExecutor(
             self.n_jobs,
@@ -253,10 +252,14 @@ class StackedLauncher(Launcher):
 _updates = None
 
 
-def _forkserver():
+def _worker_context():
     """Processes forked from a server that has imported torch and the training code (and has
     neither torch's thread pools nor CUDA started: only imported). It starts now, once per
-    process, and imports as the jobs are set up."""
+    process, and imports as the jobs are set up. Where there is no fork (Windows), spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: spawned
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
     context = multiprocessing.get_context("forkserver")
     # torch imported once, while the jobs are set up, not once per worker (3 s of CPU each)
     context.set_forkserver_preload(["regexp.preload"])
