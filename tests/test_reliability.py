@@ -345,6 +345,24 @@ def test_a_signal_while_the_last_figures_are_drawn_waits_for_them(tmp_path, sign
     assert "Traceback" not in out + err
 
 
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_write_its_last_records(tmp_path):
+    # As kill -9 leaves it between the last epoch's checkpoint and the end of its close: no
+    # summary, figures or predictions. resume= writes them, training nothing; once it has,
+    # a resume with no epoch left is refused again.
+    regexp("train", "train.epochs=30", "hydra.run.dir=run", cwd=tmp_path)
+    run = tmp_path / "run"
+    rows = (run / "metrics.csv").read_text()
+    for name in ("summary.json", "predictions.npz", "fit.png", "fit.gif"):
+        (run / name).unlink()
+    regexp("train", "resume=run", cwd=tmp_path)
+    summary = read_json(run / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs"] == 30
+    assert (run / "metrics.csv").read_text() == rows
+    assert (run / "predictions.npz").exists() and (run / "fit.png").exists()
+    again = regexp("train", "resume=run", cwd=tmp_path, check=False)
+    assert again.returncode == 2 and "more than the 30 epochs" in again.stderr
+
+
 def test_resume_can_train_a_finished_run_longer(tmp_path):
     regexp("train", "train.epochs=5", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}

@@ -78,11 +78,20 @@ def checkpoint_of(run_dir: str) -> Path:
 
 
 def check_more_epochs(epochs: int, done: int, run_dir) -> None:
-    """A resumed run must have epochs left to train."""
-    if done >= epochs:
+    """A resumed run must have epochs left to train, unless it never wrote the summary of its
+    end: killed between its last checkpoint and its last records, it resumes to write them."""
+    if done > epochs or (done == epochs and completed(run_dir)):
         raise ConfigError(
             "train.epochs", epochs, f"more than the {done} epochs the run in {run_dir} has done"
         )
+
+
+def completed(run_dir) -> bool:
+    """Whether the run in `run_dir` ended and wrote so (summary.json says `completed`)."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())["status"] == "completed"
+    except (OSError, ValueError, KeyError, TypeError):  # none, cut short, or not ours
+        return False
 
 
 # Set by `regexp train -m resume=SWEEP_DIR` for the jobs it launches, in whatever process or

@@ -277,6 +277,8 @@ def fit(
             for i in running:
                 save(i, epoch)
             last_save = time.monotonic()
+    if outputs.last is None:  # a resumed run with no epoch left: it only ends its record
+        outputs.last = evaluate(stack, loss_fn, data, classify, keep=True)[1]
     for i, stopper in enumerate(stoppers):
         if held[i] is not None:
             with torch.no_grad():
