@@ -189,7 +189,7 @@ def stacked(repeats: int, only: str = "") -> None:
             f"{min(pairs):.2f}x to {max(pairs):.2f}x",
         )
     Console().print(table)
-    for name, seen in peaks.items():  # the largest process: a worker, its population's
+    for name, seen in peaks.items():  # the largest process: the fork server or a worker
         mb, role = max(seen.values(), default=(0.0, ""))
         print(f"{name}: peak memory of one process {mb:.0f} MB ({role[:60]}...)")
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {platform.machine()}")

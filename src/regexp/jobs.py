@@ -143,7 +143,7 @@ def sweep_step(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def skipped(run_dir: Path) -> Outcome:
     """A job of a resumed sweep that had ended: its outcome as its summary.json says it."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = rundir.summary_of(run_dir)  # (read again: resumed_sweep_job found it ended)
     log.info("skipped, %s already: %s", summary["status"], run_dir)
     if summary["status"] == "failed":
         return Outcome(math.nan, "failed")

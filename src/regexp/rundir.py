@@ -88,10 +88,17 @@ def check_more_epochs(epochs: int, done: int, run_dir) -> None:
 
 def completed(run_dir) -> bool:
     """Whether the run in `run_dir` ended and wrote so (summary.json says `completed`)."""
+    return summary_of(run_dir).get("status") == "completed"
+
+
+def summary_of(run_dir) -> dict:
+    """The run's summary.json, or {} where there is none to read: never written (the run never
+    started), cut short by a kill, or not a summary of ours."""
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())["status"] == "completed"
-    except (OSError, ValueError, KeyError, TypeError):  # none, cut short, or not ours
-        return False
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 # Set by `regexp train -m resume=SWEEP_DIR` for the jobs it launches, in whatever process or
@@ -107,10 +114,7 @@ def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
     sweep = os.environ.get(RESUMED_SWEEP)
     if not sweep or Path(sweep).resolve() not in Path(run_dir).resolve().parents:
         return None
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):  # none (never started), or cut short by a kill
-        summary = {}
+    summary = summary_of(run_dir)
     status = summary.get("status")
     ended = status == "completed" and (
         (summary.get("epochs") or 0) >= epochs or "stopped_epoch" in summary
