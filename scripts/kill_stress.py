@@ -11,8 +11,6 @@ a change to the checkpoint or the record. Exits 1 at the first kill that breaks 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import random
 import subprocess
 import sys
@@ -21,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from regexp import rundir
 
 RUN = ["train.epochs=1500", "train.checkpoint_every=3"]  # the lesson net: ~2 s of training
 
@@ -63,8 +63,9 @@ def main() -> int:
                 print(f"regexp train {' '.join(command)} exited {process.returncode}")
                 return 1
             kills += not finished
-            with contextlib.suppress(OSError, ValueError):  # (none yet, or cut short)
-                finished = json.loads((run / "summary.json").read_text())["status"] == "completed"
+            summary = rundir.summary_of(run)  # ({}: none yet, or cut short)
+            if summary:
+                finished = summary["status"] == "completed"
             if (run / "checkpoint.pt").exists():
                 epoch = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
                 rows = len((run / "metrics.csv").read_text().splitlines()) - 1
