@@ -14,9 +14,6 @@ grouped convolution per Conv layer, and each norm layer in one call on a (batch,
 channel) layout, where each member's channels are normalized with their own statistics and
 running buffers. Dropout draws each member's masks from the member's own generator, in the
 order and shape its lone run draws them, so that a member's record equals its lone run's.
-A population of one (a lone run) keeps its features (batch, features) through its Linear
-layers, which take F.linear on its own parameters, as a hand-written loop does: the member
-dimension would cost it a view at every op and a transposed weight gradient.
 """
 
 from __future__ import annotations
