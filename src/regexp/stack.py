@@ -116,8 +116,6 @@ class Stack:
     def _step(self, layers: list[nn.Module]):
         layer = layers[0]
         if isinstance(layer, nn.Linear):
-            if self.k == 1:  # a lone run: its own parameters, whose gradients land in layout
-                return ("linear1", layer)
             return ("linear", (self._view(layer.weight), self._view(layer.bias)))
         if isinstance(layer, nn.Conv2d):
             return ("conv", (self._view(layer.weight), self._view(layer.bias), layer))
@@ -162,19 +160,10 @@ class Stack:
             else:
                 x = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
             maps = True
-        elif k == 1:
-            # A lone run's features stay (B, F) through its Linear and pointwise layers, as in
-            # a hand-written loop: a leading member dim costs views at every op and its backward.
-            x = x if shared else x[0]
         elif shared:
             x = x.unsqueeze(0).expand(k, *x.shape)
-        lone = k == 1 and not maps
         for kind, payload in self.plan:
-            if lone and kind not in ("linear1", "pointwise"):
-                x, lone = x.unsqueeze(0), False
-            if kind == "linear1":
-                x = F.linear(x, payload.weight, payload.bias)
-            elif kind == "linear":
+            if kind == "linear":
                 weight, bias = payload
                 if bias is None:
                     x = torch.bmm(x, weight.transpose(1, 2))
@@ -203,7 +192,7 @@ class Stack:
                 x = self._normalize(x, payload, training, maps)
             elif kind == "dropout" and training:
                 x = self._dropout(x, *payload, maps)
-        return x.unsqueeze(0) if lone else x
+        return x
 
     def _normalize(self, x, payload, training: bool, maps: bool) -> torch.Tensor:
         layer, weight, bias, buffers = payload

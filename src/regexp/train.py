@@ -385,8 +385,6 @@ def member_losses(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor, shared
     if y.dtype == torch.long:  # class labels: (K, B) or (B,)
         labels = (y.expand(k, b) if shared else y).reshape(k * b)
         return loss_fn(out.reshape(k * b, -1), labels).view(k, b).mean(1)
-    if k == 1:  # a lone run: its loss as a hand-written loop computes it, without expands
-        return loss_fn(out[0], y if shared else y[0]).mean().unsqueeze(0)
     target = y.expand(k, *y.shape) if shared else y
     return loss_fn(out, target).reshape(k, -1).mean(1)
 
