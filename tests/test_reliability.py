@@ -483,6 +483,20 @@ def test_a_checkpoint_of_a_regexp_before_populations_is_refused_in_one_line(tmp_
     assert done.stderr.count("\n") == 1
 
 
+def test_a_checkpoint_with_the_earlier_layout_of_optimizer_state_is_refused(tmp_path):
+    import torch
+
+    regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["format"] = 2  # its Linear weights' optimizer rows not transposed
+    torch.save(state, checkpoint)
+    done = regexp("train", "resume=run", "train.epochs=6", cwd=tmp_path, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "laid out a member's optimizer state differently" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
 def test_resumed_again_and_again_a_run_keeps_one_clean_list_of_overrides(tmp_path):
     from omegaconf import OmegaConf
 

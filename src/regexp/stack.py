@@ -30,6 +30,10 @@ from regexp.models import weights
 # is a strided view, which autograd accumulates into in place (what we want) with a warning.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
 
+# Below this many multiply-adds per matrix, torch's CPU bmm takes a loop of its own, which
+# rounds apart from addmm; above it, it runs addmm matrix by matrix (the same numbers).
+LOOPED_BELOW = 400
+
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
 POINTWISE = (
     nn.ReLU,
@@ -61,6 +65,10 @@ class Stack:
         if any(s != shapes[0] for s in shapes):
             raise ValueError("members of a population must have one architecture")
         sizes = [p.numel() for p in params[0]]
+        # Linear weights are kept transposed, (K, in, out), in both buffers: the batched
+        # product's weight gradient then lands in layout (no copy), and a lone run's 2-D
+        # product (addmm) rounds exactly as a member's batched one (baddbmm) does.
+        linear = {id(m.weight) for m in models[0].modules() if isinstance(m, nn.Linear)}
         like = params[0][0]
         self.size = sum(sizes)
         self.flat = torch.empty(k, self.size, dtype=like.dtype, device=like.device)
@@ -71,14 +79,17 @@ class Stack:
         offset = 0
         for position, size in enumerate(sizes):
             shape = params[0][position].shape
-            view = self.flat[:, offset : offset + size].view(k, *shape)
+            flip = id(params[0][position]) in linear
+            stored = (shape[1], shape[0]) if flip else shape
+            view = self.flat[:, offset : offset + size].view(k, *stored)
+            grad = self.grad[:, offset : offset + size].view(k, *stored)
             for i in range(k):
                 p = params[i][position]
-                view[i].copy_(p.detach())
-                p.data = view[i]
-                p.grad = self.grad[i, offset : offset + size].view(shape)
+                member, member_grad = (view[i].t(), grad[i].t()) if flip else (view[i], grad[i])
+                member.copy_(p.detach())
+                p.data, p.grad = member, member_grad
             view.requires_grad_(True)
-            view.grad = self.grad[:, offset : offset + size].view(k, *shape)
+            view.grad = grad
             self.stacked[id(params[0][position])] = view
             offset += size
         self.plan = self._plan()
@@ -115,7 +126,7 @@ class Stack:
 
     def _step(self, layers: list[nn.Module]):
         layer = layers[0]
-        if isinstance(layer, nn.Linear):
+        if isinstance(layer, nn.Linear):  # its weight stacked as (K, in, out)
             return ("linear", (self._view(layer.weight), self._view(layer.bias)))
         if isinstance(layer, nn.Conv2d):
             return ("conv", (self._view(layer.weight), self._view(layer.bias), layer))
@@ -160,15 +171,28 @@ class Stack:
             else:
                 x = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
             maps = True
-        elif shared:
-            x = x.unsqueeze(0).expand(k, *x.shape)
+        elif k == 1:
+            # A lone run's features stay (B, F) through its Linear, pointwise and dropout
+            # layers, as in a hand-written loop: a member dimension costs views at every op
+            # and in its backward. Its addmm rounds as the batched product of one member.
+            x = x if shared else x[0]
+        else:
+            x = x.unsqueeze(0).expand(k, *x.shape) if shared else x
+        lone = k == 1 and not maps
         for kind, payload in self.plan:
+            if lone and kind not in ("linear", "pointwise", "dropout"):
+                x, lone = x.unsqueeze(0), False
             if kind == "linear":
                 weight, bias = payload
-                if bias is None:
-                    x = torch.bmm(x, weight.transpose(1, 2))
-                else:
-                    x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+                if lone and x.shape[0] * weight[0].numel() >= LOOPED_BELOW:
+                    x = x @ weight[0] if bias is None else torch.addmm(bias[0], x, weight[0])
+                else:  # (and a lone run's product small enough for bmm's own loop)
+                    xs = x[None] if lone else x
+                    if bias is None:
+                        xs = torch.bmm(xs, weight)
+                    else:
+                        xs = torch.baddbmm(bias.unsqueeze(1), xs, weight)
+                    x = xs[0] if lone else xs
             elif kind == "pointwise":
                 x = payload(x)
             elif kind == "conv":
@@ -191,8 +215,11 @@ class Stack:
             elif kind == "norm":
                 x = self._normalize(x, payload, training, maps)
             elif kind == "dropout" and training:
-                x = self._dropout(x, *payload, maps)
-        return x
+                if lone:  # its mask drawn as a member's, (1, B, F)
+                    x = self._dropout(x.unsqueeze(0), *payload, maps)[0]
+                else:
+                    x = self._dropout(x, *payload, maps)
+        return x.unsqueeze(0) if lone else x
 
     def _normalize(self, x, payload, training: bool, maps: bool) -> torch.Tensor:
         layer, weight, bias, buffers = payload

@@ -445,8 +445,9 @@ def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False, keep: bo
         return stats, kept[0] if len(kept) == 1 else torch.cat(kept, 1)
 
 
+# 3: Linear weights' optimizer state rows laid out transposed, as the stack keeps them;
 # 2: a member's stacked optimizer and schedule state (1, unnumbered: torch.optim's).
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 def save_checkpoint(
@@ -487,6 +488,11 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
             f"{path}: refused, not a checkpoint of this run (a safe load of tensors only "
             f"failed: {first_line(exc)})"
         ) from exc
+    if isinstance(state, dict) and state.get("format") == 2:
+        raise UserError(
+            f"{path}: refused, written by an earlier regexp that laid out a member's optimizer "
+            "state differently; train the run again"
+        )
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"{path}: refused, written by a regexp older than populations (its optimizer state "
