@@ -127,7 +127,7 @@ class Stack:
     def _step(self, layers: list[nn.Module]):
         layer = layers[0]
         if isinstance(layer, nn.Linear):  # its weight stacked as (K, in, out)
-            return ("linear", (self._view(layer.weight), self._view(layer.bias)))
+            return ("linear", (self._view(layer.weight), self._view(layer.bias), layer))
         if isinstance(layer, nn.Conv2d):
             return ("conv", (self._view(layer.weight), self._view(layer.bias), layer))
         if isinstance(layer, NORMS):
@@ -183,16 +183,16 @@ class Stack:
             if lone and kind not in ("linear", "pointwise", "dropout"):
                 x, lone = x.unsqueeze(0), False
             if kind == "linear":
-                weight, bias = payload
-                if lone and x.shape[0] * weight[0].numel() >= LOOPED_BELOW:
-                    x = x @ weight[0] if bias is None else torch.addmm(bias[0], x, weight[0])
-                else:  # (and a lone run's product small enough for bmm's own loop)
-                    xs = x[None] if lone else x
-                    if bias is None:
-                        xs = torch.bmm(xs, weight)
-                    else:
-                        xs = torch.baddbmm(bias.unsqueeze(1), xs, weight)
-                    x = xs[0] if lone else xs
+                weight, bias, layer = payload
+                if not lone:
+                    x = _batched_linear(x, weight, bias)
+                    continue
+                w, b = layer.weight.t(), layer.bias  # its own parameters, as (in, out) views
+                if x.shape[0] * w.numel() >= LOOPED_BELOW:
+                    x = x @ w if b is None else torch.addmm(b, x, w)
+                else:  # small enough for bmm's own loop, which rounds apart from addmm
+                    b = None if b is None else b.unsqueeze(0)
+                    x = _batched_linear(x.unsqueeze(0), w.unsqueeze(0), b).squeeze(0)
             elif kind == "pointwise":
                 x = payload(x)
             elif kind == "conv":
@@ -293,6 +293,11 @@ class Stack:
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+
+
+def _batched_linear(x, weight, bias) -> torch.Tensor:
+    """(K, B, in) through weights (K, in, out) and biases (K, out)."""
+    return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
 
 
 def _named_layers(model: nn.Module):
