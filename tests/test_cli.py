@@ -181,3 +181,15 @@ zpty -d z
         cwd=tmp_path,
     )  # fmt: skip
     assert done.stdout.strip().endswith("OK"), done.stdout + done.stderr
+
+
+def test_a_sweep_starts_the_stacked_launchers_workers_only_when_it_will_use_them(monkeypatch):
+    from regexp.cli import stacked_in_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert stacked_in_workers(["-m", "seed=0,1"])
+    assert stacked_in_workers(["-m", "hydra/launcher=stacked", "seed=0,1"])
+    assert not stacked_in_workers(["-m", "hydra/launcher=basic", "seed=0,1"])
+    assert not stacked_in_workers(["-m", "hydra.launcher.n_jobs=1", "seed=0,1"])
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert not stacked_in_workers(["-m", "seed=0,1"])

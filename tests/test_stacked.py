@@ -266,7 +266,7 @@ def test_workers_see_the_launchers_dir_and_environment_as_the_sweep_launches(
 
     if not fork:
         monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    method = stacked_launcher._worker_context().get_start_method()
+    method = stacked_launcher.worker_context().get_start_method()
     assert method == ("forkserver" if fork else "spawn")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REGEXP_TEST_SET_LATER", "yes")

@@ -75,6 +75,11 @@ def train(args: list[str]) -> int:
     sweep = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args))
     if sweep:
         refuse_same_dirs(args)
+        if stacked_in_workers(args):
+            from hydra_plugins.regexp_stacked_launcher import stacked_launcher
+
+            # The workers' fork server imports torch (3 s) while Hydra starts and composes.
+            stacked_launcher.worker_context()
     for given in (a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")):
         from regexp import rundir
 
@@ -86,6 +91,17 @@ def train(args: list[str]) -> int:
         sys.argv = ["regexp train", *argv]  # Hydra parses sys.argv
         app()
     return 0
+
+
+def stacked_in_workers(args: list[str]) -> bool:
+    """Whether the sweep `args` ask for is likely to train in the stacked launcher's worker
+    processes: its default launcher (or named), on more than one core, n_jobs not 1."""
+    launchers = [a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")]
+    return (
+        (os.cpu_count() or 1) > 1
+        and launchers in ([], ["stacked"])
+        and "hydra.launcher.n_jobs=1" not in args
+    )
 
 
 def train_job(cfg):

@@ -179,7 +179,7 @@ class StackedLauncher(Launcher):
         if workers < 2:
             return None
         assert self.config is not None
-        context = _worker_context()
+        context = worker_context()
         self._updates = context.Queue()
         pool = futures.ProcessPoolExecutor(
             self.n_jobs,
@@ -252,7 +252,7 @@ class StackedLauncher(Launcher):
 _updates = None
 
 
-def _worker_context():
+def worker_context():
     """Processes forked from a server that has imported torch and the training code (and has
     neither torch's thread pools nor CUDA started: only imported). It starts now, once per
     process, and imports as the jobs are set up. Where there is no fork (Windows), spawned."""
@@ -263,7 +263,7 @@ def _worker_context():
     context = multiprocessing.get_context("forkserver")
     # torch imported once, while the jobs are set up, not once per worker (3 s of CPU each)
     context.set_forkserver_preload(["regexp.preload"])
-    forkserver.ensure_running()  # (at once)
+    forkserver.ensure_running()  # (at once; a second call finds it running)
     return context
 
 
