@@ -7,9 +7,11 @@ and hyperparameters. `Stack(models, generators)` takes the K models as K lone ru
 their parameters into one flat buffer of shape (K, P), member by member, so that an optimizer
 updates them all in a few large in-place operations; the gradients land in a buffer of the
 same shape. Each member's own model keeps working on views of those buffers: its state_dict,
-its histograms and its figures are the member's, with nothing copied.
+its histograms and its figures are the member's, with nothing copied. (A Linear weight is
+stored transposed, (in, out), and its member's (out, in) weight is a transposed view.)
 
-The forward pass computes every member at once: a batched matrix product per Linear layer, a
+The forward pass computes every member at once: a batched matrix product per Linear layer (a
+lone run's features skip the member dimension up to its first norm or Conv layer), a
 grouped convolution per Conv layer, and each norm layer in one call on a (batch, member x
 channel) layout, where each member's channels are normalized with their own statistics and
 running buffers. Dropout draws each member's masks from the member's own generator, in the
