@@ -187,9 +187,12 @@ def test_a_sweep_starts_the_stacked_launchers_workers_only_when_it_will_use_them
     from regexp.cli import stacked_in_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert stacked_in_workers(["-m", "seed=0,1"])
-    assert stacked_in_workers(["-m", "hydra/launcher=stacked", "seed=0,1"])
-    assert not stacked_in_workers(["-m", "hydra/launcher=basic", "seed=0,1"])
-    assert not stacked_in_workers(["-m", "hydra.launcher.n_jobs=1", "seed=0,1"])
+    assert stacked_in_workers(["-m", "seed=range(8)"])
+    assert stacked_in_workers(["-m", "hydra/launcher=stacked", "seed=0,1", "optim.lr=1,2,3,4"])
+    assert not stacked_in_workers(["-m", "seed=0,1"])  # one population, in this process
+    assert not stacked_in_workers(["-m", "seed=range(7)", "optim.lr=0.1"])
+    assert not stacked_in_workers(["-m", "hydra/launcher=basic", "seed=range(8)"])
+    assert not stacked_in_workers(["-m", "++hydra.launcher.n_jobs=1", "seed=range(8)"])
+    assert not stacked_in_workers(["-m", "seed=range(8", "x=1"])  # Hydra says why, later
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert not stacked_in_workers(["-m", "seed=0,1"])
+    assert not stacked_in_workers(["-m", "seed=range(8)"])

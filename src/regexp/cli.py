@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import signal
 import sys
@@ -94,14 +95,28 @@ def train(args: list[str]) -> int:
 
 
 def stacked_in_workers(args: list[str]) -> bool:
-    """Whether the sweep `args` ask for is likely to train in the stacked launcher's worker
-    processes: its default launcher (or named), on more than one core, n_jobs not 1."""
+    """Whether the sweep `args` ask for will train in the stacked launcher's worker processes:
+    its launcher (the default, or named), more than one core, n_jobs not 1, and jobs enough
+    on the command line for two populations (the launcher's own rule). When in doubt, no:
+    the launcher then starts its workers itself, a little later."""
+    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import MIN_SPLIT
+
     launchers = [a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")]
-    return (
-        (os.cpu_count() or 1) > 1
-        and launchers in ([], ["stacked"])
-        and "hydra.launcher.n_jobs=1" not in args
-    )
+    one_job = any(a.lstrip("+").replace(" ", "") == "hydra.launcher.n_jobs=1" for a in args)
+    if (os.cpu_count() or 1) < 2 or launchers not in ([], ["stacked"]) or one_job:
+        return False
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [a for a in args if "=" in a and not a.startswith("-")]
+        )
+        jobs = math.prod(
+            len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override()
+        )
+    except Exception:  # (glob() needs the config; a bad override: Hydra says why, later)
+        return False
+    return jobs >= 2 * MIN_SPLIT
 
 
 def train_job(cfg):
