@@ -99,11 +99,11 @@ def stacked_in_workers(args: list[str]) -> bool:
     its launcher (the default, or named), more than one core, n_jobs not 1, and jobs enough
     on the command line for two populations (the launcher's own rule). When in doubt, no:
     the launcher then starts its workers itself, a little later."""
-    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import MIN_SPLIT
+    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import early_workers
 
     launchers = [a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")]
     one_job = any(a.lstrip("+").replace(" ", "") == "hydra.launcher.n_jobs=1" for a in args)
-    if (os.cpu_count() or 1) < 2 or launchers not in ([], ["stacked"]) or one_job:
+    if launchers not in ([], ["stacked"]) or one_job:
         return False
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -116,7 +116,7 @@ def stacked_in_workers(args: list[str]) -> bool:
         )
     except Exception:  # (glob() needs the config; a bad override: Hydra says why, later)
         return False
-    return jobs >= 2 * MIN_SPLIT
+    return early_workers(os.cpu_count() or 1, jobs) >= 2  # (n_jobs' default: a core each)
 
 
 def train_job(cfg):

@@ -94,7 +94,7 @@ class StackedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         # Worker processes start (and import torch) while the jobs are set up here, when the
         # sweep is large enough for populations to be split among them.
-        pool = self._pool(min(self.n_jobs, len(job_overrides) // MIN_SPLIT))
+        pool = self._pool(early_workers(self.n_jobs, len(job_overrides)))
         try:
             with self.hydra_context.config_loader.launching():
                 return self._launch(job_overrides, initial_job_idx, pool)
@@ -434,6 +434,12 @@ def plan(groups: "list[list[int]]", most: int, workers: int) -> "list[list[int]]
 
 
 MIN_SPLIT = 4  # members; a smaller population gains little from stacking
+
+
+def early_workers(n_jobs: int, jobs: int) -> int:
+    """How many worker processes a sweep of `jobs` starts before its jobs are set up: one a
+    population of MIN_SPLIT, at most `n_jobs` (the pool starts none for fewer than two)."""
+    return min(n_jobs, jobs // MIN_SPLIT)
 
 
 def _split(jobs: "list[int]", count: int) -> "list[list[int]]":
