@@ -190,6 +190,8 @@ def fit(
         every = max(1, epochs // WEIGHT_STATS_POINTS)
     stats = WeightStats(stack) if every else None
     lrs = schedule.lrs() if schedule is not None else list(lrs) or update.lr.view(-1).tolist()
+    if schedule is not None:
+        update.set_lr(lrs)
     outputs = Outputs(k, best_valid)
     for epoch in range(start_epoch + 1, epochs + 1):
         train_stats, penalty_mean = _train_epoch(
@@ -257,8 +259,10 @@ def fit(
         outputs.last = valid_out
         if schedule is not None:
             schedule.step(valid_losses)
-            lrs = schedule.lrs()
-            update.set_lr(lrs)
+            new_lrs = schedule.lrs()
+            if new_lrs != lrs:  # (a constant lr is set once: the update derives from it)
+                update.set_lr(new_lrs)
+                lrs = new_lrs
         running = [i for i in range(k) if results[i] is None]
         if progress is not None:
             progress(epoch, valid_losses, len(running))
