@@ -78,6 +78,9 @@ class Stack:
         # Each member's parameters become views of its row; the stacked views below, keyed by
         # the first member's parameter, are what the forward pass differentiates.
         self.stacked: dict[int, torch.Tensor] = {}
+        # A lone run's Linear weights as (in, out) leaves of their own on the same memory:
+        # its 2-D products differentiate them, with no transpose to go through each step.
+        self.lone: dict[int, torch.Tensor] = {}
         offset = 0
         for position, size in enumerate(sizes):
             shape = params[0][position].shape
@@ -93,6 +96,10 @@ class Stack:
             view.requires_grad_(True)
             view.grad = grad
             self.stacked[id(params[0][position])] = view
+            if flip and k == 1:
+                lone = view[0].detach().requires_grad_(True)
+                lone.grad = grad[0]
+                self.lone[id(params[0][position])] = lone
             offset += size
         self.plan = self._plan()
 
@@ -189,12 +196,11 @@ class Stack:
                 if not lone:
                     x = _batched_linear(x, weight, bias)
                     continue
-                w, b = layer.weight.t(), layer.bias  # its own parameters, as (in, out) views
+                w, b = self.lone[id(layer.weight)], layer.bias
                 if x.shape[0] * w.numel() >= LOOPED_BELOW:
                     x = x @ w if b is None else torch.addmm(b, x, w)
                 else:  # small enough for bmm's own loop, which rounds apart from addmm
-                    b = None if b is None else b.unsqueeze(0)
-                    x = _batched_linear(x.unsqueeze(0), w.unsqueeze(0), b).squeeze(0)
+                    x = _batched_linear(x.unsqueeze(0), weight, bias).squeeze(0)
             elif kind == "pointwise":
                 x = payload(x)
             elif kind == "conv":
