@@ -309,3 +309,15 @@ print(sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("population", ["sgd", "sgd-nesterov", "gd"])
+def test_sgd_steps_each_member_bit_for_bit_as_torch_optim_fused_or_not(population):
+    # The fused step (one pass over most of each row) and the step by columns (the rest:
+    # P is not a multiple of the fused part's length) round as torch's single-tensor step.
+    if not hasattr(torch, "_fused_sgd_"):
+        pytest.skip("this torch has no fused SGD step")
+    cfgs = configs(population)
+    assert P % optim.FUSED_MULTIPLE
+    for decayed in (False, True):
+        assert compare(cfgs, decayed, False, lr_at={7: [c.lr * 0.5 for c in cfgs]})[1]
