@@ -318,6 +318,13 @@ def test_sgd_steps_each_member_bit_for_bit_as_torch_optim_fused_or_not(populatio
     if not hasattr(torch, "_fused_sgd_"):
         pytest.skip("this torch has no fused SGD step")
     cfgs = configs(population)
-    assert P % optim.FUSED_MULTIPLE
+    cfgs = [*cfgs, *configs(population)[:2]] * 2  # (fused from 8 members even without decay)
+    assert P % optim.FUSED_MULTIPLE and len(cfgs) >= optim.FUSED_FROM_MEMBERS
+    assert optim.build_update(cfgs, start(len(cfgs))).fused is not None
     for decayed in (False, True):
         assert compare(cfgs, decayed, False, lr_at={7: [c.lr * 0.5 for c in cfgs]})[1]
+
+    def active(t):  # a member frozen for a while, and one whose first step comes late
+        return [True, not 5 <= t < 12, t > 3, *[True] * (len(cfgs) - 3)]
+
+    assert compare(cfgs, False, False, active=active)[1]
