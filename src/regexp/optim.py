@@ -261,23 +261,23 @@ class SGDUpdate(Update):
         self._calls_key, self._calls = None, []
 
     def apply(self, params, grads):
+        first = [s == 1 for s in self.steps]  # torch's first step: buffer = gradient
         if self.fused is not None and self.cut:
             try:
-                self._fused(params, grads)
+                self._fused(params, grads, first)
             except (RuntimeError, NotImplementedError):  # a torch without it on this device
                 self.fused = None  # (it fails before it writes anything)
             else:
                 if self.cut < params.shape[1]:
                     tail = slice(self.cut, None)
                     buf = None if self.buf is None else self.buf[:, tail]
-                    self._by_columns(params[:, tail], grads[:, tail], buf, scratch=2)
+                    self._by_columns(params[:, tail], grads[:, tail], buf, first, scratch=2)
                 return
-        self._by_columns(params, grads, self.buf)
+        self._by_columns(params, grads, self.buf, first)
 
-    def _by_columns(self, params, grads, buf, scratch: int = 0):
+    def _by_columns(self, params, grads, buf, first: list[bool], scratch: int = 0):
         grad = self.coupled_decay(params, grads, scratch)
         if buf is not None:
-            first = [s == 1 for s in self.steps]  # torch's first step: buffer = gradient
             if all(first):
                 buf.copy_(grad)
             else:
@@ -296,10 +296,9 @@ class SGDUpdate(Update):
                 grad = buf
         params.addcmul_(grad, self.neg_lr)
 
-    def _fused(self, params, grads):
+    def _fused(self, params, grads, first: list[bool]):
         """The step of the first `cut` entries of each row, in a fused call for each set of
-        members whose knobs (and lr, and whether it is their first step) agree."""
-        first = [s == 1 for s in self.steps]
+        members whose knobs (and lr, and whether it is their `first` step) agree."""
         key = (params.data_ptr(), grads.data_ptr(), tuple(self.lrs), tuple(first))
         if key != self._calls_key:  # the calls change with the lr, and after the first step
             self._calls_key, calls = key, {}

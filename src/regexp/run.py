@@ -324,7 +324,6 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     update = optim.build_update([c.optim for c in confs], stack.flat, decayed)
     lrs = update.lr[:, 0].tolist()  # each member's lr as its option configures it
     schedule = schedules.build_schedule([c.sched for c in confs], first.train.epochs, lrs)
-    update.set_lr(schedule.lrs())
     penalty = optim.build_penalty([c.reg for c in confs], stack)
     loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
     status, errors = ["failed"] * len(built), [None] * len(built)

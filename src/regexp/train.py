@@ -190,7 +190,7 @@ def fit(
         every = max(1, epochs // WEIGHT_STATS_POINTS)
     stats = WeightStats(stack) if every else None
     lrs = schedule.lrs() if schedule is not None else list(lrs) or update.lr.view(-1).tolist()
-    if schedule is not None:
+    if schedule is not None:  # (the schedule's lr from the start: a lambda's factor at 0)
         update.set_lr(lrs)
     outputs = Outputs(k, best_valid)
     for epoch in range(start_epoch + 1, epochs + 1):
