@@ -4,9 +4,10 @@ A figure takes tens of milliseconds to draw and encode, a lesson-24 epoch under 
 the training process, twenty of them would slow a 4000-epoch run by a quarter. So the loop
 only computes the values to draw (`Plot.predict`) and hands them to a `Renderer`, one child
 process per training process (a sweep's jobs share it), which imports matplotlib while the
-parent imports torch, draws each frame on the other core and sends its PNG back for
-TensorBoard. At the end of a run it writes the last frame as `<name>.png` and every frame as
-`<name>.gif` in the run dir. The child needs neither torch nor the training code.
+parent imports torch, draws each frame on the other core (at a lower priority than training)
+and sends its PNG back for TensorBoard. At the end of a run it writes the last frame as
+`<name>.png` and every frame as `<name>.gif` in the run dir. The child needs neither torch nor
+the training code.
 
     parent                                 child (`serve`)
     open(sid, spec, run_dir, start) ──>    a Drawing for that run
@@ -174,6 +175,12 @@ def serve() -> None:
 
     # Ctrl-C goes to the whole process group; the parent decides when drawing ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Drawing yields to training. Where every core trains (a stacked sweep's workers), a
+    # frame drawn at once takes the loop's core and its caches, which costs the loop more
+    # than the frame; at a lower priority the frames are drawn in what training leaves, or
+    # when a run's end waits for them. A lone run leaves it the other core all the same.
+    if hasattr(os, "nice"):  # (not on Windows)
+        os.nice(10)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach the pipe
     import numpy as np
