@@ -131,7 +131,11 @@ class Drawing:
     gave at `epoch` and returns the picture as an RGB PIL image. The axes keep fixed limits,
     so that the frames of an animation line up, and each frame draws only what moves: over
     the axes drawn once (ticks, labels, the legend above them), under the points, drawn once
-    into a transparent layer laid on top (a thousand points take tens of milliseconds)."""
+    into a transparent layer laid on top (a thousand points take tens of milliseconds), or with
+    `overlaid` false, a few points drawn over the model's artists in each frame (a second
+    figure to draw them once costs more)."""
+
+    overlaid = True
 
     def __init__(self, spec: dict):
         from PIL import Image
@@ -139,15 +143,21 @@ class Drawing:
         self.spec = spec
         self.figure, self.canvas, self.ax = self._layer()
         self.moving = self.setup(self.ax)  # the model's artists, bottom to top
-        points, canvas, ax = self._layer()
-        ax.set(xlim=self.ax.get_xlim(), ylim=self.ax.get_ylim())
-        ax.set_axis_off()
-        points.patch.set_alpha(0)
-        self.points(ax)
-        canvas.draw()
-        self.overlay = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
-        self.overlay = self.overlay.copy()  # (the buffer goes with its canvas)
-        handles = [*ax.collections, *self.moving]
+        if self.overlaid:
+            points, canvas, ax = self._layer()
+            ax.set(xlim=self.ax.get_xlim(), ylim=self.ax.get_ylim())
+            ax.set_axis_off()
+            points.patch.set_alpha(0)
+            self.points(ax)
+            canvas.draw()
+            self.overlay = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+            self.overlay = self.overlay.copy()  # (the buffer goes with its canvas)
+            handles = [*ax.collections, *self.moving]
+        else:  # a few points, drawn over the model's artists in each frame
+            self.overlay = None
+            self.points(self.ax)
+            handles = [*self.ax.collections, *self.moving]
+            self.moving = [*self.moving, *self.ax.collections]
         self.ax.legend(
             handles=[h for h in handles if h.get_label()[:1] not in ("", "_")], loc="lower right",
             bbox_to_anchor=(1, 1), ncols=3, fontsize="small", frameon=False, borderaxespad=0.2,
@@ -180,7 +190,9 @@ class Drawing:
             self.ax.draw_artist(artist)
         size = self.canvas.get_width_height()
         picture = Image.frombuffer("RGBA", size, self.canvas.buffer_rgba())
-        return Image.alpha_composite(picture, self.overlay).convert("RGB")
+        if self.overlay is not None:
+            picture = Image.alpha_composite(picture, self.overlay)
+        return picture.convert("RGB")
 
     def setup(self, ax) -> list:
         """Draw what stays (the axes, at their final limits); return the artists that move,
@@ -201,6 +213,8 @@ class Drawing:
 
 
 class FitDrawing(Drawing):
+    overlaid = False  # tens of points: under a millisecond a frame
+
     def setup(self, ax):
         import numpy as np
 
