@@ -249,8 +249,8 @@ class SGDUpdate(Update):
         # the step by columns makes three or four. It takes scalars, so members whose knobs
         # agree share a call; it rounds as torch's single-tensor step except in the scalar
         # loop of its last few entries, which the step by columns takes instead. Measured on
-        # the lesson net (1 thread): 2-3x faster with weight decay from 2 members on, and at
-        # 8 members without; as fast or slower for fewer without (its tail's extra calls).
+        # the lesson net (1 thread): 2-3x faster with weight decay from 2 members on, and from
+        # 4 members without (FUSED_FROM_MEMBERS); as fast or slower for fewer without.
         # (Weight decay on some parameters only is left to the step by columns.)
         self.fused = getattr(torch, "_fused_sgd_", None)
         if self.weight_decay is None and self.k < FUSED_FROM_MEMBERS:
@@ -333,7 +333,10 @@ class SGDUpdate(Update):
 # The fused step's vector loop takes 8 (AVX2) or 16 (AVX-512) floats at a time: a length that
 # is a multiple of this never reaches its scalar loop.
 FUSED_MULTIPLE = 64
-FUSED_FROM_MEMBERS = 8  # without weight decay, the fused step pays from this many members
+# Without weight decay the fused step pays from this many members: at 4, the step alone took
+# 80-89 us against 98 by columns, and a population of 4 trained in 0.94x the time (median of
+# 5 pairs, 0.83-1.01); at 2 the two are even, at 1 the fused step's tail makes it slower.
+FUSED_FROM_MEMBERS = 4
 
 
 @option("optim")
