@@ -4,7 +4,7 @@ A figure takes tens of milliseconds to draw and encode, a lesson-24 epoch under 
 the training process, twenty of them would slow a 4000-epoch run by a quarter. So the loop
 only computes the values to draw (`Plot.predict`) and hands them to a `Renderer`, one child
 process per training process (a sweep's jobs share it), which imports matplotlib while the
-parent imports torch, draws each frame on the other core (at a lower priority than training)
+parent imports torch, draws each frame on the other core (at a priority below training's)
 and sends its PNG back for TensorBoard. At the end of a run it writes the last frame as
 `<name>.png` and every frame as `<name>.gif` in the run dir. The child needs neither torch nor
 the training code.
@@ -18,6 +18,7 @@ the training code.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import logging
 import os
@@ -177,10 +178,14 @@ def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Drawing yields to training. Where every core trains (a stacked sweep's workers), a
     # frame drawn at once takes the loop's core and its caches, which costs the loop more
-    # than the frame; at a lower priority the frames are drawn in what training leaves, or
-    # when a run's end waits for them. A lone run leaves it the other core all the same.
-    if hasattr(os, "nice"):  # (not on Windows)
-        os.nice(10)
+    # than the frame; as an idle-class process (Linux; elsewhere the lowest nice) it draws
+    # on what training leaves: the other core of a lone run, a worker's core while that
+    # worker waits for its runs' figures. (64-job sweep: 34.1 s against 37.3 at nice 10.)
+    with contextlib.suppress(OSError, AttributeError):
+        if hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.nice(19)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach the pipe
     import numpy as np
