@@ -328,3 +328,18 @@ def test_sgd_steps_each_member_bit_for_bit_as_torch_optim_fused_or_not(populatio
         return [True, not 5 <= t < 12, t > 3, *[True] * (len(cfgs) - 3)]
 
     assert compare(cfgs, False, False, active=active)[1]
+
+
+def test_sgd_without_weight_decay_steps_fused_with_momentum_from_enough_members():
+    # Without decay the fused step pays only with momentum and from FUSED_FROM_MEMBERS
+    # members; where it steps, it is torch.optim's step bit for bit all the same.
+    if not hasattr(torch, "_fused_sgd_"):
+        pytest.skip("this torch has no fused SGD step")
+    enough = optim.FUSED_FROM_MEMBERS
+    knobs = [dict(lr=0.05, momentum=0.9), dict(lr=0.1, momentum=0.5, dampening=0.3)]
+    cfgs = [optim.SGD(**knobs[i % 2]) for i in range(enough)]
+    assert optim.build_update(cfgs, start(enough)).fused is not None
+    assert compare(cfgs, False, False, lr_at={7: [c.lr * 0.5 for c in cfgs]})[1]
+    assert optim.build_update(cfgs[:-1], start(enough - 1)).fused is None
+    plain = [optim.SGD(lr=0.05 * (i + 1)) for i in range(enough)]  # no momentum: one pass
+    assert optim.build_update(plain, start(enough)).fused is None

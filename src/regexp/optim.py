@@ -249,11 +249,13 @@ class SGDUpdate(Update):
         # the step by columns makes three or four. It takes scalars, so members whose knobs
         # agree share a call; it rounds as torch's single-tensor step except in the scalar
         # loop of its last few entries, which the step by columns takes instead. Measured on
-        # the lesson net (1 thread): 2-3x faster with weight decay from 2 members on, and from
-        # 4 members without (FUSED_FROM_MEMBERS); as fast or slower for fewer without.
-        # (Weight decay on some parameters only is left to the step by columns.)
+        # the lesson net (1 thread): 2-3x faster with weight decay from 2 members on; without,
+        # ~1.1-1.2x with momentum from 4 members (FUSED_FROM_MEMBERS), even at 2, slower at 1,
+        # and slower at any size without momentum (where the step by columns is one pass:
+        # 38 us against 53 at 4 members, 72 against 90 at 8). (Weight decay on some
+        # parameters only is left to the step by columns.)
         self.fused = getattr(torch, "_fused_sgd_", None)
-        if self.weight_decay is None and self.k < FUSED_FROM_MEMBERS:
+        if self.weight_decay is None and (self.buf is None or self.k < FUSED_FROM_MEMBERS):
             self.fused = None
         if self.weight_decay is not None and self.decayed is not None:
             self.fused = None
@@ -333,9 +335,9 @@ class SGDUpdate(Update):
 # The fused step's vector loop takes 8 (AVX2) or 16 (AVX-512) floats at a time: a length that
 # is a multiple of this never reaches its scalar loop.
 FUSED_MULTIPLE = 64
-# Without weight decay the fused step pays from this many members: at 4, the step alone took
-# 80-89 us against 98 by columns, and a population of 4 trained in 0.94x the time (median of
-# 5 pairs, 0.83-1.01); at 2 the two are even, at 1 the fused step's tail makes it slower.
+# Without weight decay, with momentum, the fused step pays from this many members: at 4, the
+# step alone took 80-89 us against 98 by columns, and a population of 4 trained in 0.94x the
+# time (median of 5 pairs, 0.83-1.01); at 2 the two are even, at 1 its tail makes it slower.
 FUSED_FROM_MEMBERS = 4
 
 
