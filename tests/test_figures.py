@@ -178,3 +178,34 @@ def test_a_run_goes_on_without_figures_when_the_drawing_process_dies(compose, tm
     assert tracker.close("completed", model)["status"] == "completed"
     assert "figure fit not drawn: the drawing process ended" in caplog.text
     assert render.renderer()._proc is not process  # the next run gets a new one
+
+
+def test_a_run_waits_for_a_drawing_process_that_draws_not_for_one_held_still(tmp_path, monkeypatch):
+    # At its idle priority the drawing process may draw slowly, which is no stall: the end of
+    # a run waits while it uses the CPU. Held still, it stalls, and the run goes on without.
+    import os
+    import signal
+
+    from regexp import render
+
+    x = np.linspace(-1, 1, 5)[:, None]
+    spec = {"kind": "fit", "points": [(x, x), (x, x)], "x": x[:, 0]}
+    renderer = render.Renderer()
+    try:
+        drawn = renderer.open(spec, tmp_path, 0)
+        drawn.frame(0, x)
+        drawn.close()
+        assert [epoch for epoch, *_ in drawn.images(wait=True)] == [0] and drawn.error is None
+        assert renderer.working()  # (it drew since its start)
+        os.kill(renderer._proc.pid, signal.SIGSTOP)
+        renderer.working()
+        monkeypatch.setattr(render, "STALL_SECONDS", 1.0)
+        held = renderer.open(spec, tmp_path / "held", 0)
+        held.frame(0, x)
+        held.close()
+        start = time.monotonic()
+        assert held.images(wait=True) == [] and held.error == "the drawing process stalled"
+        assert time.monotonic() - start < 10 and not renderer.working()
+    finally:
+        os.kill(renderer._proc.pid, signal.SIGCONT)
+        renderer.stop()

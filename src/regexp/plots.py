@@ -5,7 +5,7 @@ data. Each comes in two halves, so that the training loop pays next to nothing f
 `Plot` runs the model in eval mode on a fixed grid of inputs (tens of microseconds to a
 millisecond), and its `Drawing` turns those values into a picture (tens of milliseconds),
 in another process (render.py), while the loop goes on. One Figure is reused and only what
-changes between epochs (the curve, the class map) is redrawn.
+changes between epochs (the curve, the class map, and a few points over them) is redrawn.
 
 Report figures: curves and comparisons across the runs of a sweep (`regexp report`).
 Probe figures: the lessons' demonstrations that need no training (`regexp probe`).
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SIZE, DPI = (5.0, 4.0), 100  # 500 x 400 pixels
 GRID_1D, GRID_2D = 200, 64  # points on the x axis; per side of the 2-D grid
+FEW_POINTS = 200  # train and valid points drawn in each frame (20 take well under 1 ms)
 MARGIN = 0.1  # of the data's extent, on each side
 # The data sets whose runs draw a figure (1-D regression, 2-D classification), known from
 # their names before they load: for those the drawing process starts with the run.
@@ -131,11 +132,9 @@ class Drawing:
     gave at `epoch` and returns the picture as an RGB PIL image. The axes keep fixed limits,
     so that the frames of an animation line up, and each frame draws only what moves: over
     the axes drawn once (ticks, labels, the legend above them), under the points, drawn once
-    into a transparent layer laid on top (a thousand points take tens of milliseconds), or with
-    `overlaid` false, a few points drawn over the model's artists in each frame (a second
-    figure to draw them once costs more)."""
-
-    overlaid = True
+    into a transparent layer laid on top (a thousand points take tens of milliseconds), or,
+    up to FEW_POINTS of them, drawn over the model's artists in each frame (a second figure
+    to draw them once costs more: 17 ms of a fit's 60 to open)."""
 
     def __init__(self, spec: dict):
         from PIL import Image
@@ -143,7 +142,7 @@ class Drawing:
         self.spec = spec
         self.figure, self.canvas, self.ax = self._layer()
         self.moving = self.setup(self.ax)  # the model's artists, bottom to top
-        if self.overlaid:
+        if sum(len(x) for x, _ in spec["points"]) > FEW_POINTS:
             points, canvas, ax = self._layer()
             ax.set(xlim=self.ax.get_xlim(), ylim=self.ax.get_ylim())
             ax.set_axis_off()
@@ -153,11 +152,13 @@ class Drawing:
             self.overlay = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
             self.overlay = self.overlay.copy()  # (the buffer goes with its canvas)
             handles = [*ax.collections, *self.moving]
-        else:  # a few points, drawn over the model's artists in each frame
+        else:  # drawn over the model's artists in each frame
             self.overlay = None
+            before = len(self.ax.collections)
             self.points(self.ax)
-            handles = [*self.ax.collections, *self.moving]
-            self.moving = [*self.moving, *self.ax.collections]
+            added = self.ax.collections[before:]
+            handles = [*added, *self.moving]
+            self.moving = [*self.moving, *added]
         self.ax.legend(
             handles=[h for h in handles if h.get_label()[:1] not in ("", "_")], loc="lower right",
             bbox_to_anchor=(1, 1), ncols=3, fontsize="small", frameon=False, borderaxespad=0.2,
@@ -213,8 +214,6 @@ class Drawing:
 
 
 class FitDrawing(Drawing):
-    overlaid = False  # tens of points: under a millisecond a frame
-
     def setup(self, ax):
         import numpy as np
 

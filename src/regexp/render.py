@@ -54,6 +54,7 @@ class Renderer:
         self._out: queue.SimpleQueue = queue.SimpleQueue()
         self._inboxes: dict[int, queue.SimpleQueue] = {}
         self._next = 0
+        self._ticks = 0  # its CPU time, as `working` last read it
         self.alive = True
         self._writer = threading.Thread(target=self._write, daemon=True, name="regexp-render-out")
         self._writer.start()
@@ -83,6 +84,19 @@ class Renderer:
 
     def send(self, *message) -> None:
         self._out.put(message)
+
+    def working(self) -> bool:
+        """Whether the drawing process used the CPU since this was last asked. At its idle
+        priority it draws slowly where other work holds every core, which is no stall.
+        (Read from Linux's /proc; elsewhere False: a stall is judged by the clock alone.)"""
+        try:
+            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
+        except OSError:
+            return False
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # user and system time
+        moved, self._ticks = ticks != self._ticks, ticks
+        return moved
 
     def open(self, spec: dict, run_dir: Path, start_epoch: int) -> Animation:
         self._next += 1
@@ -127,6 +141,8 @@ class Animation:
                 if not wait:
                     break
                 waited += 0.5
+                if self.renderer.working():  # slowly, on what other work leaves: no stall
+                    waited = 0.0
                 if not self.renderer.alive or waited > STALL_SECONDS:
                     how = "stalled" if self.renderer.alive else "ended"
                     self._fail(f"the drawing process {how}")
@@ -176,16 +192,7 @@ def serve() -> None:
 
     # Ctrl-C goes to the whole process group; the parent decides when drawing ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Drawing yields to training. Where every core trains (a stacked sweep's workers), a
-    # frame drawn at once takes the loop's core and its caches, which costs the loop more
-    # than the frame; as an idle-class process (Linux; elsewhere the lowest nice) it draws
-    # on what training leaves: the other core of a lone run, a worker's core while that
-    # worker waits for its runs' figures. (64-job sweep: 34.1 s against 37.3 at nice 10.)
-    with contextlib.suppress(OSError, AttributeError):
-        if hasattr(os, "SCHED_IDLE"):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.nice(19)
+    _yield_to_training()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach the pipe
     import numpy as np
@@ -229,6 +236,19 @@ def serve() -> None:
             reply("closed" if kind == "close" else "error", sid, f"{type(exc).__name__}: {exc}")
             if kind == "open":
                 runs.pop(sid, None)
+
+
+def _yield_to_training() -> None:
+    """Draw at a priority below training's. Where every core trains (a stacked sweep's
+    workers), a frame drawn at once takes the loop's core and its caches, which costs the loop
+    more than the frame; as an idle-class process (Linux; elsewhere the lowest nice) drawing
+    takes what training leaves: the other core of a lone run, a worker's core while that
+    worker waits for its runs' figures. (64-job sweep: 34.1 s against 37.3 at nice 10.)"""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # (no idle class: macOS; no nice either: Windows)
+        with contextlib.suppress(AttributeError, OSError):
+            os.nice(19)
 
 
 class Frames:
