@@ -318,7 +318,7 @@ def test_sgd_steps_each_member_bit_for_bit_as_torch_optim_fused_or_not(populatio
     if not hasattr(torch, "_fused_sgd_"):
         pytest.skip("this torch has no fused SGD step")
     cfgs = configs(population)
-    cfgs = [*cfgs, *configs(population)[:2]] * 2  # (fused from 4 members even without decay)
+    cfgs = [*cfgs, *configs(population)[:2]] * 2  # (members enough for the fused step)
     assert P % optim.FUSED_MULTIPLE and len(cfgs) >= optim.FUSED_FROM_MEMBERS
     assert optim.build_update(cfgs, start(len(cfgs))).fused is not None
     for decayed in (False, True):

@@ -250,10 +250,10 @@ class SGDUpdate(Update):
         # agree share a call; it rounds as torch's single-tensor step except in the scalar
         # loop of its last few entries, which the step by columns takes instead. Measured on
         # the lesson net (1 thread): 2-3x faster with weight decay from 2 members on; without,
-        # ~1.1-1.2x with momentum from 4 members (FUSED_FROM_MEMBERS), even at 2, slower at 1,
-        # and slower at any size without momentum (where the step by columns is one pass:
-        # 38 us against 53 at 4 members, 72 against 90 at 8). (Weight decay on some
-        # parameters only is left to the step by columns.)
+        # only with momentum and from FUSED_FROM_MEMBERS members (its comment says why), and
+        # never without momentum, where the step by columns is one pass (38 us against 53 at
+        # 4 members, 72 against 90 at 8). (Weight decay on some parameters only is left to
+        # the step by columns.)
         self.fused = getattr(torch, "_fused_sgd_", None)
         if self.weight_decay is None and (self.buf is None or self.k < FUSED_FROM_MEMBERS):
             self.fused = None
