@@ -646,7 +646,7 @@ def build_penalty(regs: Sequence[Reg], stack) -> Penalty | None:
         [[float(getattr(r, key))] for r in regs], dtype=flat.dtype, device=flat.device
     )
     mask = weight_mask(stack, include_all=regs[0].include_bias)
-    return Penalty(column("l1"), column("l2"), mask)
+    return Penalty(column("l1"), column("l2"), mask, [bool(r.l1 or r.l2) for r in regs])
 
 
 def resolve_loss(name: str, task: str, n_outputs: int) -> str:
@@ -683,11 +683,15 @@ class Penalty:
     l1: torch.Tensor
     l2: torch.Tensor
     mask: torch.Tensor  # (P,), 1 where penalized
+    on: list[bool]  # the members with a penalty (the others add 0 and log none)
 
     def value(self, flat: torch.Tensor) -> torch.Tensor:
         w = flat * self.mask
         return (self.l1 * w.abs()).sum(1) + (self.l2 / 2 * w * w).sum(1)
 
     def add_grad(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        """Its gradient, l1 * sign(w) + l2 * w, added to `grad` (no autograd needed)."""
-        grad.addcmul_(torch.sign(flat), self.l1 * self.mask).addcmul_(flat, self.l2 * self.mask)
+        """Its gradient, l1 * sign(w) + l2 * w, added to `grad` (no autograd needed). Each op
+        takes a (K, 1) column, so that torch runs it row by row: over (K, P) operands alone it
+        would run them as one vector, whose scalar tail would fall on other entries of a member
+        than alone (and round them apart, where the vector code fuses a multiply-add)."""
+        grad.addcmul_(torch.sign(flat) * self.mask, self.l1).addcmul_(flat * self.mask, self.l2)

@@ -10,12 +10,15 @@ same shape. Each member's own model keeps working on views of those buffers: its
 its histograms and its figures are the member's, with nothing copied. (A Linear weight is
 stored transposed, (in, out), and its member's (out, in) weight is a transposed view.)
 
-The forward pass computes every member at once: a batched matrix product per Linear layer (a
-lone run's features skip the member dimension up to its first norm or Conv layer), a
-grouped convolution per Conv layer, and each norm layer in one call on a (batch, member x
-channel) layout, where each member's channels are normalized with their own statistics and
-running buffers. Dropout draws each member's masks from the member's own generator, in the
-order and shape its lone run draws them, so that a member's record equals its lone run's.
+A member's numbers are its lone run's, bit for bit (tests/test_population.py compares their
+files as bytes). So the forward pass stacks only what rounds the same in any company: the
+Linear layers' batched products (a lone run's features skip the member dimension and take
+addmm, which rounds as a member's share of a batched product, except where a product has a
+single column: there each member takes its own addmm), ReLU and dropout, whose masks each
+member draws from its own generator in the order and shape its lone run draws them. Every
+other layer (conv, the norms, pooling, smooth activations) runs member by member on the
+member's own contiguous slice, through the member's own module, as its lone run calls it:
+stacked, their kernels would reduce or vectorize a member's values in another order.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import warnings
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from regexp.models import weights
 
@@ -33,20 +35,30 @@ from regexp.models import weights
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
 
 # Below this many multiply-adds per matrix, torch's CPU bmm takes a loop of its own, which
-# rounds apart from addmm; above it, it runs addmm matrix by matrix (the same numbers).
+# rounds apart from addmm; above it, MKL's gemm matrix by matrix (addmm's numbers, in its
+# reproducible mode: regexp/__init__.py).
 LOOPED_BELOW = 400
 
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
-POINTWISE = (
-    nn.ReLU,
-    nn.LeakyReLU,
+# Layers whose result for one member does not depend on the others beside it: the same
+# operation on each element (a ReLU's max, a leaky ReLU's single product), or none at all.
+EXACT_ON_ANY_LAYOUT = (nn.ReLU, nn.LeakyReLU, nn.Identity)
+# Layers each member runs on its own slice, through its lone run's own call: over a stacked
+# layout their kernels round a member apart from its lone run (conv, the norms' reductions,
+# and activations whose vectorized and scalar code round differently, which a member meets at
+# other element positions than alone).
+PER_MEMBER = (
+    nn.Conv2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.InstanceNorm2d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
     nn.Tanh,
     nn.Sigmoid,
     nn.GELU,
     nn.ELU,
-    nn.Identity,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
 )
 
 
@@ -102,6 +114,15 @@ class Stack:
                 self.lone[id(params[0][position])] = lone
             offset += size
         self.plan = self._plan()
+        # The members' layers whose result depends on their mode (the norms with batch
+        # statistics), set to the mode of each forward pass.
+        self.moded = [
+            layer
+            for kind, payload in self.plan
+            if kind == "per member"
+            for layer in payload
+            if isinstance(layer, (nn.modules.batchnorm._BatchNorm, nn.InstanceNorm2d))
+        ]
 
     # --- the layers -----------------------------------------------------------------------
 
@@ -111,190 +132,79 @@ class Stack:
         sequences = []
         for m in self.models:
             steps, pending = [], None
-            for name, layer in _named_layers(m):
+            for layer in layers_of(m):
                 if isinstance(layer, (nn.Dropout, nn.Dropout2d)):
                     pending = (type(layer), layer.p)
                     continue
-                steps.append((pending, name, layer))
+                steps.append((pending, layer))
                 pending = None
             sequences.append(steps)
-        length = {len(s) for s in sequences}
-        if len(length) != 1:
+        if len({len(s) for s in sequences}) != 1:
             raise ValueError("members of a population must have one architecture")
         plan = []
         for position in zip(*sequences, strict=True):
-            drops = [d for d, _, _ in position]
+            drops = [d for d, _ in position]
             if any(d is not None for d in drops):
                 kind = next(d[0] for d in drops if d is not None)
                 plan.append(("dropout", (kind, [0.0 if d is None else d[1] for d in drops])))
-            plan.append(self._step([layer for _, _, layer in position]))
+            plan.append(self._step([layer for _, layer in position]))
         return plan
-
-    def _view(self, param) -> torch.Tensor | None:
-        return None if param is None else self.stacked[id(param)]
 
     def _step(self, layers: list[nn.Module]):
         layer = layers[0]
         if isinstance(layer, nn.Linear):  # its weight stacked as (K, in, out)
-            return ("linear", (self._view(layer.weight), self._view(layer.bias), layer))
-        if isinstance(layer, nn.Conv2d):
-            return ("conv", (self._view(layer.weight), self._view(layer.bias), layer))
-        if isinstance(layer, NORMS):
-            return ("norm", self._norm(layers))
+            weight, bias = self.stacked[id(layer.weight)], None
+            if layer.bias is not None:
+                bias = self.stacked[id(layer.bias)]
+            return ("linear", (weight, bias, layer))
         if isinstance(layer, nn.Flatten):
             return ("flatten", None)
-        if isinstance(layer, POINTWISE):
-            return ("pointwise", layer)
+        if isinstance(layer, EXACT_ON_ANY_LAYOUT):
+            return ("elementwise", layer)
+        if isinstance(layer, PER_MEMBER):
+            return ("per member", layers)
         raise ValueError(f"a population cannot stack a {type(layer).__name__} layer")
-
-    def _norm(self, layers: list[nn.Module]):
-        """A norm layer over all members, its running buffers stacked (member-major, so that
-        member i's are a slice) and each member's buffers made views of them."""
-        layer = layers[0]
-        buffers = {}
-        for key, value in layer.named_buffers():
-            stacked = torch.stack([dict(m.named_buffers())[key] for m in layers]).flatten()
-            if value.dim() == 0:  # num_batches_tracked: one count per member
-                stacked = stacked.view(self.k)
-            for i, m in enumerate(layers):
-                size = value.numel()
-                setattr(
-                    m, key, stacked[i] if value.dim() == 0 else stacked[i * size : (i + 1) * size]
-                )
-            buffers[key] = stacked
-        weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
-        return layer, self._view(weight), self._view(bias), buffers
 
     # --- the forward pass -------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, training: bool, shared: bool = False) -> torch.Tensor:
-        """Every member's output on its inputs `x`, (K, B, *in_shape), or with `shared` on the
-        same inputs (B, *in_shape). With `training`, dropout draws masks and batch norm uses
-        and updates the batch statistics, as each lone run in train mode would."""
+        """Every member's output on its inputs `x`, (K, B, ...), or with `shared` on the same
+        inputs (B, ...). With `training`, dropout draws masks and batch norm uses and updates
+        the batch statistics, as each lone run in train mode would."""
         k = self.k
-        maps = False  # the layout: (K, B, F) for features, (B, K*C, H, W) for conv maps
-        if x.dim() - (0 if shared else 1) == 4:  # images
-            b = x.shape[0 if shared else 1]
-            if shared:
-                x = x.repeat(1, k, 1, 1) if k > 1 else x
-            else:
-                x = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
-            maps = True
-        elif k == 1:
-            # A lone run's features stay (B, F) through its Linear, pointwise and dropout
-            # layers, as in a hand-written loop: a member dimension costs views at every op
-            # and in its backward. Its addmm rounds as the batched product of one member.
+        # A lone run's tensors skip the member dimension, as in a hand-written loop (a member
+        # dimension costs views at every op and in its backward).
+        lone = k == 1
+        if lone:
             x = x if shared else x[0]
-        else:
-            x = x.unsqueeze(0).expand(k, *x.shape) if shared else x
-        lone = k == 1 and not maps
+        elif shared:
+            x = x.unsqueeze(0).expand(k, *x.shape)
+        for layer in self.moded:
+            layer.training = training
         for kind, payload in self.plan:
-            if lone and kind not in ("linear", "pointwise", "dropout"):
-                x, lone = x.unsqueeze(0), False
             if kind == "linear":
-                weight, bias, layer = payload
-                if not lone:
-                    x = _batched_linear(x, weight, bias)
-                    continue
-                w, b = self.lone[id(layer.weight)], layer.bias
-                if x.shape[0] * w.numel() >= LOOPED_BELOW:
-                    x = x @ w if b is None else torch.addmm(b, x, w)
-                else:  # small enough for bmm's own loop, which rounds apart from addmm
-                    x = _batched_linear(x.unsqueeze(0), weight, bias).squeeze(0)
-            elif kind == "pointwise":
+                x = _lone_linear(x, self.lone, *payload) if lone else _batched_linear(x, *payload)
+            elif kind == "elementwise":
                 x = payload(x)
-            elif kind == "conv":
-                weight, bias, layer = payload
-                x = F.conv2d(
-                    x,
-                    weight.reshape(-1, *weight.shape[2:]),
-                    None if bias is None else bias.reshape(-1),
-                    layer.stride,
-                    layer.padding,
-                    layer.dilation,
-                    k,
-                )
+            elif kind == "per member":  # each member's own layer on its own (B, ...) slice
+                x = payload[0](x) if lone else torch.stack([f(x[i]) for i, f in enumerate(payload)])
             elif kind == "flatten":
-                if maps:  # (B, K*C, H, W) -> (K, B, C*H*W)
-                    x = x.reshape(x.shape[0], k, -1).transpose(0, 1)
-                    maps = False
-                else:
-                    x = x.reshape(k, x.shape[1], -1)
-            elif kind == "norm":
-                x = self._normalize(x, payload, training, maps)
+                x = x.flatten(1) if lone else x.flatten(2)
             elif kind == "dropout" and training:
-                if lone:  # its mask drawn as a member's, (1, B, F)
-                    x = self._dropout(x.unsqueeze(0), *payload, maps)[0]
+                if lone:  # its mask drawn as a member's
+                    x = self._dropout(x.unsqueeze(0), *payload)[0]
                 else:
-                    x = self._dropout(x, *payload, maps)
+                    x = self._dropout(x, *payload)
         return x.unsqueeze(0) if lone else x
 
-    def _normalize(self, x, payload, training: bool, maps: bool) -> torch.Tensor:
-        layer, weight, bias, buffers = payload
-        k = self.k
-        w = None if weight is None else weight.reshape(-1)
-        b = None if bias is None else bias.reshape(-1)
-        if not maps:  # (K, B, C) -> (B, K*C)
-            batch = x.shape[1]
-            x = x.transpose(0, 1).reshape(batch, -1)
-        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            factor = layer.momentum
-            if training and layer.track_running_stats:
-                buffers["num_batches_tracked"].add_(1)
-                if factor is None:  # a cumulative average
-                    factor = 1.0 / float(buffers["num_batches_tracked"][0])
-            use_batch = training or not layer.track_running_stats
-            out = F.batch_norm(
-                x,
-                buffers.get("running_mean") if not training or layer.track_running_stats else None,
-                buffers.get("running_var") if not training or layer.track_running_stats else None,
-                w,
-                b,
-                use_batch,
-                0.0 if factor is None else factor,
-                layer.eps,
-            )
-        elif isinstance(layer, nn.InstanceNorm2d):
-            out = F.instance_norm(
-                x,
-                buffers.get("running_mean"),
-                buffers.get("running_var"),
-                w,
-                b,
-                training or not layer.track_running_stats,
-                layer.momentum if layer.momentum is not None else 0.0,
-                layer.eps,
-            )
-        elif isinstance(layer, nn.GroupNorm):  # each member's channels form its own groups
-            out = F.group_norm(x, layer.num_groups * k, w, b, layer.eps)
-        else:  # LayerNorm over a member's whole example: a group norm of one group a member
-            batch = x.shape[0]
-            flat = x.reshape(batch, -1, 1)
-            out = F.group_norm(flat, k, w, b, layer.eps).view(x.shape)
-        if not maps:
-            out = out.view(out.shape[0], k, -1).transpose(0, 1)
-        return out
-
-    def _dropout(self, x, kind, ps: list[float], maps: bool) -> torch.Tensor:
+    def _dropout(self, x, kind, ps: list[float]) -> torch.Tensor:
         """Each member's mask drawn from its own generator, shaped as its lone run draws it:
-        (B, F) for Dropout, (B, C, 1, 1) for Dropout2d (whole channels)."""
-        k = self.k
-        if maps:
-            view = x.view(x.shape[0], k, -1, *x.shape[2:])  # (B, K, C, H, W)
-            shape = (x.shape[0], view.shape[2], 1, 1) if kind is nn.Dropout2d else view.shape[2:]
-            if kind is nn.Dropout2d:
-                noise = x.new_ones(k, x.shape[0], view.shape[2], 1, 1)
-            else:
-                noise = x.new_ones(k, x.shape[0], *view.shape[2:])
-        else:
-            shape = x.shape[1:]
-            noise = x.new_ones(k, *shape)
+        (B, ...) for Dropout, (B, C, 1, 1) for Dropout2d (whole channels)."""
+        shape = x.shape[1:] if kind is not nn.Dropout2d else (*x.shape[1:3], 1, 1)
+        noise = x.new_ones(self.k, *shape)
         for i, p in enumerate(ps):
             if p > 0:
                 noise[i].bernoulli_(1 - p, generator=self.generators[i]).div_(1 - p)
-        del shape
-        if maps:  # (K, B, C, ...) -> (B, K*C, ...)
-            noise = noise.transpose(0, 1).reshape(x.shape[0], -1, *noise.shape[3:])
         return x * noise
 
     # --- state ------------------------------------------------------------------------------
@@ -303,15 +213,36 @@ class Stack:
         self.grad.zero_()
 
 
-def _batched_linear(x, weight, bias) -> torch.Tensor:
-    """(K, B, in) through weights (K, in, out) and biases (K, out)."""
+def _batched_linear(x, weight, bias, layer=None) -> torch.Tensor:
+    """(K, B, in) through weights (K, in, out) and biases (K, out), each member's products
+    rounded as its lone run's (_lone_linear) round them."""
+    b, n_in, n_out = x.shape[1], *weight.shape[1:]
+    if b * n_in * n_out >= LOOPED_BELOW and _one_column(b, n_in, n_out, x.requires_grad):
+        # One addmm a member: a batched product rounds apart from a lone one where the result
+        # is a single column (a 200 -> 1 layer), which a lone product takes as a gemv.
+        ws, bs = weight.unbind(0), [None] * len(weight) if bias is None else bias.unbind(0)
+        return torch.stack(
+            [
+                x[i] @ w if c is None else torch.addmm(c, x[i], w)
+                for i, (w, c) in enumerate(zip(ws, bs, strict=True))
+            ]
+        )
     return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
 
 
-def _named_layers(model: nn.Module):
-    if isinstance(model, nn.Sequential):
-        return list(model.named_children())
-    return [("", model)]
+def _lone_linear(x, lone, weight, bias, layer) -> torch.Tensor:
+    """A lone run's (B, in) features through its Linear layer: addmm, as nn.Linear does, but
+    where the product is small enough for bmm's own loop, which a population takes there."""
+    w, b = lone[id(layer.weight)], layer.bias
+    if x.shape[0] * w.numel() < LOOPED_BELOW:
+        return _batched_linear(x.unsqueeze(0), weight, bias).squeeze(0)
+    return x @ w if b is None else torch.addmm(b, x, w)
+
+
+def _one_column(b: int, n_in: int, n_out: int, input_grad: bool) -> bool:
+    """Whether a product of a Linear layer, forward or backward, has a single row or column:
+    (b, out) forward, (b, in) for the input's gradient, (in, out) for the weight's."""
+    return 1 in (b, n_out) or (n_in == 1 and input_grad)
 
 
 # --- what the stack knows of its weights ----------------------------------------------------

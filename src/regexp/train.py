@@ -232,7 +232,9 @@ def fit(
                 rest = row[2:]
             metrics["lr"] = lrs[i]
             if penalty_mean is not None:
-                metrics["penalty"], rest = rest[0], rest[1:]
+                if penalty.on[i]:  # (a member without one logs none, as alone)
+                    metrics["penalty"] = rest[0]
+                rest = rest[1:]
             if weight_stats:
                 metrics.update(stats.read(rest))
             valid_losses.append(metrics["valid_loss"])
@@ -368,7 +370,7 @@ def _train_epoch(stack, update, loss_fn, data, size, generators, classify, penal
         if classify:
             outputs.append(out.detach())  # scored once per epoch, not per step
     loss = example_mean(losses, n, size)
-    term = (terms[0] if len(terms) == 1 else torch.stack(terms).mean(0)) if terms else None
+    term = (terms[0] if len(terms) == 1 else by_member(terms).mean(1)) if terms else None
     if not classify:
         return [loss], term
     if order is not None:  # the labels in the order the outputs came
@@ -405,13 +407,19 @@ def example_mean(losses: list[torch.Tensor], n: int, size: int) -> torch.Tensor:
     batch weighs by its size, not as much as a full one."""
     if len(losses) == 1:
         return losses[0]
-    stacked = torch.stack(losses)
+    stacked = by_member(losses)
     last = n - (len(losses) - 1) * size
     if last == size:
-        return stacked.mean(0)
-    weights = torch.full((len(losses), 1), float(size), device=stacked.device)
+        return stacked.mean(1)
+    weights = torch.full((len(losses),), float(size), device=stacked.device)
     weights[-1] = last
-    return (stacked * weights).sum(0) / n
+    return (stacked * weights).sum(1) / n
+
+
+def by_member(values: list[torch.Tensor]) -> torch.Tensor:
+    """Per-member values (each (K,)) as rows (K, len(values)), to reduce along a row: a
+    reduction across rows would sum each member's values in another order than alone."""
+    return torch.stack(values, 1)
 
 
 def correct(out: torch.Tensor, y: torch.Tensor, shared: bool = False) -> torch.Tensor:
@@ -440,7 +448,7 @@ def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False, keep: bo
             losses.append(loss if chunk == n else loss * chunk)
             if classify:
                 right.append(correct(out, yb, shared))
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum(0) / n
+        loss = losses[0] if len(losses) == 1 else by_member(losses).sum(1) / n
         stats = [loss]
         if classify:
             stats.append(right[0] if len(right) == 1 else torch.stack(right).sum(0))
