@@ -272,3 +272,7 @@ class Member:
     run_dir: Path
     overrides: list[str] = field(default_factory=list)
     start_epoch: int = 0  # a resumed member's checkpoint: a population's members start together
+    # Where its lines go, as its lone run's job logging writes them (Hydra's file handler:
+    # train.log), when it trains beside others; None: the process's own logging, as alone.
+    log_file: Path | None = None
+    log_format: str = "[%(asctime)s][%(levelname)s] %(message)s"

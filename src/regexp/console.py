@@ -43,6 +43,7 @@ class PopulationProgress:
         self.epochs = [epochs for _, epochs, _ in populations]
         self.console = console or Console()
         self._last = [0.0] * len(populations)
+        self._best = [math.inf] * len(populations)
         sizes = self.sizes
         self._progress = None
         self._names = [
@@ -58,9 +59,12 @@ class PopulationProgress:
             self._progress.start()
 
     def __call__(self, epoch: int, valid_losses: list[float], running: int, which: int = 0):
-        finite = [v for v in valid_losses if math.isfinite(v)]
-        best = f"best valid {min(finite):.4g}" if finite else ""
-        text = f"{running} of {self.sizes[which]} training  {best}"
+        # The lowest valid loss any member has had so far (an epoch's lowest would rise and
+        # fall with the members' curves).
+        self._best[which] = min([self._best[which], *filter(math.isfinite, valid_losses)])
+        best = self._best[which]
+        text = f"{running} of {self.sizes[which]} training"
+        text += f"  best valid so far {best:.4g}" if math.isfinite(best) else ""
         epochs = self.epochs[which]
         if self._progress is not None:
             now = time.perf_counter()

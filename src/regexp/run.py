@@ -331,7 +331,7 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     tables: dict[str, str] = {}
     own_progress = progress is None and len(built) > 1
     doing = [STOPPING]
-    with stop_on_signals(doing) as received:
+    with stop_on_signals(doing) as received, ExitStack() as held:
         try:
             for i, b in enumerate(built):
                 conf, run_dir = b.member.conf, b.member.run_dir
@@ -361,6 +361,7 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                     start_epoch=b.start_epoch,
                     progress=progress is None and len(built) == 1,
                     model=b.model,
+                    logger=held.enter_context(own_log(b.member)),
                 )
             if own_progress:
                 progress = PopulationProgress(
@@ -426,32 +427,8 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                         weights_of=b.stopper.restored if b.stopper is not None else None,
                     )
                 )
-    for b, summary in zip(built, summaries, strict=True):
-        run_dir = b.member.run_dir
-        if summary["status"] == "diverged":
-            log.warning(
-                "diverged: %s; stopped there, everything up to it is in %s",
-                summary.get("error"),
-                run_dir,
-            )
-        if "stopped_epoch" in summary:
-            best = summary["best"]
-            log.info(
-                "stopped early after epoch %d: the valid loss has not improved since epoch %d "
-                "(%.4g)%s",
-                summary["stopped_epoch"],
-                best.get("epoch", 0),
-                best.get("valid_loss", float("nan")),
-                "; ends with its weights (best.pt)"
-                if b.member.conf.train.early_stop.restore_best
-                else "",
-            )
-        if summary["status"] == "interrupted":
-            log.warning(
-                "interrupted after epoch %d; resume with: regexp train resume=%s",
-                summary["epochs"],
-                run_dir,
-            )
+        for b, summary in zip(built, summaries, strict=True):
+            say_outcome(b, summary, b.tracker.log if b.tracker is not None else None)
     if any(s["status"] == "interrupted" for s in summaries):
         raise Interrupted(received[0], built[0].member.run_dir, summaries[0]["epochs"])
     if len(built) == 1:
@@ -459,6 +436,59 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     if received:  # after the records were written: the run is whole, the process interrupted
         raise Interrupted(received[0])
     return summaries
+
+
+@contextmanager
+def own_log(member: Member):
+    """A logger writing to `member.log_file` alone (its job's train.log), while it trains
+    beside others; None (regexp's own log, as a lone run has it) where it has none."""
+    if member.log_file is None:
+        yield None
+        return
+    logger = logging.getLogger(f"regexp.job.{member.run_dir}")
+    logger.propagate, logger.level = False, logging.INFO
+    handler = logging.FileHandler(member.log_file)
+    handler.setFormatter(logging.Formatter(member.log_format))
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def say_outcome(b: Built, summary: dict, own: logging.Logger | None) -> None:
+    """How a run ended, where it did not simply complete: on the console, and in the member's
+    own log where it has one."""
+    for logger in (log, *([own] if own is not None and own is not log else [])):
+        _say_outcome(b, summary, logger)
+
+
+def _say_outcome(b: Built, summary: dict, log: logging.Logger) -> None:
+    run_dir = b.member.run_dir
+    if summary["status"] == "diverged":
+        log.warning(
+            "diverged: %s; stopped there, everything up to it is in %s",
+            summary.get("error"),
+            run_dir,
+        )
+    if "stopped_epoch" in summary:
+        best = summary["best"]
+        log.info(
+            "stopped early after epoch %d: the valid loss has not improved since epoch %d (%.4g)%s",
+            summary["stopped_epoch"],
+            best.get("epoch", 0),
+            best.get("valid_loss", float("nan")),
+            "; ends with its weights (best.pt)"
+            if b.member.conf.train.early_stop.restore_best
+            else "",
+        )
+    if summary["status"] == "interrupted":
+        log.warning(
+            "interrupted after epoch %d; resume with: regexp train resume=%s",
+            summary["epochs"],
+            run_dir,
+        )
 
 
 def _best_valid(tracker: Tracker) -> float:

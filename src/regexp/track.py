@@ -101,9 +101,11 @@ class Tracker:
         console: Console | None = None,
         progress: bool = True,
         model: nn.Module | None = None,
+        logger: logging.Logger | None = None,
     ):
         """With `model`, a new run's record starts at epoch 0 with its initial weights'
-        histograms and figure."""
+        histograms and figure. With `logger` (a member's own log file), its epoch lines go
+        there rather than to regexp's log, with or without `progress`."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.epochs, self.hist_every = epochs, hist_every
@@ -145,7 +147,8 @@ class Tracker:
         self._pending: list[tuple[int, dict[str, float]]] = []
         self._last_update = self._last_flush = time.perf_counter()
         self._every = max(1, epochs // 10)  # plain lines when not on a terminal
-        self.log_lines = progress
+        self.log = logger or log
+        self.log_lines = progress or logger is not None
         if self.figure is not None:
             self._animation = _animate(self.figure, self.run_dir, start_epoch)
         if model is not None and start_epoch == 0:
@@ -230,11 +233,11 @@ class Tracker:
             # By column: an epoch without some metrics (weight stats) leaves those cells empty.
             self._csv.writerow([epoch, *(metrics.get(k, "") for k in self._columns)])
             if (
-                self._progress is None
+                (self._progress is None or self.log is not log)
                 and self.log_lines
                 and (epoch % self._every == 0 or epoch == self.epochs)
             ):
-                log.info(
+                self.log.info(
                     "epoch %d/%d  train %.4g  valid %.4g",
                     epoch,
                     self.epochs,

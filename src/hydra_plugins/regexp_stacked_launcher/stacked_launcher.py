@@ -126,7 +126,8 @@ class StackedLauncher(Launcher):
                     job_subdir_key="hydra.sweep.subdir",
                 )
             )
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            # (as the basic launcher: the next job's line is the sweep's, not in this job's log)
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         ready = [
             i
             for i, r in enumerate(returns)
@@ -322,15 +323,18 @@ def _population(members: "list", progress=None) -> "list":
 def _throttled(report, epochs: int, every: float = 0.1):
     """`report`, called at most every `every` seconds, and at each tenth of the `epochs` (the
     epochs the display logs where it draws no bar)."""
+    import math
     import time
 
     last, tenth = [0.0], max(1, epochs // 10)
+    best: list[float] = []  # each member's lowest valid loss yet, epochs not reported too
 
     def call(epoch: int, valid_losses: "list[float]", running: int) -> None:
+        best[:] = map(min, best or [math.inf] * len(valid_losses), valid_losses)  # (never NaN)
         now = time.perf_counter()
         if now - last[0] >= every or epoch % tenth == 0 or epoch == epochs:
             last[0] = now
-            report(epoch, valid_losses, running)
+            report(epoch, list(best), running)
 
     return call
 
