@@ -101,6 +101,31 @@ def test_on_a_real_population_the_terms_add_up_to_the_expected_error(tmp_path):
     y, f = result.runs[0].y.astype(np.float64), result.runs[0].target.astype(np.float64)
     assert d.expected_error == pytest.approx(float(((p - y) ** 2).mean()), rel=1e-9)
     assert d.difference == pytest.approx(2 * float(((p.mean(0) - f) * (f - y)).mean()), abs=1e-9)
+    # Over the input range, against the truth on the figure's grid, nothing is left over.
+    exact = result.on_range
+    assert result.lead is exact and exact.noise == exact.noise_var == pytest.approx(0.09)
+    assert exact.difference == pytest.approx(0, abs=1e-12 * exact.expected_error)
+    assert exact.variance_data + exact.variance_init == pytest.approx(exact.variance, rel=1e-9)
+    # The figure's grid runs past the inputs' range [-1, 1] (as standardized) on both sides;
+    # the decomposition takes the points inside it, where the truth is 1.5 x.
+    first = result.runs[0]
+    inside = (first.grid_x[:, 0] >= first.x.min()) & (first.grid_x[:, 0] <= first.x.max())
+    assert first.grid_target.shape == (200, 1) and 100 < inside.sum() < 200
+    truth = first.grid_target[inside].astype(np.float64)
+    assert truth.min() == pytest.approx(-1.5, abs=0.02) and truth.max() == pytest.approx(
+        1.5, abs=0.02
+    )
+    grids = np.stack([q.grid[inside] for q in result.runs]).astype(np.float64)
+    assert exact.bias2 == pytest.approx(float(((grids.mean(0) - truth) ** 2).mean()), rel=1e-9)
+
+
+def test_over_the_range_the_terms_are_known_offsets_and_spreads_and_add_up_exactly():
+    f = np.sin(np.linspace(-3, 3, 50))[:, None]
+    runs = np.stack([f + 0.1 + s for s in (0.2, -0.2, 0.2, -0.2)])
+    d = bias_variance.over_range(runs, f, noise_std=0.5)
+    assert d.bias2 == pytest.approx(0.01) and d.variance == pytest.approx(0.04)
+    assert d.noise == 0.25 and d.expected_error == pytest.approx(0.3)
+    assert d.difference == pytest.approx(0, abs=1e-15)
 
 
 def test_report_of_a_stacked_sweep_over_seeds_and_draws_decomposes_each_setting(tmp_path):
@@ -120,7 +145,13 @@ def test_report_of_a_stacked_sweep_over_seeds_and_draws_decomposes_each_setting(
     assert "weight_decay 0 -> 0.1: valid loss" in verdict and "of 4 runs, by" in verdict
     with open(sweep / "bias_variance.csv", newline="") as f:
         terms = list(csv.DictReader(f))
-    assert [t["optim.weight_decay"] for t in terms] == ["0.0", "0.1"]
+    # Each setting over the input range (exact), then on the valid set (with its cross term).
+    assert [(t["optim.weight_decay"], t["on"]) for t in terms] == [
+        ("0.0", "range"), ("0.0", "valid"), ("0.1", "range"), ("0.1", "valid"),
+    ]  # fmt: skip
+    for t in terms[::2]:
+        assert float(t["difference"]) == pytest.approx(0, abs=1e-12)
+        assert float(t["noise"]) == pytest.approx(0.09)
     for t in terms:
         assert t["n"] == "4" and t["task"] == "regression"
         parts = float(t["bias2"]) + float(t["variance"]) + float(t["noise"])

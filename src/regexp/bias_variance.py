@@ -11,6 +11,16 @@ where the data knows it (toy_regression), else the valid target itself:
     expected error = mean_x,runs (ŷ(x) − y)²  = bias² + variance + noise + the cross term
                      2 mean_x (f̄(x) − f(x))(f(x) − y), printed as the difference.
 
+On 10 valid points the cross term need not be small. Where the data knows its truth f
+everywhere and its noise std σ (toy_regression), the report leads with the decomposition
+over the whole input range instead, from each run's fitted curve on its figure's grid (the
+G points of it between the smallest and the largest input): there the noise is independent
+of the fits, and
+
+    expected error = mean_x,runs (ŷ(x) − f(x))² + σ² = bias² + variance + σ²
+
+to float rounding (rows `on=range` of bias_variance.csv; the valid set's are `on=valid`).
+
 When both seed and draw vary, the variance splits exactly (the law of total variance, Neal
 et al. 2018, "A Modern Take on the Bias-Variance Tradeoff in Neural Networks") into the part
 due to the training set, mean_x over runs of (f̄_D(x) − f̄(x))² with f̄_D the mean over the
@@ -103,16 +113,44 @@ def regression(
         noise=float(((y - f) ** 2).mean()),
         noise_var=None if noise_std is None else noise_std**2,
     )
-    if draws is not None:
-        labels = [str(x) for x in draws]
-        per_draw = {
-            k: p[[i for i, x in enumerate(labels) if x == k]] for k in dict.fromkeys(labels)
-        }
-        inside = sum(((g - g.mean(0)) ** 2).sum(0) for g in per_draw.values())
-        between = sum(len(g) * (g.mean(0) - mean) ** 2 for g in per_draw.values())
-        d.variance_init = float((inside / len(p)).mean())
-        d.variance_data = float((between / len(p)).mean())
+    _split(d, p, mean, draws)
     return d
+
+
+def over_range(
+    grids: np.ndarray, truth: np.ndarray, noise_std: float, draws: list | None = None
+) -> Decomposition:
+    """The MSE decomposition over the input range: the runs' fits `grids` (runs, G, ...) on a
+    grid of inputs against the truth f there (G, ...), with noise of std `noise_std` on the
+    targets, which no fit sees: bias² + variance + noise is the expected error, exactly."""
+    p = np.asarray(grids, np.float64)
+    f = np.asarray(truth, np.float64)
+    mean = p.mean(0)
+    noise = float(noise_std) ** 2
+    d = Decomposition(
+        "regression",
+        len(p),
+        bias2=float(((mean - f) ** 2).mean()),
+        variance=float(((p - mean) ** 2).mean()),
+        expected_error=float(((p - f) ** 2).mean()) + noise,
+        noise=noise,
+        noise_var=noise,
+    )
+    _split(d, p, mean, draws)
+    return d
+
+
+def _split(d: Decomposition, p: np.ndarray, mean: np.ndarray, draws: list | None) -> None:
+    """The variance's parts due to the training set and to the initialization, by the runs'
+    `draws` (None: not split)."""
+    if draws is None:
+        return
+    labels = [str(x) for x in draws]
+    per_draw = {k: p[[i for i, x in enumerate(labels) if x == k]] for k in dict.fromkeys(labels)}
+    inside = sum(((g - g.mean(0)) ** 2).sum(0) for g in per_draw.values())
+    between = sum(len(g) * (g.mean(0) - mean) ** 2 for g in per_draw.values())
+    d.variance_init = float((inside / len(p)).mean())
+    d.variance_data = float((between / len(p)).mean())
 
 
 def classification(predicted: np.ndarray, labels: np.ndarray) -> Decomposition:
@@ -149,9 +187,15 @@ class Result:
     """A setting's decomposition, or why it has none."""
 
     setting: dict
-    decomposition: Decomposition | None
+    decomposition: Decomposition | None  # on the valid set
     runs: list[Predictions]
     note: str = ""
+    on_range: Decomposition | None = None  # over the input range, where the data knows f
+
+    @property
+    def lead(self) -> Decomposition | None:
+        """The decomposition the report leads with: the exact one where there is one."""
+        return self.on_range or self.decomposition
 
 
 def decompose(group, replica_keys: list[str]) -> Result:
@@ -180,13 +224,21 @@ def decompose(group, replica_keys: list[str]) -> Result:
             if len(set(map(str, values))) > 1 and len(set(map(str, seeds))) > 1:
                 draws = values
         d = regression(np.stack([p.last for p in ps]), y, ps[0].target, draws, ps[0].noise)
-        if abs(d.difference) > CROSS_TERM_SHARE * d.expected_error:
+        on_range = None
+        if all(p.grid_target is not None and np.isfinite(p.grid).all() for p in ps):
+            # The figure's grid within the inputs' range (it runs a little past both ends).
+            x, inside = ps[0].x, ps[0].grid_x
+            inside = ((inside >= x.min(0)) & (inside <= x.max(0))).all(1)
+            grids = np.stack([p.grid[inside] for p in ps])
+            on_range = over_range(grids, ps[0].grid_target[inside], ps[0].noise, draws)
+        if on_range is None and abs(d.difference) > CROSS_TERM_SHARE * d.expected_error:
             note = _join(
                 note,
                 f"the cross term (expected error − bias² − variance − noise = "
                 f"{d.difference:.4g}) is not small: 2 mean_x (f̄ − f)(f − y) averages to 0 "
                 f"over draws of the valid noise, not on {len(y)} valid points",
             )
+        return Result(group.setting, d, ps, note, on_range)
     return Result(group.setting, d, ps, note)
 
 
@@ -199,18 +251,26 @@ def write(out: Path, results: list[Result], keys: list[str]) -> list[Path]:
     decomposition; returns the paths."""
     done = [r for r in results if r.decomposition is not None]
     csv_path, md_path = out / "bias_variance.csv", out / "bias_variance.md"
+    # Each setting's rows: over the input range first, where there is one, then the valid set.
+    rows = [
+        (r.setting, on, d.row())
+        for r in done
+        for on, d in (("range", r.on_range), ("valid", r.decomposition))
+        if d is not None
+    ]
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*keys, *COLUMNS])
-        for r in done:
-            row = r.decomposition.row()
-            writer.writerow([*(r.setting.get(k) for k in keys), *(_cell(row[c]) for c in COLUMNS)])
+        writer.writerow([*keys, "on", *COLUMNS])
+        for setting, on, row in rows:
+            writer.writerow(
+                [*(setting.get(k) for k in keys), on, *(_cell(row[c]) for c in COLUMNS)]
+            )
     lines = [claims(done, keys), ""]
-    shown = [c for c in COLUMNS[1:] if any(r.decomposition.row()[c] is not None for r in done)]
-    lines += ["| " + " | ".join([*keys, *shown]) + " |", "|" + "---|" * (len(keys) + len(shown))]
-    for r in done:
-        row = r.decomposition.row()
-        cells = [*(_fmt(r.setting.get(k)) for k in keys), *(_fmt(row[c]) for c in shown)]
+    shown = [c for c in COLUMNS[1:] if any(row[c] is not None for _, _, row in rows)]
+    heading = [*keys, "on", *shown]
+    lines += ["| " + " | ".join(heading) + " |", "|" + "---|" * len(heading)]
+    for setting, on, row in rows:
+        cells = [*(_fmt(setting.get(k)) for k in keys), on, *(_fmt(row[c]) for c in shown)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {_name(r.setting, keys)}: {r.note}" for r in results if r.note]
     if notes:
@@ -245,9 +305,11 @@ def claims(done: list[Result], keys: list[str]) -> str:
             f"the expected error is lowest at {name}={_fmt(values[best])} ({_fmt(err[best])}, "
             f"{where})"
         )
-        parts.append(", ".join(says))
+        exact = any(r.on_range is not None for r in done)
+        where_from = "over the input range" if exact else "on the valid set"
+        parts.append(f"{where_from}: " + ", ".join(says))
     if not parts and done:
-        d = done[0].decomposition
+        d = done[0].lead
         parts.append(
             f"one setting: bias² {_fmt(d.bias2)}, variance {_fmt(d.variance)}, noise "
             f"{_fmt(d.noise)}, expected error {_fmt(d.expected_error)}"
@@ -255,9 +317,11 @@ def claims(done: list[Result], keys: list[str]) -> str:
     return "; ".join(parts) or "no setting with two runs or more on one valid set"
 
 
-def curves(done: list[Result], keys: list[str]) -> dict[str, list[tuple[float, Decomposition]]]:
-    """For each swept number, the decompositions against its values with the other keys at
-    their smallest values (the lessons' U-curve)."""
+def curves(
+    done: list[Result], keys: list[str], on: str = "lead"
+) -> dict[str, list[tuple[float, Decomposition]]]:
+    """For each swept number, the decompositions (`on`: "lead", Result.lead, or "valid")
+    against its values with the other keys at their smallest values (the lessons' U-curve)."""
     lines = {}
     for key in keys:
         others = [k for k in keys if k != key]
@@ -266,7 +330,7 @@ def curves(done: list[Result], keys: list[str]) -> dict[str, list[tuple[float, D
         base = {k: min(r.setting[k] for r in done) for k in others}
         line = sorted(
             (
-                (r.setting[key], r.decomposition)
+                (r.setting[key], r.lead if on == "lead" else r.decomposition)
                 for r in done
                 if all(r.setting[k] == base[k] for k in others)
             ),

@@ -508,12 +508,16 @@ TERMS = [  # (a Decomposition's attribute, its name in the figure, its style)
 ]
 
 
-def bias_variance_figures(curves: dict, results: list, keys: list[str], out: Path) -> list[Path]:
+def bias_variance_figures(
+    curves: dict, results: list, keys: list[str], out: Path, valid: dict | None = None
+) -> list[Path]:
     """bias_variance.png: bias², variance, noise and expected error against each swept
     strength (`curves`: key -> [(value, Decomposition)], the other keys at their smallest), a
-    symlog axis where 0 is among the values, the lessons' U-curve; where nothing numeric was
-    swept, the terms of each setting as bars. fits.png: for each setting (`results`:
-    bias_variance.Result), every run's fit over the truth, with their mean."""
+    symlog axis where 0 is among the values, the lessons' U-curve, with the expected error on
+    the valid set beside it where the curves are over the input range (`valid`, as `curves`);
+    where nothing numeric was swept, the terms of each setting as bars. fits.png: for each
+    setting (`results`: bias_variance.Result), every run's fit over the truth, with their
+    mean."""
     plt = _pyplot()
     lines = {k: line for k, line in curves.items() if len(line) >= 2}
     panels = max(1, len(lines))
@@ -523,12 +527,16 @@ def bias_variance_figures(curves: dict, results: list, keys: list[str], out: Pat
             values = [v for v, _ in line]
             for attr, name, style in TERMS:
                 ax.plot(values, [getattr(d, attr) for _, d in line], style, label=name)
+            if valid and key in valid:
+                errors = [d.expected_error for _, d in valid[key]]
+                ax.plot(values, errors, "D:", c="grey", label="expected error, valid set")
             _scale_x(ax, values)
             task = line[0][1].task
             ax.set(
                 xlabel=key,
                 ylabel="0-1 loss" if task == "classification" else "squared error",
-                title=f"bias and variance against {key.rsplit('.', 1)[-1]}",
+                title=f"bias and variance against {key.rsplit('.', 1)[-1]}"
+                + (", over the input range" if valid else ""),
             )
             ax.legend(fontsize="small")
     else:
@@ -538,7 +546,7 @@ def bias_variance_figures(curves: dict, results: list, keys: list[str], out: Pat
         for j, (attr, name, _) in enumerate(TERMS):
             ax.bar(
                 [i + j * width for i in range(len(results))],
-                [getattr(r.decomposition, attr) for r in results],
+                [getattr(r.lead, attr) for r in results],
                 width,
                 label=name,
             )

@@ -14,6 +14,7 @@ said otherwise; n is the number of valid examples, C the model's outputs):
 | `x` | (n, d) | 1-D regression and 2-D data: the valid inputs (as the model sees them) |
 | `grid_x` | (G, d) | 1-D regression and 2-D data: the inputs of the run's figure grid |
 | `grid` | (G, C') | the last epoch's outputs there (the fitted curve; P(class 1), or the class) |
+| `grid_target` | (G, C) | toy_regression only: the noise-free target f(x) on the grid |
 
 It imports numpy only (`keep` takes what training made, and plots.py for the figure's grid,
 when it is called), so that `regexp report` reads it without torch.
@@ -42,6 +43,7 @@ class Predictions:
     grid_x: np.ndarray | None = None
     grid: np.ndarray | None = None
     x: np.ndarray | None = None
+    grid_target: np.ndarray | None = None
 
 
 def write(run_dir: Path, p: Predictions) -> Path:
@@ -59,6 +61,8 @@ def write(run_dir: Path, p: Predictions) -> Path:
     if p.grid_x is not None and p.grid is not None:
         arrays["grid_x"] = np.asarray(p.grid_x, np.float32)
         arrays["grid"] = np.asarray(p.grid, np.float32)
+        if p.grid_target is not None:
+            arrays["grid_target"] = np.asarray(p.grid_target, np.float32)
     if p.x is not None:
         arrays["x"] = np.asarray(p.x, np.float32)
     path = Path(run_dir) / NAME
@@ -88,6 +92,7 @@ def read(run_dir: Path) -> Predictions | None:
         a.get("grid_x"),
         a.get("grid"),
         a.get("x"),
+        a.get("grid_target"),
     )
 
 
@@ -108,7 +113,7 @@ def keep(run_dir: Path, result, dataset, model) -> None:
         else:
             best, best_epoch = result.last, result.epoch
     figure = plots.for_dataset(dataset)
-    grid_x = grid = x = None
+    grid_x = grid = x = grid_target = None
     if figure is not None:
         # (G, 1) where the figure draws one value a point: P(class 1), or the class
         grid_x, grid = (
@@ -116,6 +121,8 @@ def keep(run_dir: Path, result, dataset, model) -> None:
             figure.predict(model).reshape(len(figure.grid), -1),
         )
         x = dataset.x_valid.cpu().numpy()
+        if dataset.truth is not None:
+            grid_target = dataset.truth(figure.grid).numpy()
     target = dataset.valid_target
     write(
         run_dir,
@@ -129,5 +136,6 @@ def keep(run_dir: Path, result, dataset, model) -> None:
             grid_x,
             grid,
             x,
+            grid_target,
         ),
     )

@@ -462,7 +462,8 @@ def decompose(reps: Replicas, out: Path) -> tuple[list[Path], str]:
         return [], ""
     written = bias_variance.write(out, results, reps.keys)
     curves = bias_variance.curves(done, reps.keys)
-    written += plots.bias_variance_figures(curves, done, reps.keys, out)
+    valid = bias_variance.curves(done, reps.keys, on="valid") if done[0].on_range else {}
+    written += plots.bias_variance_figures(curves, done, reps.keys, out, valid)
     return written, bias_variance.claims(done, reps.keys)
 
 

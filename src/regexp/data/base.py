@@ -3,6 +3,7 @@ standardize."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 from omegaconf import MISSING
@@ -68,6 +69,9 @@ class Dataset:
     # the noise added to it.
     valid_target: torch.Tensor | None = None
     valid_noise: float | None = None
+    # The noise-free target at any inputs as the model sees them (toy_regression): what the
+    # bias-variance report decomposes against over the whole input range.
+    truth: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def to(self, device: torch.device) -> Dataset:
         """The same dataset with every tensor on `device`."""
@@ -140,13 +144,20 @@ def inputs(x_train, x_valid, device, scale: float = 1.0, standardize: bool = Fal
         for x in xs:
             x.div_(scale)
     if standardize:
-        dims = [0, *range(2, xs[0].ndim)]  # all but the feature/channel dim
-        count = xs[0].numel() // xs[0].shape[1]  # values per feature (one example: no spread)
-        std, mean = torch.std_mean(xs[0], dim=dims, correction=int(count > 1), keepdim=True)
-        std[std == 0] = 1  # a constant feature (a border pixel), or one example, stays at 0
+        mean, std = standardization(xs[0])
         for x in xs:
             x.sub_(mean).div_(std)
     return xs
+
+
+def standardization(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training inputs' mean and std per feature or channel (dim 1), as `inputs` takes
+    them off."""
+    dims = [0, *range(2, x_train.ndim)]  # all but the feature/channel dim
+    count = x_train.numel() // x_train.shape[1]  # values per feature (one example: no spread)
+    std, mean = torch.std_mean(x_train, dim=dims, correction=int(count > 1), keepdim=True)
+    std[std == 0] = 1  # a constant feature (a border pixel), or one example, stays at 0
+    return mean, std
 
 
 def stratified_pick(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -12,7 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from regexp.data.base import ClassificationData, Data, Dataset, classification, inputs
+from regexp.data.base import (
+    ClassificationData,
+    Data,
+    Dataset,
+    classification,
+    inputs,
+    standardization,
+)
 from regexp.lazy import lazy
 from regexp.options import known, need, option
 
@@ -76,6 +83,7 @@ def toy_regression(cfg: ToyRegression, seed: int, device) -> Dataset:
     train_seed, valid_seed = cfg.seeds(seed)
     (x_train, _, y_train), _ = both(train_seed)
     _, (x_valid, target, y_valid) = both(valid_seed)
+    mean, std = standardization(x_train) if cfg.standardize else (0.0, 1.0)
     x_train, x_valid = inputs(x_train, x_valid, device, standardize=cfg.standardize)
     return Dataset(
         x_train,
@@ -87,6 +95,7 @@ def toy_regression(cfg: ToyRegression, seed: int, device) -> Dataset:
         1,
         valid_target=target.to(device),
         valid_noise=cfg.noise_valid,
+        truth=lambda x: cfg.w * f(x.cpu() * std + mean),  # (x as the model sees it)
     )
 
 
