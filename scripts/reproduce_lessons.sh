@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Reproduce every comparison and demonstration of the lessons into outputs/lessons/:
-# each experiment's sweep, its report (table, figures, a verdict computed from the numbers)
-# and every probe, then outputs/lessons/README.md with all of them. Every comparison is read
-# over seeds (SEEDS of them, 5 by default: each setting's mean ± std and "in k of n seeds"),
-# the bias-variance ones over 20 training sets each; about ten minutes on 2 cores.
+# each experiment's sweep as its config writes it (5 seeds a setting; the bias-variance ones
+# 20 training sets a setting), its report (table, figures, a verdict computed from the
+# numbers) and every probe, then outputs/lessons/README.md with all of them, and the numbers
+# README.md and docs/lessons.md quote (scripts/lessons_text.py writes their blocks from these
+# outputs, and docs/figures/). About ten minutes on 2 cores.
 #
-#   scripts/reproduce_lessons.sh [OUT_DIR]      (default: outputs/lessons)
-#   SEEDS=10 scripts/reproduce_lessons.sh        (more seeds per setting)
-#   tensorboard --logdir outputs/lessons         (every run of every comparison)
+#   scripts/reproduce_lessons.sh [OUT_DIR]          (default: outputs/lessons)
+#   scripts/reproduce_lessons.sh --check [OUT_DIR]  (rerun all; fail, naming each number that
+#                                                    differs from README.md or docs/lessons.md)
+#   SEEDS=10 scripts/reproduce_lessons.sh           (other seeds: outputs only, docs untouched)
+#   tensorboard --logdir outputs/lessons            (every run of every comparison)
 set -euo pipefail
 
+check=
+if [[ ${1:-} == --check ]]; then check=--check; shift; fi
 out=${1:-outputs/lessons}
-seeds=${SEEDS:-5}
 experiments=(weight_decay dropout bn_cnn optimizers lr_schedules l1_vs_l2 norms overfitting early_stopping
              bias_variance bias_variance_dropout)
 probes=(dropout optim lr depth init norm)
@@ -22,8 +26,8 @@ start=$SECONDS
 for name in "${experiments[@]}"; do
     echo "== experiment $name"
     # A sweep whose jobs diverge exits 1; the report says so, and the lessons go on.
-    replicas=("seed=range($seeds)")
-    [[ $name == bias_variance* ]] && replicas=()  # replicated already: 20 draws a setting
+    replicas=()
+    [[ -n ${SEEDS:-} && $name != bias_variance* ]] && replicas=("seed=range($SEEDS)")
     regexp train -m "+experiment=$name" "${replicas[@]}" "hydra.sweep.dir=$out/$name" \
         > "$out/$name.log" 2>&1 || echo "   (some jobs did not complete: see $out/$name.log)"
     regexp report "$out/$name" > "$out/$name/report.txt"
@@ -80,3 +84,8 @@ done
 } > "$out/README.md"
 
 echo "== done in $((SECONDS - start)) s: $out/README.md"
+if [[ -n ${SEEDS:-} ]]; then
+    echo "== SEEDS=$SEEDS: README.md and docs/lessons.md quote the configs' seeds; left as they are"
+    [[ -z $check ]] && exit 0
+fi
+python "$(dirname "$0")/lessons_text.py" $check "$out"

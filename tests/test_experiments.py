@@ -15,13 +15,29 @@ from regexp import config, run
 EXPERIMENTS = sorted(p.stem for p in (config.conf_dir() / "experiment").glob("*.yaml"))
 
 
-def sweep_points(name: str) -> list[list[str]]:
-    """The overrides of every job `regexp train -m +experiment=NAME` runs."""
+def sweep_params(name: str) -> dict[str, str]:
+    """What `regexp train -m +experiment=NAME` sweeps: key -> values, as the config says."""
     with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
         cfg = compose("train", [f"+experiment={name}"], return_hydra_config=True)
-    params = cfg.hydra.sweeper.params
-    axes = [[f"{key}={v}" for v in _values(str(values))] for key, values in params.items()]
+    return {key: str(values) for key, values in cfg.hydra.sweeper.params.items()}
+
+
+def sweep_points(name: str, seeds: bool = True) -> list[list[str]]:
+    """The overrides of every job `regexp train -m +experiment=NAME` runs (without `seeds`,
+    those of its first seed only)."""
+    params = {k: v for k, v in sweep_params(name).items() if seeds or k != "seed"}
+    axes = [[f"{key}={v}" for v in _values(values)] for key, values in params.items()]
     return [list(point) for point in product(*axes)]
+
+
+def test_each_comparison_runs_over_5_seeds_and_bias_variance_over_20_draws():
+    """As written, an experiment's sweep is the replicated comparison its figures quote."""
+    for name in EXPERIMENTS:
+        params = sweep_params(name)
+        if name.startswith("bias_variance"):
+            assert params["data.draw"] == "range(20)" and "seed" not in params, name
+        else:
+            assert params["seed"] == "range(5)", name
 
 
 def _values(text: str) -> list[str]:
@@ -58,7 +74,7 @@ def test_every_job_of_every_experiment_composes_and_validates(compose, name):
 def results(compose, tmp_path, name: str, *extra: str) -> dict[str, dict]:
     """Run every job of experiment `name` (shortened by `extra`) in-process: summaries by job."""
     out = {}
-    for point in sweep_points(name):
+    for point in sweep_points(name, seeds=False):
         conf = compose(f"+experiment={name}", *point, *extra)
         label = ",".join(point)
         with contextlib.redirect_stdout(io.StringIO()):

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -38,14 +37,15 @@ def train_job(cfg: DictConfig) -> Outcome:
         if isinstance(ready, Outcome):
             return ready
         conf, _ = ready
-        # One thread unless told or a launcher shares out cores: on a busy machine torch's
-        # default (a thread per core) spins waiting for the core another process holds, and a
-        # lesson-24 run takes 10-40x longer (README, Speed).
+        # One thread unless told, whatever the launcher and the cores: the thread count
+        # changes the last digits (torch splits products by it), which must not depend on the
+        # machine; and on a busy machine torch's default (a thread per core) spins waiting for
+        # the core another process holds, a lesson-24 run taking 10-40x longer (README, Speed).
         import torch
 
         from regexp.run import execute
 
-        torch.set_num_threads(conf.threads or threads_per_job(hydra.launcher) or 1)
+        torch.set_num_threads(conf.threads or 1)
         summary = execute(conf, run_dir, overrides)
     except Exception as exc:
         if sweep:
@@ -181,13 +181,3 @@ def outcome(summary: dict | Exception) -> Outcome:
     if isinstance(summary, Exception):
         return Outcome(math.nan, "failed", summary)
     return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
-
-
-def threads_per_job(launcher: DictConfig) -> int | None:
-    """torch's threads for a job of `launcher`: the cores shared out among the jobs a joblib
-    launcher runs at once, or the CPUs a submitit job was given; None for the others."""
-    cores = os.cpu_count() or 1
-    if launcher.get("n_jobs") is not None:  # joblib: -1 is one job per core
-        jobs = cores if launcher.n_jobs < 0 else min(launcher.n_jobs, cores)
-        return max(1, cores // jobs)
-    return launcher.get("cpus_per_task")
