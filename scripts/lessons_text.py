@@ -33,7 +33,7 @@ PROBES = ["dropout", "depth", "init", "norm", "optim", "lr"]
 # docs/figures/NAME: the file of OUT_DIR it is (a pattern that one file matches).
 FIGURES = {
     "weight_decay_0_fit.png": "weight_decay/optim.weight_decay=0,seed=0/fit.png",
-    "weight_decay_0.01_fit.png": "weight_decay/optim.weight_decay=[!0]*,seed=0/fit.png",
+    "weight_decay_0.01_fit.png": "weight_decay/optim.weight_decay=0.01,seed=0/fit.png",
     "weight_decay_weights.png": "weight_decay/weights.png",
     "dropout_0.5_fit.png": "dropout/model.dropout=0.5,seed=0/fit.png",
     "bn_cnn_curves.png": "bn_cnn/curves.png",
@@ -56,10 +56,25 @@ def verdict(out: Path, name: str) -> str:
 
 
 def lesson(name: str) -> str:
-    """What the experiment compares: its config's first comment line."""
-    text = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()
-    first = next(line for line in text if line.startswith("# ") and "@package" not in line)
-    return re.sub(r"^Lesson experiment \d+: ", "", first[2:]).rstrip(".")
+    """What the experiment compares: the first sentence of its config's opening comment."""
+    lines = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()
+    comment = []
+    for line in lines[1:]:  # (after "# @package _global_")
+        if not line.startswith("# ") or line.startswith("#  "):
+            break
+        comment.append(line[2:])
+    first = re.split(r"(?<=\.)\s", " ".join(comment))[0].rstrip(".")
+    first = re.sub(r"^Lesson experiment \d+: ", "", first)
+    return re.sub(r"\s*\(.*\)$", "", first).split(": ")[0]  # (what it compares, in brief)
+
+
+def summary(out: Path, name: str) -> str:
+    """The table's line for an experiment: its verdict's first claim, or for a bias-variance
+    sweep what its decomposition shows."""
+    claims = out / name / "bias_variance.md"
+    if claims.is_file():
+        return claims.read_text().splitlines()[0].strip()
+    return verdict(out, name).split("; ")[0]
 
 
 def probe_output(out: Path, name: str) -> str:
@@ -68,16 +83,21 @@ def probe_output(out: Path, name: str) -> str:
     return "\n".join(line for line in lines if not line.startswith("figure: ")).strip()
 
 
+def probe_note(out: Path, name: str) -> str:
+    """The probe's closing note: its last paragraph, as one line."""
+    return " ".join(probe_output(out, name).split("\n\n")[-1].split())
+
+
 def blocks(out: Path) -> dict[str, str]:
     """Every block's text, from the outputs in `out`."""
     from regexp.probes import SUMMARIES
 
     rows = ["| command | the lesson | what the runs show |", "| --- | --- | --- |"]
     for name in EXPERIMENTS:
-        cell = verdict(out, name).replace("|", "\\|")
+        cell = summary(out, name).replace("|", "\\|")
         rows.append(f"| `regexp train -m +experiment={name}` | {lesson(name)} | {cell} |")
     for name in PROBES:
-        last = probe_output(out, name).splitlines()[-1].replace("|", "\\|")
+        last = probe_note(out, name).replace("|", "\\|")
         rows.append(f"| `regexp probe {name}` | {SUMMARIES[name]} | {last} |")
     found = {"table": "\n".join(rows)}
     for name in EXPERIMENTS:

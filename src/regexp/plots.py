@@ -536,7 +536,7 @@ def bias_variance_figures(
                 xlabel=key,
                 ylabel="0-1 loss" if task == "classification" else "squared error",
                 title=f"bias and variance against {key.rsplit('.', 1)[-1]}"
-                + (", over the input range" if valid else ""),
+                + ("\nover the input range" if valid else ""),
             )
             ax.legend(fontsize="small")
     else:

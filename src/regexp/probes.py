@@ -56,8 +56,10 @@ def _table(title: str, *columns: str) -> Table:
 def dropout(conf: config.Config, given: set[str], draws: int = 1000) -> Probe:
     """Dropout(p), then Linear(10000 -> 1, no bias) with all weights 1, on an input of ones:
     in train mode about (1-p) of the units survive, each scaled by 1/(1-p), so the output
-    stays near 10000; in eval mode dropout is off and the output is exactly 10000."""
+    stays near 10000; in eval mode dropout is off and the output is exactly 10000. The masks
+    come from torch.manual_seed(seed), so that the printed numbers repeat."""
     ps = [conf.model.dropout] if "model.dropout" in given else [0.1, 0.5, 0.9]
+    torch.manual_seed(conf.seed)
     width = 10000
     x = torch.ones(1, width)
     linear = nn.Linear(width, 1, bias=False)
@@ -645,7 +647,7 @@ SUMMARIES = {
     "optim": "descent on 4w^2 with momentum and over lrs; step(), param_groups, state_dict()",
 }
 TAKES = {  # "group.*": the group and every key in it
-    "dropout": ("model.dropout",),
+    "dropout": ("model.dropout", "seed"),
     "norm": ("norm", "norm.momentum", "norm.eps"),  # norm=bn: its running statistics
     "depth": ("init.*", "norm.*", "seed"),
     "init": ("init.*", "seed"),
