@@ -633,3 +633,43 @@ def test_a_job_that_fails_for_any_reason_is_counted_and_the_sweep_exits_1(tmp_pa
     assert summary["status"] == "failed" and "NOPE_NOT_SET" in summary["error"]
     report = regexp("report", "sweep", cwd=tmp_path)
     assert "failed" in report.stdout
+
+
+def test_a_resume_killed_while_it_cuts_metrics_csv_leaves_the_record_whole(tmp_path, monkeypatch):
+    """resume= cuts metrics.csv back to its checkpoint by writing the kept rows to a temp file
+    and renaming it: a failure mid-write (a kill, a full disk) leaves the old file whole, and
+    the next resume cuts it; a row cut short (the last write of a killed run) is dropped."""
+    import csv as csv_module
+
+    from regexp import config, run
+
+    quiet = ["train.epochs=6", "model.hidden=[8]", "log.figure_every=0", "log.hist_every=0"]
+    run.execute(config.validate(config.compose(quiet)), tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.csv"
+    whole = metrics.read_bytes()
+    with open(metrics, "a") as f:
+        f.write("7,0.5,0.5\n")  # torn: fewer cells than the header
+    before = metrics.read_bytes()
+    more = [*quiet[1:], "train.epochs=9", f"resume={tmp_path / 'run'}"]
+
+    class Dying:  # the process dies half-way through the rewrite
+        def __init__(self, f):
+            self.f = f
+
+        def writerows(self, rows):
+            csv_module.writer(self.f).writerow(rows[0])
+            raise KeyboardInterrupt
+
+    from regexp import track
+
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            track, "csv", type("csv", (), {"reader": csv_module.reader, "writer": Dying})
+        )
+        with pytest.raises(KeyboardInterrupt):
+            run.execute(config.validate(config.compose(more)), tmp_path / "run")
+    assert metrics.read_bytes() == before  # nothing lost, nothing half-written
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    run.execute(config.validate(config.compose(more)), tmp_path / "run")
+    rows = metrics.read_text().splitlines()
+    assert metrics.read_bytes().startswith(whole) and len(rows) == 1 + 9

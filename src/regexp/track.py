@@ -35,6 +35,7 @@ from torch import nn
 from regexp.console import epochs_bar
 from regexp.models import weights
 from regexp.outcomes import write_json
+from regexp.rundir import atomic
 
 if TYPE_CHECKING:
     from regexp.plots import Plot
@@ -164,10 +165,15 @@ class Tracker:
             with open(csv_path, newline="") as f:
                 reader = csv.reader(f)
                 header = next(reader, None)
-                rows = [r for r in reader if r and int(r[0]) <= start_epoch]
-        self._csv_file = open(csv_path, "w", newline="")  # noqa: SIM115
+                # (a row cut short by a kill or a full disk is no record: it is trained again)
+                rows = [r for r in reader if len(r) == len(header) and int(r[0]) <= start_epoch]
         if header:
-            csv.writer(self._csv_file).writerows([header, *rows])
+            # The kept rows replace the file at once (a temp file, then a rename): a kill or a
+            # full disk mid-write leaves the old record whole, for the next resume to cut.
+            with atomic(csv_path) as tmp, open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([header, *rows])
+        self._csv_file = open(csv_path, "a" if header else "w", newline="")  # noqa: SIM115
+        if header:
             self._columns = header[1:]
             for row in rows:
                 cells = zip(header[1:], row[1:], strict=True)
