@@ -87,6 +87,9 @@ CASES = {
     **{f"mlp {n}": [*MOONS, f"norm={n}"] for n in ("none", "bn", "ln", "gn")},
     # An epoch's loss is the mean of 19 batches' (the last of 6): summed in a member's order.
     "mlp many batches": [*MOONS, "data.n_train=150", "train.batch_size=8", "reg.l2=1e-3"],
+    # Products with a single row or column: batches of one, and a layer of width one.
+    "mlp batches of one": [*MOONS, "data.n_train=24", "train.batch_size=1", "train.epochs=2"],
+    "mlp width one": [*MOONS, "model.hidden=[32,1,32]", "data.n_valid=300"],
     **{f"cnn {n}": [*DIGITS_CNN, f"norm={n}"] for n in ("none", "bn", "in", "gn", "ln")},
     "cnn dropout2d": [*DIGITS_CNN, "norm=bn", "model.dropout2d=0.2"],
     # Each optimizer with a schedule (a population has one of each).

@@ -14,7 +14,8 @@ A member's numbers are its lone run's, bit for bit (tests/test_population.py com
 files as bytes). So the forward pass stacks only what rounds the same in any company: the
 Linear layers' batched products (a lone run's features skip the member dimension and take
 addmm, which rounds as a member's share of a batched product, except where a product has a
-single column: there each member takes its own addmm), ReLU and dropout, whose masks each
+single row or column: _batched_linear says what both take there), ReLU and dropout, whose
+masks each
 member draws from its own generator in the order and shape its lone run draws them. Every
 other layer (conv, the norms, pooling, smooth activations) runs member by member on the
 member's own contiguous slice, through the member's own module, as its lone run calls it:
@@ -217,32 +218,69 @@ def _batched_linear(x, weight, bias, layer=None) -> torch.Tensor:
     """(K, B, in) through weights (K, in, out) and biases (K, out), each member's products
     rounded as its lone run's (_lone_linear) round them."""
     b, n_in, n_out = x.shape[1], *weight.shape[1:]
-    if b * n_in * n_out >= LOOPED_BELOW and _one_column(b, n_in, n_out, x.requires_grad):
-        # One addmm a member: a batched product rounds apart from a lone one where the result
-        # is a single column (a 200 -> 1 layer), which a lone product takes as a gemv.
-        ws, bs = weight.unbind(0), [None] * len(weight) if bias is None else bias.unbind(0)
-        return torch.stack(
-            [
-                x[i] @ w if c is None else torch.addmm(c, x[i], w)
-                for i, (w, c) in enumerate(zip(ws, bs, strict=True))
-            ]
-        )
+    if b * n_in * n_out >= LOOPED_BELOW:  # (below: bmm's own loop, the same for any K)
+        if n_out == 1:
+            out = (x * weight.transpose(1, 2)).sum(2, keepdim=True)
+            return out if bias is None else out + bias.unsqueeze(1)
+        if _one_column(b, n_in, x.requires_grad):
+            return _MemberByMember.apply(x, weight, bias)
     return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
 
 
 def _lone_linear(x, lone, weight, bias, layer) -> torch.Tensor:
     """A lone run's (B, in) features through its Linear layer: addmm, as nn.Linear does, but
-    where the product is small enough for bmm's own loop, which a population takes there."""
+    where a population takes another way (_batched_linear): bmm's own loop for a small
+    product, and for a single output the products and sums by element that round alike for
+    any number of members (a lone product with one column takes MKL's gemv, a batched one its
+    gemm, which round apart)."""
     w, b = lone[id(layer.weight)], layer.bias
     if x.shape[0] * w.numel() < LOOPED_BELOW:
         return _batched_linear(x.unsqueeze(0), weight, bias).squeeze(0)
+    if w.shape[1] == 1:
+        out = (x * w.t()).sum(1, keepdim=True)
+        return out if b is None else out + b
     return x @ w if b is None else torch.addmm(b, x, w)
 
 
-def _one_column(b: int, n_in: int, n_out: int, input_grad: bool) -> bool:
-    """Whether a product of a Linear layer, forward or backward, has a single row or column:
-    (b, out) forward, (b, in) for the input's gradient, (in, out) for the weight's."""
-    return 1 in (b, n_out) or (n_in == 1 and input_grad)
+class _MemberByMember(torch.autograd.Function):
+    """(K, B, in) @ (K, in, out) + (K, out), each member's products (forward and backward)
+    those of its lone run's addmm, written into one tensor: one autograd node, not K. Where
+    a product has a single row or column but more than one output (a batch of one, a layer
+    of width one): rare."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.bias = bias is not None
+        out = x.new_empty(*x.shape[:2], weight.shape[2])
+        for i in range(len(weight)):
+            if bias is None:
+                torch.mm(x[i], weight[i], out=out[i])
+            else:
+                torch.addmm(bias[i], x[i], weight[i], out=out[i])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gx = torch.empty_like(x) if need[0] else None
+        gw = torch.empty_like(weight) if need[1] else None
+        gb = grad.new_empty(len(weight), weight.shape[2]) if ctx.bias and need[2] else None
+        for i in range(len(weight)):  # as addmm's backward takes them, member by member
+            if gx is not None:
+                torch.mm(grad[i], weight[i].t(), out=gx[i])
+            if gw is not None:
+                torch.mm(x[i].t(), grad[i], out=gw[i])
+            if gb is not None:
+                torch.sum(grad[i], 0, out=gb[i])
+        return gx, gw, gb
+
+
+def _one_column(b: int, n_in: int, input_grad: bool) -> bool:
+    """Whether a product of a Linear layer with more than one output has a single row or
+    column: the forward (b, out) where b is 1, the input's gradient (b, in) where either is."""
+    return b == 1 or (n_in == 1 and input_grad)
 
 
 # --- what the stack knows of its weights ----------------------------------------------------
