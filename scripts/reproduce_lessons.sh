@@ -85,7 +85,7 @@ done
 
 echo "== done in $((SECONDS - start)) s: $out/README.md"
 if [[ -n ${SEEDS:-} ]]; then
-    echo "== SEEDS=$SEEDS: README.md and docs/lessons.md quote the configs' seeds; left as they are"
-    [[ -z $check ]] && exit 0
+    echo "== SEEDS=$SEEDS: README.md and docs/lessons.md quote the configs' seeds; not written or checked"
+    exit 0
 fi
 python "$(dirname "$0")/lessons_text.py" $check "$out"

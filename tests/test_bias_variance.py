@@ -183,3 +183,18 @@ def test_a_2d_population_gets_domingos_terms_and_its_boundaries_drawn(tmp_path):
     total = float(terms["bias2"]) + float(terms["variance_hurts"]) - float(terms["variance_helps"])
     assert float(terms["expected_error"]) == pytest.approx(total)
     assert (tmp_path / "sweep" / "fits.png").stat().st_size > 5000
+
+
+def test_a_report_never_mixes_the_range_and_the_valid_decompositions():
+    """A setting without the range decomposition (a run's grid not finite, an older run's
+    predictions) takes it from every setting: one table, one curve, of one kind."""
+    f = np.zeros((5, 1))
+    d = bias_variance.regression(np.stack([f + 0.1, f - 0.1]), f, f)
+    exact = bias_variance.over_range(np.stack([f + 0.1, f - 0.1]), f, 0.3)
+    both = bias_variance.Result({"optim.weight_decay": 0.0}, d, [], on_range=exact)
+    valid_only = bias_variance.Result({"optim.weight_decay": 0.1}, d, [])
+    assert both.lead is exact
+    results = bias_variance.one_kind([both, valid_only])
+    assert [r.lead for r in results] == [d, d]
+    kept = bias_variance.Result({}, d, [], on_range=exact)
+    assert bias_variance.one_kind([kept])[0].lead is exact

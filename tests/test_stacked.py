@@ -298,3 +298,16 @@ def test_the_progress_line_shows_the_lowest_valid_loss_yet_not_the_epochs(caplog
             report(epoch, losses, 2)
     said = [r.getMessage() for r in caplog.records]
     assert said[-1].endswith("best valid so far 0.2") and said[0].endswith("so far 0.5")
+
+
+def test_a_jobs_own_threads_are_used_as_the_basic_launcher_uses_them(tmp_path):
+    """threads= is the job's, through any launcher: the thread count moves the last digits."""
+    regexp("train", "-m", "hydra/launcher=stacked", *TINY, "log.figure_every=0", "threads=2",
+           "seed=0,1", "hydra.sweep.dir=stacked", cwd=tmp_path)  # fmt: skip
+    regexp("train", *TINY, "log.figure_every=0", "threads=2", "seed=1", "hydra.run.dir=alone",
+           cwd=tmp_path)  # fmt: skip
+    member = next(d for d in job_dirs(tmp_path / "stacked") if "seed=1" in d.name)
+    assert read_json(member / "summary.json")["threads"] == 2
+    assert (member / "metrics.csv").read_bytes() == (
+        tmp_path / "alone" / "metrics.csv"
+    ).read_bytes()

@@ -229,8 +229,9 @@ def decompose(group, replica_keys: list[str]) -> Result:
             # The figure's grid within the inputs' range (it runs a little past both ends).
             x, inside = ps[0].x, ps[0].grid_x
             inside = ((inside >= x.min(0)) & (inside <= x.max(0))).all(1)
-            grids = np.stack([p.grid[inside] for p in ps])
-            on_range = over_range(grids, ps[0].grid_target[inside], ps[0].noise, draws)
+            if inside.sum() >= 2:  # (one valid input spans no range)
+                grids = np.stack([p.grid[inside] for p in ps])
+                on_range = over_range(grids, ps[0].grid_target[inside], ps[0].noise, draws)
         if on_range is None and abs(d.difference) > CROSS_TERM_SHARE * d.expected_error:
             note = _join(
                 note,
@@ -240,6 +241,15 @@ def decompose(group, replica_keys: list[str]) -> Result:
             )
         return Result(group.setting, d, ps, note, on_range)
     return Result(group.setting, d, ps, note)
+
+
+def one_kind(results: list[Result]) -> list[Result]:
+    """`results` with the decomposition over the input range dropped unless every setting has
+    one: a table or a curve never mixes it with the valid set's."""
+    if any(r.decomposition is not None and r.on_range is None for r in results):
+        for r in results:
+            r.on_range = None
+    return results
 
 
 def _join(*parts: str) -> str:

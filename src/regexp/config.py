@@ -119,8 +119,8 @@ class Config:
     seed: int = 0
     device: str = "auto"
     resume: Optional[str] = None  # a run dir: continue that run from its checkpoint
-    # torch's CPU threads; null: 1, or the cores shared out among the jobs a parallel
-    # launcher runs at once (2 threads thrash on a busy machine, and gain little on a quiet one)
+    # torch's CPU threads; null: 1, whatever the launcher (the count moves the last digits,
+    # 2 threads thrash on a busy machine, and gain little on a quiet one)
     threads: Optional[int] = None
 
 

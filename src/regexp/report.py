@@ -457,6 +457,7 @@ def decompose(reps: Replicas, out: Path) -> tuple[list[Path], str]:
     from regexp import bias_variance, plots
 
     results = [bias_variance.decompose(g, reps.replica_keys) for g in reps.groups]
+    results = bias_variance.one_kind(results)
     done = [r for r in results if r.decomposition is not None]
     if not done:
         return [], ""

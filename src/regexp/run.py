@@ -455,6 +455,7 @@ def own_log(member: Member):
     finally:
         logger.removeHandler(handler)
         handler.close()
+        logging.Logger.manager.loggerDict.pop(logger.name, None)  # (a worker trains many)
 
 
 def say_outcome(b: Built, summary: dict, own: logging.Logger | None) -> None:

@@ -266,8 +266,11 @@ def fit(
                 update.set_lr(new_lrs)
                 lrs = new_lrs
         running = [i for i in range(k) if results[i] is None]
-        if progress is not None:
-            progress(epoch, valid_losses, len(running))
+        if progress is not None:  # (a stopped member's loss, which moves with its batch
+            # norm's running statistics, is no record's: it does not count)
+            logged = [r is None or r.epoch == epoch for r in results]
+            shown = [v if ok else math.nan for v, ok in zip(valid_losses, logged, strict=True)]
+            progress(epoch, shown, len(running))
         if not running:
             break
         if stop is not None and stop():

@@ -161,10 +161,7 @@ class StackedLauncher(Launcher):
         else:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-            import torch
-
-            torch.set_num_threads(self.threads or 1)  # regexp's default (jobs.train_job says why)
-            trained = map(_population, members)
+            trained = (_population(m, threads=self.threads or 1) for m in members)
         for population, summaries in zip(populations, trained, strict=True):
             for i, summary in zip(population, summaries, strict=True):
                 if isinstance(summary, Exception):
@@ -249,8 +246,10 @@ class StackedLauncher(Launcher):
         return [f.result() for f in done]
 
 
-# A worker process's channel to the launcher's progress display (set once as it starts).
+# A worker process's channel to the launcher's progress display, and the launcher's torch
+# threads (set once as it starts).
 _updates = None
+_threads = 1
 
 
 def worker_context():
@@ -273,7 +272,8 @@ def _start_worker(updates, threads: int, hydra_logging, environ: dict) -> None:
     (the fork server's is that of when it started; multiprocessing sets the working dir), its
     own process group (a terminal's Ctrl-C reaches the launcher, which passes it on, so that
     each worker hears it once), torch's threads, and logging as the launcher logs."""
-    global _updates
+    global _updates, _threads
+    _threads = threads
     os.environ.clear()
     os.environ.update(environ)
     os.setpgrp()
@@ -308,11 +308,17 @@ def _train(which: int, members: "list") -> "list":
     return _population(members, _throttled(progress, members[0].conf.train.epochs))
 
 
-def _population(members: "list", progress=None) -> "list":
+def _population(members: "list", progress=None, threads: "int | None" = None) -> "list":
     """Each member's summary, or the error that stopped it: an error that stops the whole
     population (its summaries say so) fails its jobs alone, as it would fail a job of the
     basic launcher, and the sweep goes on."""
+    import torch
+
     from regexp import run
+
+    # The job's own `threads` (its members share it: it is part of the population's key), as
+    # the basic launcher's job would use, else the launcher's (`threads`, or the worker's).
+    torch.set_num_threads(members[0].conf.threads or threads or _threads)
 
     try:
         return run.execute_population(members, progress)
