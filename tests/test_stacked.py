@@ -311,3 +311,54 @@ def test_a_jobs_own_threads_are_used_as_the_basic_launcher_uses_them(tmp_path):
     assert (member / "metrics.csv").read_bytes() == (
         tmp_path / "alone" / "metrics.csv"
     ).read_bytes()
+
+
+def test_workers_end_with_a_launcher_killed_outright_keeping_their_checkpoints(tmp_path):
+    """SIGKILL reaches the launcher alone: its workers (children of the fork server) see it
+    gone, checkpoint their members after the epoch in progress, and end, with the server."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def descendants(pid: int) -> set[int]:
+        found, todo = set(), [pid]
+        while todo:
+            for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+                for child in (task / "children").read_text().split():
+                    found.add(int(child))
+                    todo.append(int(child))
+        return found
+
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "regexp", "train", "-m", "seed=range(8)", "train.epochs=5000",
+         "log.figure_every=0", "log.hist_every=0", "hydra.launcher.n_jobs=2",
+         "hydra.sweep.dir=sweep"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # training is under way in both workers
+        csvs = list((tmp_path / "sweep").glob("*/metrics.csv"))
+        if len(csvs) == 8 and all(len(p.read_text().splitlines()) > 20 for p in csvs):
+            break
+        time.sleep(0.2)
+    left = descendants(launcher.pid)
+    assert len(left) >= 3  # the fork server and its workers, at least
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while left and time.monotonic() < deadline:
+        left = {
+            p
+            for p in left
+            if Path(f"/proc/{p}").exists()
+            and Path(f"/proc/{p}/stat").read_text().split(")")[1].split()[0] != "Z"
+        }
+        time.sleep(0.2)
+    assert not left, f"still running after the launcher was killed: {sorted(left)}"
+    for job in job_dirs(tmp_path / "sweep"):
+        summary = read_json(job / "summary.json")
+        assert summary["status"] == "interrupted" and summary["epochs"] < 5000
+        assert (job / "checkpoint.pt").is_file()

@@ -188,6 +188,7 @@ class StackedLauncher(Launcher):
                 self.threads or 1,
                 self.config.hydra.hydra_logging,
                 os.environ.copy(),
+                os.getpid(),
             ),
         )
         # A process starts for each task no idle one takes; starting one waits for the fork
@@ -250,6 +251,7 @@ class StackedLauncher(Launcher):
 # threads (set once as it starts).
 _updates = None
 _threads = 1
+_ended = threading.Event()  # set once the launcher is gone
 
 
 def worker_context():
@@ -267,16 +269,18 @@ def worker_context():
     return context
 
 
-def _start_worker(updates, threads: int, hydra_logging, environ: dict) -> None:
+def _start_worker(updates, threads: int, hydra_logging, environ: dict, launcher: int) -> None:
     """Set up a worker process: the launcher's environment of now, as a spawned process has it
     (the fork server's is that of when it started; multiprocessing sets the working dir), its
     own process group (a terminal's Ctrl-C reaches the launcher, which passes it on, so that
-    each worker hears it once), torch's threads, and logging as the launcher logs."""
+    each worker hears it once), torch's threads, logging as the launcher logs, and a watch on
+    the `launcher`'s process, which ends the worker with it."""
     global _updates, _threads
     _threads = threads
     os.environ.clear()
     os.environ.update(environ)
     os.setpgrp()
+    threading.Thread(target=_end_with, args=(launcher,), daemon=True).start()
     _updates = updates
     configure_log(hydra_logging)
     import torch
@@ -284,6 +288,31 @@ def _start_worker(updates, threads: int, hydra_logging, environ: dict) -> None:
     import regexp.run  # noqa: F401 (what every population needs, imported before it comes)
 
     torch.set_num_threads(threads)
+
+
+def _end_with(launcher: int, every: float = 0.5) -> None:
+    """Once process `launcher` is gone (killed, even by SIGKILL, which it cannot pass on), stop
+    this worker as a SIGTERM does: the population in training saves its members' checkpoints
+    after the epoch in progress, for `resume=`, and the worker ends; an idle one ends at once.
+    Nothing else would end it: its parent is the fork server, which outlives the launcher."""
+    import time
+
+    while _alive(launcher):
+        time.sleep(every)
+    _ended.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)  # (a population's last epoch and checkpoints, then a hard stop)
+    os._exit(143)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (another user's process: alive)
+        return True
+    return True
 
 
 def _start(pool: futures.ProcessPoolExecutor, workers: int) -> None:
@@ -324,6 +353,9 @@ def _population(members: "list", progress=None, threads: "int | None" = None) ->
         return run.execute_population(members, progress)
     except Exception as exc:
         return [exc] * len(members)
+    finally:
+        if _ended.is_set():  # (the launcher is gone: no one takes the result or a next task)
+            os._exit(143)
 
 
 def _throttled(report, epochs: int, every: float = 0.1):
