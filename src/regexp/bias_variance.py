@@ -294,6 +294,8 @@ def claims(done: list[Result], keys: list[str]) -> str:
     at their smallest values): variance falls as the strength grows, bias² rises, and the
     expected error is lowest in between."""
     parts = []
+    exact = any(r.on_range is not None for r in done)
+    where_from = "over the input range" if exact else "on the valid set"
     for key, line in curves(done, keys).items():
         if len(line) < 2:
             continue
@@ -315,8 +317,6 @@ def claims(done: list[Result], keys: list[str]) -> str:
             f"the expected error is lowest at {name}={_fmt(values[best])} ({_fmt(err[best])}, "
             f"{where})"
         )
-        exact = any(r.on_range is not None for r in done)
-        where_from = "over the input range" if exact else "on the valid set"
         parts.append(f"{where_from}: " + ", ".join(says))
     if not parts and done:
         d = done[0].lead

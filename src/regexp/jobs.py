@@ -104,18 +104,18 @@ def member_of(cfg: DictConfig) -> Member | Outcome:
     if isinstance(ready, Outcome):
         return ready
     conf, start = ready
-    return Member(conf, run_dir, overrides, start, *job_log_file(hydra))
+    return Member(conf, run_dir, overrides, start, **job_log_file(hydra))
 
 
-def job_log_file(hydra: DictConfig) -> tuple[Path | None, str] | tuple[()]:
-    """The file and line format of the job logging's file handler (train.log by default), as
-    Hydra configured it for this job; () if it has none."""
+def job_log_file(hydra: DictConfig) -> dict:
+    """Member's `log_file` and `log_format`: the job logging's file handler (train.log by
+    default) as Hydra configured it for this job; none where it has none."""
     logging_conf = hydra.job_logging
     handler = OmegaConf.select(logging_conf, "handlers.file")
     if handler is None or "filename" not in handler:
-        return ()
+        return {}
     form = OmegaConf.select(logging_conf, f"formatters.{handler.get('formatter')}.format")
-    return (Path(handler.filename), *([form] if form else []))
+    return {"log_file": Path(handler.filename), **({"log_format": form} if form else {})}
 
 
 def prepared(

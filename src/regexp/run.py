@@ -427,8 +427,8 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                         weights_of=b.stopper.restored if b.stopper is not None else None,
                     )
                 )
-        for b, summary in zip(built, summaries, strict=True):
-            say_outcome(b, summary, b.tracker.log if b.tracker is not None else None)
+        for b, summary in zip(built, summaries, strict=True):  # (the console, and its own log)
+            say_outcome(b, summary, dict.fromkeys([log, b.tracker.log]))
     if any(s["status"] == "interrupted" for s in summaries):
         raise Interrupted(received[0], built[0].member.run_dir, summaries[0]["epochs"])
     if len(built) == 1:
@@ -458,38 +458,34 @@ def own_log(member: Member):
         logging.Logger.manager.loggerDict.pop(logger.name, None)  # (a worker trains many)
 
 
-def say_outcome(b: Built, summary: dict, own: logging.Logger | None) -> None:
-    """How a run ended, where it did not simply complete: on the console, and in the member's
-    own log where it has one."""
-    for logger in (log, *([own] if own is not None and own is not log else [])):
-        _say_outcome(b, summary, logger)
-
-
-def _say_outcome(b: Built, summary: dict, log: logging.Logger) -> None:
+def say_outcome(b: Built, summary: dict, loggers) -> None:
+    """How a run ended, where it did not simply complete, to each of `loggers`."""
     run_dir = b.member.run_dir
-    if summary["status"] == "diverged":
-        log.warning(
-            "diverged: %s; stopped there, everything up to it is in %s",
-            summary.get("error"),
-            run_dir,
-        )
-    if "stopped_epoch" in summary:
-        best = summary["best"]
-        log.info(
-            "stopped early after epoch %d: the valid loss has not improved since epoch %d (%.4g)%s",
-            summary["stopped_epoch"],
-            best.get("epoch", 0),
-            best.get("valid_loss", float("nan")),
-            "; ends with its weights (best.pt)"
-            if b.member.conf.train.early_stop.restore_best
-            else "",
-        )
-    if summary["status"] == "interrupted":
-        log.warning(
-            "interrupted after epoch %d; resume with: regexp train resume=%s",
-            summary["epochs"],
-            run_dir,
-        )
+    for logger in loggers:
+        if summary["status"] == "diverged":
+            logger.warning(
+                "diverged: %s; stopped there, everything up to it is in %s",
+                summary.get("error"),
+                run_dir,
+            )
+        if "stopped_epoch" in summary:
+            best = summary["best"]
+            logger.info(
+                "stopped early after epoch %d: the valid loss has not improved since epoch %d "
+                "(%.4g)%s",
+                summary["stopped_epoch"],
+                best.get("epoch", 0),
+                best.get("valid_loss", float("nan")),
+                "; ends with its weights (best.pt)"
+                if b.member.conf.train.early_stop.restore_best
+                else "",
+            )
+        if summary["status"] == "interrupted":
+            logger.warning(
+                "interrupted after epoch %d; resume with: regexp train resume=%s",
+                summary["epochs"],
+                run_dir,
+            )
 
 
 def _best_valid(tracker: Tracker) -> float:

@@ -84,12 +84,14 @@ class Stack:
         # product's weight gradient then lands in layout (no copy), and a lone run's 2-D
         # product (addmm) rounds exactly as a member's batched one (baddbmm) does.
         linear = {id(m.weight) for m in models[0].modules() if isinstance(m, nn.Linear)}
+        biases = {id(m.bias) for m in models[0].modules() if isinstance(m, nn.Linear)}
         like = params[0][0]
         self.size = sum(sizes)
         self.flat = torch.empty(k, self.size, dtype=like.dtype, device=like.device)
         self.grad = torch.zeros_like(self.flat)
-        # Each member's parameters become views of its row; the stacked views below, keyed by
-        # the first member's parameter, are what the forward pass differentiates.
+        # Each member's parameters become views of its row; the Linear layers' stacked views
+        # below, keyed by the first member's parameter, are what their batched products
+        # differentiate (the other layers run through each member's own module).
         self.stacked: dict[int, torch.Tensor] = {}
         # A lone run's Linear weights as (in, out) leaves of their own on the same memory:
         # its 2-D products differentiate them, with no transpose to go through each step.
@@ -106,9 +108,10 @@ class Stack:
                 member, member_grad = (view[i].t(), grad[i].t()) if flip else (view[i], grad[i])
                 member.copy_(p.detach())
                 p.data, p.grad = member, member_grad
-            view.requires_grad_(True)
-            view.grad = grad
-            self.stacked[id(params[0][position])] = view
+            if flip or id(params[0][position]) in biases:
+                view.requires_grad_(True)
+                view.grad = grad
+                self.stacked[id(params[0][position])] = view
             if flip and k == 1:
                 lone = view[0].detach().requires_grad_(True)
                 lone.grad = grad[0]
@@ -184,7 +187,11 @@ class Stack:
             layer.training = training
         for kind, payload in self.plan:
             if kind == "linear":
-                x = _lone_linear(x, self.lone, *payload) if lone else _batched_linear(x, *payload)
+                weight, bias, layer = payload
+                if lone:
+                    x = _lone_linear(x, self.lone, weight, bias, layer)
+                else:
+                    x = _batched_linear(x, weight, bias)
             elif kind == "elementwise":
                 x = payload(x)
             elif kind == "per member":  # each member's own layer on its own (B, ...) slice
@@ -214,12 +221,14 @@ class Stack:
         self.grad.zero_()
 
 
-def _batched_linear(x, weight, bias, layer=None) -> torch.Tensor:
+def _batched_linear(x, weight, bias) -> torch.Tensor:
     """(K, B, in) through weights (K, in, out) and biases (K, out), each member's products
     rounded as its lone run's (_lone_linear) round them."""
     b, n_in, n_out = x.shape[1], *weight.shape[1:]
     if b * n_in * n_out >= LOOPED_BELOW:  # (below: bmm's own loop, the same for any K)
         if n_out == 1:
+            # A lone product with one column takes MKL's gemv, a batched one its gemm, which
+            # round apart: products and row sums by element round alike for any K.
             out = (x * weight.transpose(1, 2)).sum(2, keepdim=True)
             return out if bias is None else out + bias.unsqueeze(1)
         if _one_column(b, n_in, x.requires_grad):
@@ -230,9 +239,8 @@ def _batched_linear(x, weight, bias, layer=None) -> torch.Tensor:
 def _lone_linear(x, lone, weight, bias, layer) -> torch.Tensor:
     """A lone run's (B, in) features through its Linear layer: addmm, as nn.Linear does, but
     where a population takes another way (_batched_linear): bmm's own loop for a small
-    product, and for a single output the products and sums by element that round alike for
-    any number of members (a lone product with one column takes MKL's gemv, a batched one its
-    gemm, which round apart)."""
+    product, and for a single output its products and row sums by element, here in 2-D on
+    the run's own leaves (through the member dimension they cost a lone step 10% more)."""
     w, b = lone[id(layer.weight)], layer.bias
     if x.shape[0] * w.numel() < LOOPED_BELOW:
         return _batched_linear(x.unsqueeze(0), weight, bias).squeeze(0)

@@ -148,8 +148,10 @@ class Tracker:
         self._pending: list[tuple[int, dict[str, float]]] = []
         self._last_update = self._last_flush = time.perf_counter()
         self._every = max(1, epochs // 10)  # plain lines when not on a terminal
+        # Epoch lines: a member's to its own log always; a lone run's to regexp's log where it
+        # draws no bar.
         self.log = logger or log
-        self.log_lines = progress or logger is not None
+        self.log_lines = logger is not None or (progress and self._progress is None)
         if self.figure is not None:
             self._animation = _animate(self.figure, self.run_dir, start_epoch)
         if model is not None and start_epoch == 0:
@@ -238,11 +240,7 @@ class Tracker:
                 self._csv.writerow(["epoch", *self._columns])
             # By column: an epoch without some metrics (weight stats) leaves those cells empty.
             self._csv.writerow([epoch, *(metrics.get(k, "") for k in self._columns)])
-            if (
-                (self._progress is None or self.log is not log)
-                and self.log_lines
-                and (epoch % self._every == 0 or epoch == self.epochs)
-            ):
+            if self.log_lines and (epoch % self._every == 0 or epoch == self.epochs):
                 self.log.info(
                     "epoch %d/%d  train %.4g  valid %.4g",
                     epoch,
