@@ -40,7 +40,7 @@ def train_job(cfg: DictConfig) -> Outcome:
         # One thread unless told, whatever the launcher and the cores: the thread count
         # changes the last digits (torch splits products by it), which must not depend on the
         # machine; and on a busy machine torch's default (a thread per core) spins waiting for
-        # the core another process holds, a lesson-24 run taking 10-40x longer (README, Speed).
+        # the core another process holds, a lesson-24 run taking 10-40x longer (docs/benchmarks.md).
         import torch
 
         from regexp.run import execute

@@ -54,7 +54,7 @@ class StackedLauncherConf:
     _target_: str = "hydra_plugins.regexp_stacked_launcher.stacked_launcher.StackedLauncher"
     # The most members one population holds; a larger group of jobs is split into populations
     # of about equal size. On a CPU a lesson-24 member-epoch costs least at about 8 (0.80 ms at
-    # 8, 0.89 at 16, 0.93 at 4, two workers on 2 cores: README, Speed); on a GPU larger
+    # 8, 0.89 at 16, 0.93 at 4, two workers on 2 cores: docs/benchmarks.md); on a GPU larger
     # populations pay, as far as memory allows.
     max_members: int = 8
     # Worker processes, a population at a time each; null: one per core; 1: this process.
