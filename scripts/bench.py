@@ -40,7 +40,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from regexp import config, data, optim, run
+from regexp import config
+from regexp.components import data, optim
+from regexp.run import population
 
 CASES = {
     "lesson24": ["train.epochs=2000"],  # the default run: 10 points, full batch
@@ -53,9 +55,9 @@ def compose(overrides: list[str]) -> config.Config:
 
 
 def setup(conf: config.Config):
-    run.seed_everything(conf.seed)
+    population.seed_everything(conf.seed)
     dataset = data.load(conf.data, conf.seed)
-    model = run.build_model(conf, dataset)
+    model = population.build_model(conf, dataset)
     optimizer = optim.build_optimizer(model, conf.optim)
     loss_fn = optim.build_loss(conf.loss, dataset.task, dataset.n_outputs)
     return dataset, model, optimizer, loss_fn
@@ -92,7 +94,7 @@ def regexp_loop(conf: config.Config, run_dir: Path) -> float:
     """A real regexp run into `run_dir`; returns the seconds its loop took with its recording
     (the summary's `seconds`: from the tracker's start to its close, setup not included)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        return run.execute(conf, run_dir)["seconds"]
+        return population.execute(conf, run_dir)["seconds"]
 
 
 SWEEP = ["seed=0,1,2,3,4,5,6,7"]  # 8 jobs of the default experiment

@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from regexp import optim
+from regexp.components import optim
+from regexp.engine import updates
 
 SHAPES = [(200, 1), (200,), (200, 200), (200,), (200, 200), (200,), (1, 200), (1,)]
 P = sum(math.prod(s) for s in SHAPES)
@@ -53,7 +54,7 @@ def timed(steps: dict, n: int, repeats: int) -> dict[str, list[float]]:
 
 def stacked(cfg, k: int):
     params, grads = torch.randn(k, P), torch.randn(k, P) * 1e-3
-    update = optim.build_update([cfg] * k, params)
+    update = updates.build_update([cfg] * k, params)
     return lambda: update.step(params, grads)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from regexp import rundir
+from regexp.run import rundir
 
 RUN = ["train.epochs=1500", "train.checkpoint_every=3"]  # the lesson net: ~2 s of training
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from conftest import regexp
 
-from regexp import bias_variance, config, report, run
+from regexp import config
+from regexp.analysis import bias_variance, report
+from regexp.run import population
 
 
 def test_constant_offsets_and_a_known_spread_give_their_bias_and_variance_exactly():
@@ -84,10 +86,10 @@ def test_on_a_real_population_the_terms_add_up_to_the_expected_error(tmp_path):
     ]
     varied = [[f"seed={s}", f"data.draw={d}"] for s in (0, 1) for d in (1, 2, 3)]
     members = [
-        run.Member(config.validate(config.compose([*base, *v])), tmp_path / "_".join(v), v)
+        population.Member(config.validate(config.compose([*base, *v])), tmp_path / "_".join(v), v)
         for v in varied
     ]
-    assert all(s["status"] == "completed" for s in run.execute_population(members))
+    assert all(s["status"] == "completed" for s in population.execute_population(members))
     runs = [report.load(m.run_dir) for m in members]
     for r, v in zip(runs, varied, strict=True):
         r.overrides = report._parse(v)
@@ -169,10 +171,12 @@ def test_a_2d_population_gets_domingos_terms_and_its_boundaries_drawn(tmp_path):
             "log.figure_every=0", "log.hist_every=0"]  # fmt: skip
     varied = [[f"data.draw={d}"] for d in (1, 2, 3)]
     members = [
-        run.Member(config.validate(config.compose([*base, *v])), tmp_path / "sweep" / v[0], v)
+        population.Member(
+            config.validate(config.compose([*base, *v])), tmp_path / "sweep" / v[0], v
+        )
         for v in varied
     ]
-    run.execute_population(members)
+    population.execute_population(members)
     for m in members:  # as Hydra leaves them: the overrides are what makes them replicas
         (m.run_dir / ".hydra").mkdir()
         (m.run_dir / ".hydra" / "overrides.yaml").write_text(f"- {m.overrides[0]}\n")

@@ -107,7 +107,8 @@ def test_the_wheel_ships_conf_inside_the_package(tmp_path):
 
 def test_train_help_needs_neither_torch_nor_the_training_code(tmp_path):
     code = "import sys; from regexp import cli; cli.main(['train', '--help', 'norm=bn']);"
-    names = "('torch', 'numpy', 'regexp.run', 'regexp.track')"  # (numpy: a tenth of a second)
+    # (numpy: a tenth of a second)
+    names = "('torch', 'numpy', 'regexp.run.population', 'regexp.engine.track')"
     code += f"print(sorted(m for m in {names} if m in sys.modules))"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path

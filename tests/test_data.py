@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from regexp import data, errors
+from regexp import errors
+from regexp.components import data
 
 TOYS = ["moons", "circles", "spiral", "xor", "gauss"]
 

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from regexp import config, data, run, stopping
+from regexp import config
+from regexp.components import data
+from regexp.engine import stopping
+from regexp.engine.track import weight_norm
 from regexp.errors import UserError
-from regexp.track import weight_norm
+from regexp.run import population
 
 QUIET = ["train.epochs=300", "log.figure_every=0", "log.hist_every=0"]
 STOP = ["train.early_stop.patience=10"]
@@ -23,7 +26,7 @@ STOP = ["train.early_stop.patience=10"]
 def train(run_dir: Path, *overrides: str) -> dict:
     conf = config.validate(config.compose([*QUIET, *overrides]))
     with contextlib.redirect_stdout(io.StringIO()):
-        return run.execute(conf, run_dir, list(overrides))
+        return population.execute(conf, run_dir, list(overrides))
 
 
 def valid_losses(run_dir: Path) -> list[float]:
@@ -34,7 +37,7 @@ def valid_losses(run_dir: Path) -> list[float]:
 def best_model(run_dir: Path, *overrides: str) -> torch.nn.Module:
     """The run's model with best.pt loaded (tensors only)."""
     conf = config.validate(config.compose([*QUIET, *overrides]))
-    model = run.build_model(conf, data.load(conf.data, conf.seed))
+    model = population.build_model(conf, data.load(conf.data, conf.seed))
     stopping.load_best(run_dir / "best.pt", model)
     return model
 
@@ -88,11 +91,13 @@ def test_an_interrupted_run_resumes_to_the_same_stop_and_best(tmp_path):
 def test_each_member_of_a_population_stops_on_its_own_valid_loss(tmp_path):
     varied = [["seed=0"], ["seed=1"], ["seed=2", "train.early_stop.patience=null"]]
     members = [
-        run.Member(config.validate(config.compose([*QUIET, *STOP, *v])), tmp_path / f"m{i}", v)
+        population.Member(
+            config.validate(config.compose([*QUIET, *STOP, *v])), tmp_path / f"m{i}", v
+        )
         for i, v in enumerate(varied)
     ]
     with contextlib.redirect_stdout(io.StringIO()):
-        together = run.execute_population(members)
+        together = population.execute_population(members)
     for i, v in enumerate(varied):
         alone = train(tmp_path / f"alone{i}", *STOP, *v)
         assert together[i].get("stopped_epoch") == alone.get("stopped_epoch")

@@ -10,7 +10,8 @@ from itertools import product
 import pytest
 from hydra import compose, initialize_config_dir
 
-from regexp import config, run
+from regexp import config
+from regexp.run import population
 
 EXPERIMENTS = sorted(p.stem for p in (config.conf_dir() / "experiment").glob("*.yaml"))
 
@@ -22,11 +23,20 @@ def sweep_params(name: str) -> dict[str, str]:
     return {key: str(values) for key, values in cfg.hydra.sweeper.params.items()}
 
 
+REPLICAS = ("seed", "data.draw")
+
+
 def sweep_points(name: str, seeds: bool = True) -> list[list[str]]:
-    """The overrides of every job `regexp train -m +experiment=NAME` runs (without `seeds`,
-    those of its first seed only)."""
+    """The overrides of the jobs `regexp train -m +experiment=NAME` runs: every setting, with
+    its first and last replica (a job's seed or draw is an integer, whatever its value); without
+    `seeds`, its first seed only."""
     params = {k: v for k, v in sweep_params(name).items() if seeds or k != "seed"}
-    axes = [[f"{key}={v}" for v in _values(values)] for key, values in params.items()]
+    axes = []
+    for key, values in params.items():
+        each = _values(values)
+        if key in REPLICAS:
+            each = sorted({each[0], each[-1]}, key=each.index)
+        axes.append([f"{key}={v}" for v in each])
     return [list(point) for point in product(*axes)]
 
 
@@ -78,7 +88,7 @@ def results(compose, tmp_path, name: str, *extra: str) -> dict[str, dict]:
         conf = compose(f"+experiment={name}", *point, *extra)
         label = ",".join(point)
         with contextlib.redirect_stdout(io.StringIO()):
-            out[label] = run.execute(conf, tmp_path / label.replace("/", "_"))
+            out[label] = population.execute(conf, tmp_path / label.replace("/", "_"))
     return out
 
 

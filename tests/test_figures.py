@@ -15,8 +15,10 @@ from conftest import TINY, gif_epochs, read_events, regexp
 from PIL import Image
 from torch import nn
 
-from regexp import data, plots, run
-from regexp.track import Tracker
+from regexp.components import data
+from regexp.engine.track import Tracker
+from regexp.figures import plots
+from regexp.run import population
 
 
 def dropout_net(n_in: int, n_out: int) -> nn.Module:
@@ -95,11 +97,11 @@ def test_a_one_output_classifier_is_drawn_with_its_sigmoid(compose):
 
 def test_a_run_saves_its_figures_and_figure_every_0_turns_figures_off(compose, tmp_path):
     conf = compose(*TINY, "log.figure_every=2")
-    run.execute(conf, tmp_path / "on")
+    population.execute(conf, tmp_path / "on")
     assert [i.step for i in read_events(tmp_path / "on").Images("figures/fit")] == [0, 2, 4, 5]
     assert (tmp_path / "on" / "fit.png").stat().st_size > 0
     assert gif_epochs(tmp_path / "on" / "fit.gif") == (4, [0, 2, 4, 5])
-    run.execute(compose(*TINY, "log.figure_every=0"), tmp_path / "off")
+    population.execute(compose(*TINY, "log.figure_every=0"), tmp_path / "off")
     assert not (tmp_path / "off" / "fit.png").exists()
     assert read_events(tmp_path / "off").Tags()["images"] == []
 
@@ -121,7 +123,9 @@ def test_a_resumed_run_goes_on_with_its_gif(tmp_path):
 def test_datasets_and_figures_import_neither_scikit_learn_nor_matplotlib():
     code = """
 import sys, torch
-from regexp import config, data, plots
+from regexp import config
+from regexp.components import data
+from regexp.figures import plots
 for cfg in (data.ToyRegression(), data.Moons(), data.Digits()):
     d = data.load(cfg, 0)
     figure = plots.for_dataset(d)
@@ -138,20 +142,21 @@ def test_the_drawing_needs_neither_torch_nor_the_training_code(tmp_path):
 import sys
 import numpy as np
 from pathlib import Path
-from regexp import plots, render
+from regexp.figures import plots, render
 x = np.linspace(-1, 1, 5)[:, None]
 spec = {{"kind": "fit", "points": [(x, x), (x, x)], "x": x[:, 0]}}
 frames = render.Frames(plots.FitDrawing(spec), Path({str(tmp_path)!r}) / "fit", 0)
 frames.add(0, x)
 frames.save()
-print(sorted(m for m in ("torch", "regexp.track", "regexp.data") if m in sys.modules))
+loaded = ("torch", "regexp.engine.track", "regexp.components.data")
+print(sorted(m for m in loaded if m in sys.modules))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]" and gif_epochs(tmp_path / "fit.gif") == (1, [0])
 
 
 def test_a_long_animation_keeps_every_other_frame_past_its_limit(tmp_path, monkeypatch):
-    from regexp import render
+    from regexp.figures import render
 
     monkeypatch.setattr(render, "GIF_FRAMES", 4)
     x = np.linspace(-1, 1, 5)[:, None]
@@ -164,7 +169,7 @@ def test_a_long_animation_keeps_every_other_frame_past_its_limit(tmp_path, monke
 
 
 def test_a_run_goes_on_without_figures_when_the_drawing_process_dies(compose, tmp_path, caplog):
-    from regexp import render
+    from regexp.figures import render
 
     dataset = data.load(compose(*TINY).data, 0)
     model = dropout_net(1, 1)
@@ -186,7 +191,7 @@ def test_a_run_waits_for_a_drawing_process_that_draws_not_for_one_held_still(tmp
     import os
     import signal
 
-    from regexp import render
+    from regexp.figures import render
 
     x = np.linspace(-1, 1, 5)[:, None]
     spec = {"kind": "fit", "points": [(x, x), (x, x)], "x": x[:, 0]}

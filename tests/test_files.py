@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from regexp import data, errors
-from regexp.data import files
+from regexp import errors
+from regexp.components import data
+from regexp.components.data import files
 
 IDX_NAMES = {
     "train-images-idx3-ubyte": 0,
@@ -200,7 +201,7 @@ def test_download_fetches_the_missing_files_from_the_first_good_mirror(
 ):
     """The mirrors here are file:// URLs (urllib treats them as it does http://): a dead one,
     one serving altered files, and one with the published files."""
-    from regexp.data import images
+    from regexp.components.data import images
 
     good = tmp_path / "good"
     idx_set(good)
@@ -230,7 +231,7 @@ def test_download_fetches_the_missing_files_from_the_first_good_mirror(
 def test_download_unpacks_cifar10s_archive(compose, tmp_path, monkeypatch):
     import tarfile
 
-    from regexp.data import images
+    from regexp.components.data import images
 
     cifar_batches(tmp_path / "src" / "cifar-10-batches-py")
     archive = tmp_path / "cifar-10-python.tar.gz"
@@ -247,7 +248,7 @@ MEMORY_PROBE = """
 import resource, sys, time
 from pathlib import Path
 import torch  # (data imports it on first use: its own memory is not the data's)
-from regexp import data
+from regexp.components import data
 
 def rss():  # bytes resident now
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()

@@ -13,13 +13,17 @@ import pytest
 import torch
 from hydra.core.config_store import ConfigStore
 
-from regexp import config, optim, run
-from regexp.options import OPTIONS, option
+import regexp
+from regexp import config
+from regexp.components import optim
+from regexp.components.options import OPTIONS, option
+from regexp.engine import updates
+from regexp.run import population
 
-PACKAGE = Path(config.__file__).parent
+PACKAGE = Path(regexp.__file__).parent
 LONG = 400  # lines; a longer module says why at its top
-# the modules that hold config groups' schemas
-DOMAIN = ("data", "models", "init", "optim", "schedules")
+# the package that holds config groups' schemas
+COMPONENTS = "regexp.components"
 
 
 def module_name(path: Path) -> str:
@@ -68,7 +72,7 @@ def test_the_package_has_no_import_circles():
 def test_the_schema_modules_never_import_config():
     edges = graph()
     for name, imported in edges.items():
-        if name.split(".")[1:2] and name.split(".")[1] in DOMAIN:
+        if name.startswith(COMPONENTS):
             assert "regexp.config" not in imported, name
 
 
@@ -114,7 +118,7 @@ def test_a_made_up_optimizer_option_trains_as_its_builder_says(halved_sgd, tmp_p
     sgd = config.validate(config.compose(["optim=sgd", "optim.lr=0.01", *small]))
     records = []
     for name, conf in (("halved", made_up), ("sgd", sgd)):
-        run.execute(conf, tmp_path / name)
+        population.execute(conf, tmp_path / name)
         with open(tmp_path / name / "metrics.csv", newline="") as f:
             records.append([(r["train_loss"], r["valid_loss"], r["lr"]) for r in csv.DictReader(f)])
     assert records[0] == records[1]  # SGD at lr 0.02 / 2 is SGD at 0.01, number for number
@@ -123,8 +127,8 @@ def test_a_made_up_optimizer_option_trains_as_its_builder_says(halved_sgd, tmp_p
     # A population of it steps as one of SGD at 0.01 does.
     flat = torch.randn(3, 50)
     twin = flat.clone()
-    halved = optim.build_update([made_up.optim] * 3, flat)
-    plain = optim.build_update([sgd.optim] * 3, twin)
+    halved = updates.build_update([made_up.optim] * 3, flat)
+    plain = updates.build_update([sgd.optim] * 3, twin)
     assert halved.lr[:, 0].tolist() == [0.01] * 3
     for _ in range(5):
         grad = torch.randn(3, 50)
@@ -156,3 +160,31 @@ def test_the_docs_cite_no_markdown_file_the_repo_lacks():
         for name in re.findall(r"[\w./-]+\.md\b", doc.read_text()):
             there = (root / name).exists() or (doc.parent / name).exists()
             assert there or name in written, f"{doc.name} cites {name}, which is not there"
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, spaces to dashes, most
+    punctuation dropped."""
+    found = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return found
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    root = PACKAGE.parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    checked = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # (http:, https:, mailto:)
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name} links to {target}: no such file"
+            if anchor and linked.suffix == ".md":
+                assert anchor in anchors(linked), f"{page.name} links to {target}: no such heading"
+            checked += 1
+    assert checked >= 5  # (the README links to docs/; a regex that finds none proves nothing)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from regexp import errors, init, models
+from regexp import errors
+from regexp.components import init, models
 
 
 def initialized(compose, *overrides, layer=None) -> nn.Module:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from regexp import models, optim, train
-from regexp.data import Dataset
-from regexp.stack import Stack
+from regexp.components import models, optim
+from regexp.components.data import Dataset
+from regexp.engine import hooks, loop, updates
+from regexp.engine.stack import Stack
 
 
 def regression(n=12, n_valid=6) -> Dataset:
@@ -46,19 +47,13 @@ def stack_of(model: nn.Module, cls=Stack) -> Stack:
 def fit(model, dataset, cls=Stack, loss="mse", **kw):
     """`model` trained alone (a population of one) with plain SGD at `lr`."""
     stack = model if isinstance(model, Stack) else stack_of(model, cls)
-    update = optim.build_update([optim.GD(lr=kw.pop("lr", 0.01))], stack.flat)
+    update = updates.build_update([optim.GD(lr=kw.pop("lr", 0.01))], stack.flat)
     tracker = Metrics()
     loss_fn = optim.build_loss(loss, dataset.task, dataset.n_outputs, reduction="none")
     generator = kw.pop("generator", None)
-    (result,) = train.fit(
-        stack,
-        update,
-        loss_fn,
-        train.stack_data([dataset]),
-        trackers=[tracker],
-        generators=[generator or torch.Generator().manual_seed(0)],
-        **kw,
-    )
+    plan = loop.Plan(generators=[generator or torch.Generator().manual_seed(0)], **kw)
+    hooks_ = [hooks.Records([tracker]), hooks.Divergence()]
+    (result,) = loop.fit(stack, update, loss_fn, loop.stack_data([dataset]), plan, hooks_)
     return result, tracker, stack
 
 
@@ -114,10 +109,10 @@ def test_evaluation_in_chunks_gives_the_same_mean_loss(monkeypatch):
     dataset = regression(n=4, n_valid=50)
     stack = stack_of(nn.Linear(3, 1))
     loss_fn = nn.MSELoss(reduction="none")
-    data = train.stack_data([dataset])
-    whole = train.evaluate(stack, loss_fn, data)[0].item()
-    monkeypatch.setattr(train, "EVAL_CHUNK", 7)
-    chunked = train.evaluate(stack, loss_fn, data)[0].item()
+    data = loop.stack_data([dataset])
+    whole = loop.evaluate(stack, loss_fn, data)[0].item()
+    monkeypatch.setattr(loop, "EVAL_CHUNK", 7)
+    chunked = loop.evaluate(stack, loss_fn, data)[0].item()
     assert chunked == pytest.approx(whole, rel=1e-6)
 
 
@@ -179,7 +174,7 @@ def test_a_large_set_is_gathered_batch_by_batch_in_the_same_order(monkeypatch):
         return [m for _, m in tracker.epochs]
 
     once = run()
-    monkeypatch.setattr(train, "GATHER_ONCE_BYTES", 0)
+    monkeypatch.setattr(loop, "GATHER_ONCE_BYTES", 0)
     assert run() == once  # same batches, same numbers, accuracy included
 
 

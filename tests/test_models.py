@@ -10,8 +10,11 @@ import torch
 from conftest import read_json, regexp
 from torch import nn
 
-from regexp import config, data, errors, models, optim, run, train
-from regexp.stack import Stack
+from regexp import config, errors
+from regexp.components import data, models, optim
+from regexp.engine import loop, updates
+from regexp.engine.stack import Stack
+from regexp.run import population
 
 NORMS = ["none", "bn", "ln", "in", "gn"]
 SMALL = {"mlp": ["model.hidden=[16,16]"], "cnn": ["model.head=[16,16]"]}
@@ -50,17 +53,17 @@ def test_every_model_and_norm_trains_an_epoch_or_is_refused(compose, digits, mod
     conf = compose(f"model={model}", f"norm={norm}", "data=digits", *SMALL[model])
     if (model, norm) not in EXPECTED:
         with pytest.raises(errors.ConfigError) as info:
-            run.build_model(conf, digits)
+            population.build_model(conf, digits)
         assert info.value.key == "norm" and "\n" not in str(info.value)
         assert "use norm=bn, ln or gn, or model=cnn" in str(info.value)
         return
     torch.manual_seed(0)
-    net = run.build_model(conf, digits)
+    net = population.build_model(conf, digits)
     stack = Stack([net], [torch.Generator().manual_seed(0)])  # a population of one
-    update = optim.build_update([optim.GD(lr=0.01)], stack.flat)
+    update = updates.build_update([optim.GD(lr=0.01)], stack.flat)
     loss_fn = nn.CrossEntropyLoss(reduction="none")
-    data = train.stack_data([digits])
-    (result,) = train.fit(stack, update, loss_fn, data, epochs=1, batch_size=16)
+    data = loop.stack_data([digits])
+    (result,) = loop.fit(stack, update, loss_fn, data, loop.Plan(epochs=1, batch_size=16))
     assert result.status == "completed"
 
     # The layers present are the ones asked for, each norm right after its Linear or Conv

@@ -13,11 +13,14 @@ from test_config import options
 from torch import nn
 from torch.optim import lr_scheduler
 
-from regexp import config, data, errors, optim, run, schedules, train
-from regexp.data import Dataset
-from regexp.models import weights
-from regexp.options import names
-from regexp.stack import SPARSE_BELOW, Stack, WeightStats, weight_mask
+from regexp import config, errors
+from regexp.components import data, optim, schedules
+from regexp.components.data import Dataset
+from regexp.components.models import weights
+from regexp.components.options import names
+from regexp.engine import hooks, loop, updates
+from regexp.engine.stack import SPARSE_BELOW, Stack, WeightStats, weight_mask
+from regexp.run import population
 
 SMALL = "model.hidden=[16,16]"
 
@@ -42,30 +45,31 @@ def fit(conf: config.Config, dataset: Dataset | None = None, epochs: int | None 
     """Build what `conf` names, as `regexp train` does (a population of one), and train it;
     returns the model, torch's optimizer for `conf` (its knobs, for comparison) and each
     epoch's metrics."""
-    run.seed_everything(conf.seed)
+    population.seed_everything(conf.seed)
     dataset = dataset or data.load(conf.data, conf.seed)
-    model = run.build_model(conf, dataset)
+    model = population.build_model(conf, dataset)
     dropout = torch.Generator().set_state(torch.get_rng_state())
     stack = Stack([model], [dropout])
     decayed = None if conf.optim.decay_norm_and_bias else weight_mask(stack)
-    update = optim.build_update([conf.optim], stack.flat, decayed)
+    update = updates.build_update([conf.optim], stack.flat, decayed)
     epochs = epochs or conf.train.epochs
     schedule = schedules.build_schedule([conf.sched], epochs, update.lr[:, 0].tolist())
     update.set_lr(schedule.lrs())
     recorder = Recorder()
-    (result,) = train.fit(
+    (result,) = loop.fit(
         stack,
         update,
         optim.build_loss(conf.loss, dataset.task, dataset.n_outputs, reduction="none"),
-        train.stack_data([dataset]),
-        epochs=epochs,
-        batch_size=conf.train.batch_size,
-        schedule=schedule,
-        trackers=[recorder],
-        generators=[torch.Generator().manual_seed(conf.seed)],
-        penalty=optim.build_penalty([conf.reg], stack),
-        clip_grad_norm=conf.train.clip_grad_norm,
-        weight_stats_every=conf.log.weight_stats_every,
+        loop.stack_data([dataset]),
+        loop.Plan(
+            epochs=epochs,
+            batch_size=conf.train.batch_size,
+            generators=[torch.Generator().manual_seed(conf.seed)],
+            penalty=updates.build_penalty([conf.reg], stack),
+            clip_grad_norm=conf.train.clip_grad_norm,
+            weight_stats_every=conf.log.weight_stats_every,
+        ),
+        [hooks.Records([recorder]), hooks.Divergence(), hooks.Schedule(schedule)],
     )
     assert result.status == "completed", result.error
     return model, optim.build_optimizer(model, conf.optim), recorder.metrics
@@ -116,7 +120,7 @@ def test_adam_weight_decay_is_an_l2_penalty_and_adamw_decouples_it(compose):
 
 def test_without_decay_on_norm_and_bias_their_group_holds_exactly_the_biases_and_norms(compose):
     conf = compose("norm=bn", SMALL, "optim.weight_decay=1e-2", "optim.decay_norm_and_bias=false")
-    model = run.build_model(conf, data.load(conf.data, conf.seed))
+    model = population.build_model(conf, data.load(conf.data, conf.seed))
     decay, no_decay = optim.build_optimizer(model, conf.optim).param_groups
     names = {id(p): name for name, p in model.named_parameters()}
     assert decay["weight_decay"] == 1e-2 and no_decay["weight_decay"] == 0
@@ -135,7 +139,7 @@ def test_without_decay_on_norm_and_bias_their_group_holds_exactly_the_biases_and
 def test_the_no_decay_group_leaves_biases_alone(compose):
     # One step on zero gradients: only the decay moves a parameter.
     conf = compose(SMALL, "optim.weight_decay=0.5", "optim.decay_norm_and_bias=false")
-    model = run.build_model(conf, data.load(conf.data, conf.seed))
+    model = population.build_model(conf, data.load(conf.data, conf.seed))
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(0.1)
@@ -157,34 +161,36 @@ def test_the_penalty_joins_the_objective_but_train_loss_stays_the_data_loss(comp
     model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
     stack = Stack([model], [torch.Generator()])
     l1, l2 = 0.01, 0.1
-    penalty = optim.build_penalty([optim.Reg(l1=l1, l2=l2)], stack)
+    penalty = updates.build_penalty([optim.Reg(l1=l1, l2=l2)], stack)
     w = torch.cat([p.detach().flatten() for p in weights(model)])
     expected = l1 * w.abs().sum() + l2 / 2 * (w**2).sum()
     assert penalty.value(stack.flat).item() == pytest.approx(expected.item(), rel=1e-6)
     with torch.no_grad():
         data_loss = nn.functional.mse_loss(model(dataset.x_train), dataset.y_train).item()
 
-    update = optim.build_update([optim.GD(lr=1e-9)], stack.flat)  # weights all but unchanged
+    update = updates.build_update([optim.GD(lr=1e-9)], stack.flat)  # weights all but unchanged
     recorder = Recorder()
     loss_fn = nn.MSELoss(reduction="none")
-    data_ = train.stack_data([dataset])
-    train.fit(stack, update, loss_fn, data_, epochs=1, trackers=[recorder], penalty=penalty)
+    data_ = loop.stack_data([dataset])
+    loop.fit(
+        stack, update, loss_fn, data_, loop.Plan(1, penalty=penalty), [hooks.Records([recorder])]
+    )
     (metrics,) = recorder.metrics
     assert metrics["train_loss"] == pytest.approx(data_loss, rel=1e-5)
     assert metrics["penalty"] == pytest.approx(expected.item(), rel=1e-5)
 
     # Biases and norm parameters only with include_bias.
-    everything = optim.build_penalty([optim.Reg(l2=2.0, include_bias=True)], stack)
+    everything = updates.build_penalty([optim.Reg(l2=2.0, include_bias=True)], stack)
     total = sum((p.detach() ** 2).sum() for p in model.parameters())
     assert everything.value(stack.flat).item() == pytest.approx(total.item(), rel=1e-6)
-    assert optim.build_penalty([optim.Reg()], stack) is None
+    assert updates.build_penalty([optim.Reg()], stack) is None
 
 
 def test_the_penalty_gradient_is_autograds(compose):
     model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
     reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
     stack = Stack([model], [torch.Generator()])
-    penalty = optim.build_penalty([optim.Reg(l1=0.3, l2=0.7)], stack)
+    penalty = updates.build_penalty([optim.Reg(l1=0.3, l2=0.7)], stack)
     stack.zero_grad()
     penalty.add_grad(stack.flat, stack.grad)
     w = [reference[0], reference[2]]  # the weights, not the biases
@@ -227,7 +233,7 @@ def test_weight_stats_come_every_n_epochs_and_in_the_first_and_last(compose):
     assert with_stats == [1, 4, 8, 10]
     _, _, metrics = fit(compose(SMALL, "log.weight_stats_every=0"), epochs=3)
     assert not any("weights_l2_norm" in m for m in metrics)
-    _, _, metrics = fit(compose(SMALL), epochs=train.WEIGHT_STATS_POINTS * 2 + 1)  # null: auto
+    _, _, metrics = fit(compose(SMALL), epochs=loop.WEIGHT_STATS_POINTS * 2 + 1)  # null: auto
     with_stats = [i + 1 for i, m in enumerate(metrics) if "weights_sparsity" in m]
     assert with_stats == [1, *range(2, len(metrics), 2), len(metrics)]
 
@@ -378,7 +384,7 @@ def test_bce_is_computed_from_logits_so_it_stays_finite():
     logits = torch.tensor([[1000.0], [-1000.0], [0.0]])
     y = torch.tensor([0, 0, 1])
     assert loss(logits, y).item() == pytest.approx((1000 + 0 + math.log(2)) / 3)
-    assert train.correct(logits[None], y[None]).item() == 1  # logit > 0 predicts class 1
+    assert loop.correct(logits[None], y[None]).item() == 1  # logit > 0 predicts class 1
 
 
 @pytest.mark.parametrize(
@@ -411,8 +417,8 @@ def test_the_cli_refuses_a_misfit_loss_before_training(tmp_path, args):
 
 def test_clip_grad_norm_bounds_each_step(compose):
     conf = compose(SMALL, "optim.momentum=0", "optim.lr=1", "train.clip_grad_norm=0.001")
-    run.seed_everything(conf.seed)
-    model = run.build_model(conf, data.load(conf.data, conf.seed))
+    population.seed_everything(conf.seed)
+    model = population.build_model(conf, data.load(conf.data, conf.seed))
     before = parameters(model)
     model, _, _ = fit(conf, epochs=1)  # same seed: same initial weights
     assert (parameters(model) - before).norm() <= 0.001 * (1 + 1e-5)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from regexp import config, run
+from regexp import config
+from regexp.run import population
 
 EXACT = ("metrics.csv", "predictions.npz")
 
@@ -28,8 +29,11 @@ def assert_same_files(a: Path, b: Path, files=EXACT) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), f"{a / name} != {b / name}"
 
 
-def population(base: list[str], varied: list[list[str]], prefix: Path) -> list[run.Member]:
-    return [run.Member(conf_of([*base, *v]), Path(f"{prefix}{i}"), v) for i, v in enumerate(varied)]
+def members(base: list[str], varied: list[list[str]], prefix: Path) -> list[population.Member]:
+    return [
+        population.Member(conf_of([*base, *v]), Path(f"{prefix}{i}"), v)
+        for i, v in enumerate(varied)
+    ]
 
 
 def members_equal_lone_runs(tmp_path: Path, base: list[str], varied: list[list[str]]):
@@ -37,13 +41,13 @@ def members_equal_lone_runs(tmp_path: Path, base: list[str], varied: list[list[s
     population, then the last and the first as a population of two: every member's files are
     its lone run's, byte for byte."""
     for i, v in enumerate(varied):
-        run.execute(conf_of([*base, *v]), tmp_path / f"alone{i}", v)
+        population.execute(conf_of([*base, *v]), tmp_path / f"alone{i}", v)
     for name, chosen in (("all", range(len(varied))), ("two", [len(varied) - 1, 0])):
         members = [
-            run.Member(conf_of([*base, *varied[i]]), tmp_path / f"{name}{i}", varied[i])
+            population.Member(conf_of([*base, *varied[i]]), tmp_path / f"{name}{i}", varied[i])
             for i in chosen
         ]
-        summaries = run.execute_population(members)
+        summaries = population.execute_population(members)
         assert all(s["status"] == "completed" for s in summaries), summaries
         for i in chosen:
             assert_same_files(tmp_path / f"{name}{i}", tmp_path / f"alone{i}")
@@ -120,9 +124,9 @@ def test_the_lessons_dropout_run_for_2000_epochs_is_its_lone_run_inside_9_member
     population are their lone runs."""
     varied = [[f"seed={s}", f"model.dropout={p}"] for s in range(3) for p in (0, 0.2, 0.5)]
     base = [*QUIET, "+experiment=dropout"]
-    run.execute_population(population(base, varied, tmp_path / "m"))
+    population.execute_population(members(base, varied, tmp_path / "m"))
     for i in (0, 8):
-        run.execute(conf_of([*base, *varied[i]]), tmp_path / f"alone{i}", varied[i])
+        population.execute(conf_of([*base, *varied[i]]), tmp_path / f"alone{i}", varied[i])
         assert_same_files(tmp_path / f"m{i}", tmp_path / f"alone{i}")
     assert len(records(tmp_path / "m8")) == 2000
 
@@ -132,19 +136,19 @@ def test_the_lessons_dropout_run_for_2000_epochs_is_its_lone_run_inside_9_member
 def test_a_digits_cnn_member_is_its_lone_run_on_the_whole_set(tmp_path, norm):
     base = [*QUIET, "+experiment=norms", f"norm={norm}", "train.epochs=4"]
     varied = [["seed=0"], ["seed=1", "model.dropout=0.3"], ["seed=2", "optim.weight_decay=1e-3"]]
-    run.execute_population(population(base, varied, tmp_path / "m"))
+    population.execute_population(members(base, varied, tmp_path / "m"))
     for i in (1, 2):
-        run.execute(conf_of([*base, *varied[i]]), tmp_path / f"alone{i}", varied[i])
+        population.execute(conf_of([*base, *varied[i]]), tmp_path / f"alone{i}", varied[i])
         assert_same_files(tmp_path / f"m{i}", tmp_path / f"alone{i}")
 
 
 def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
     base = ["train.epochs=30", "model.hidden=[16,16]", *QUIET]
     members = [
-        run.Member(conf_of([*base, "optim.lr=1e3"]), tmp_path / "wild", ["optim.lr=1e3"]),
-        run.Member(conf_of(base), tmp_path / "calm", []),
+        population.Member(conf_of([*base, "optim.lr=1e3"]), tmp_path / "wild", ["optim.lr=1e3"]),
+        population.Member(conf_of(base), tmp_path / "calm", []),
     ]
-    wild, calm = run.execute_population(members)
+    wild, calm = population.execute_population(members)
     assert wild["status"] == "diverged" and wild["epochs"] < 30 and "became" in wild["error"]
     assert calm["status"] == "completed" and calm["epochs"] == 30
     assert len(records(tmp_path / "wild")) == wild["epochs"]  # everything it logged is kept
@@ -152,7 +156,7 @@ def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
 
 
 def _alone(tmp_path: Path, overrides: list[str]) -> Path:
-    run.execute(conf_of(overrides), tmp_path / "alone", overrides)
+    population.execute(conf_of(overrides), tmp_path / "alone", overrides)
     return tmp_path / "alone"
 
 
@@ -160,17 +164,18 @@ def test_each_member_keeps_the_predictions_of_its_lone_run(tmp_path):
     """predictions.npz: the valid outputs at the last and the best epoch, equal to the lone
     run's, with what toy_regression knows of its valid targets; a classification member's
     logits give its logged accuracy."""
-    from regexp import predictions
+    from regexp.run import predictions
 
     base = ["train.epochs=40", "model.hidden=[16,16]", *QUIET]
     varied = [["seed=0"], ["seed=1", "data.draw=3"], ["seed=2", "model.dropout=0.5"]]
     members = [
-        run.Member(conf_of([*base, *v]), tmp_path / f"member{i}", v) for i, v in enumerate(varied)
+        population.Member(conf_of([*base, *v]), tmp_path / f"member{i}", v)
+        for i, v in enumerate(varied)
     ]
-    run.execute_population(members)
+    population.execute_population(members)
     for i, v in enumerate(varied):
         alone = tmp_path / f"alone{i}"
-        summary = run.execute(conf_of([*base, *v]), alone, v)
+        summary = population.execute(conf_of([*base, *v]), alone, v)
         a, b = predictions.read(tmp_path / f"member{i}"), predictions.read(alone)
         assert a.epochs == b.epochs == (40, summary["best"]["epoch"])
         assert a.last.dtype == a.best.dtype == "float32" and a.last.shape == (10, 1)
@@ -182,7 +187,7 @@ def test_each_member_keeps_the_predictions_of_its_lone_run(tmp_path):
         assert a.noise == 0.3 and a.target.shape == (10, 1)
         assert a.grid.shape == (200, 1) and a.grid_x.shape == (200, 1)
     moons = ["data=moons", "data.n_valid=50", "train.epochs=5", "model.hidden=[8]", *QUIET]
-    summary = run.execute(conf_of(moons), tmp_path / "moons", [])
+    summary = population.execute(conf_of(moons), tmp_path / "moons", [])
     p = predictions.read(tmp_path / "moons")
     assert p.last.shape == (50, 2) and p.y.dtype == "int64" and p.target is None
     accuracy = (p.last.argmax(1) == p.y).mean()

@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import gif_epochs, read_events, read_json, regexp
 
-from regexp import cli, errors, rundir
+from regexp import cli, errors
+from regexp.run import rundir
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -178,10 +179,8 @@ def test_an_output_dir_that_cannot_be_written_is_refused_in_one_line(tmp_path, c
 def test_a_full_disk_leaves_no_half_written_file_and_says_so_in_one_line(tmp_path):
     import errno
 
-    from regexp import outcomes
-
-    path = tmp_path / "summary.json"
-    outcomes.write_json(path, {"status": "started"})
+    path = rundir.summary_file(tmp_path)
+    rundir.write_summary(tmp_path, {"status": "started"})
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "summary.json.tmp"))
     with pytest.raises(OSError), rundir.atomic(path) as tmp:
         tmp.write_text("half")
@@ -536,7 +535,7 @@ def test_resume_with_an_empty_value_is_refused_not_taken_as_the_current_dir(tmp_
 
 
 def test_runs_and_sweeps_started_in_the_same_second_get_dirs_of_their_own(tmp_path):
-    from regexp import rundir
+    from regexp.run import rundir
 
     base = str(tmp_path / "outputs" / "12-00-00")
     assert [rundir.fresh(base) for _ in range(3)] == [base, f"{base}-2", f"{base}-3"]
@@ -641,10 +640,11 @@ def test_a_resume_killed_while_it_cuts_metrics_csv_leaves_the_record_whole(tmp_p
     the next resume cuts it; a row cut short (the last write of a killed run) is dropped."""
     import csv as csv_module
 
-    from regexp import config, run
+    from regexp import config
+    from regexp.run import population
 
     quiet = ["train.epochs=6", "model.hidden=[8]", "log.figure_every=0", "log.hist_every=0"]
-    run.execute(config.validate(config.compose(quiet)), tmp_path / "run")
+    population.execute(config.validate(config.compose(quiet)), tmp_path / "run")
     metrics = tmp_path / "run" / "metrics.csv"
     whole = metrics.read_bytes()
     with open(metrics, "a") as f:
@@ -660,16 +660,14 @@ def test_a_resume_killed_while_it_cuts_metrics_csv_leaves_the_record_whole(tmp_p
             csv_module.writer(self.f).writerow(rows[0])
             raise KeyboardInterrupt
 
-    from regexp import track
-
-    with monkeypatch.context() as patched:
+    with monkeypatch.context() as patched:  # (the run dir's owner writes every file of it)
         patched.setattr(
-            track, "csv", type("csv", (), {"reader": csv_module.reader, "writer": Dying})
+            rundir, "csv", type("csv", (), {"reader": csv_module.reader, "writer": Dying})
         )
         with pytest.raises(KeyboardInterrupt):
-            run.execute(config.validate(config.compose(more)), tmp_path / "run")
+            population.execute(config.validate(config.compose(more)), tmp_path / "run")
     assert metrics.read_bytes() == before  # nothing lost, nothing half-written
     assert not list((tmp_path / "run").glob("*.tmp"))
-    run.execute(config.validate(config.compose(more)), tmp_path / "run")
+    population.execute(config.validate(config.compose(more)), tmp_path / "run")
     rows = metrics.read_text().splitlines()
     assert metrics.read_bytes().startswith(whole) and len(rows) == 1 + 9

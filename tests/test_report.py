@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from regexp import report
-from regexp.replicas import replicas, stat, t95
+from regexp.analysis import report
+from regexp.analysis.replicas import replicas, stat, t95
 
 
 def run(valid: float, train: float, norm: float, **overrides) -> report.Run:
@@ -74,7 +74,7 @@ def test_a_sweep_without_replicas_reads_run_by_run():
 
 
 def test_the_weights_figure_of_replicas_draws_each_settings_mean_and_band(tmp_path):
-    from regexp import plots
+    from regexp.figures import plots
 
     runs = []
     for decay, start in ((0, 14.0), (1e-2, 5.0)):

@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import read_json, regexp
 
-from regexp import rundir
+from regexp.run import rundir
 
 # Long enough to be interrupted in its second job, with mini-batches and dropout (a resumed
 # job must restore both its batch order and its masks).
@@ -197,7 +197,7 @@ def test_the_sweep_tally_counts_a_job_whose_summary_is_corrupt_as_failed(tmp_pat
     from omegaconf import OmegaConf
 
     from regexp.errors import Ended
-    from regexp.outcomes import SweepReport
+    from regexp.run.outcomes import SweepReport
 
     for name, text in (("seed=0", '{"status": "completed"}'), ("seed=1", '{"status": "com')):
         (tmp_path / name / ".hydra").mkdir(parents=True)

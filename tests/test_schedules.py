@@ -12,7 +12,7 @@ import torch
 from test_config import options
 from torch import nn
 
-from regexp import schedules
+from regexp.components import schedules
 
 EPOCHS = 200
 

@@ -13,8 +13,9 @@ import torch
 from test_config import options
 from torch import nn
 
-from regexp import optim, schedules
-from regexp.options import OPTIONS
+from regexp.components import optim, schedules
+from regexp.components.options import OPTIONS
+from regexp.engine import updates
 
 # A small MLP's parameter shapes (1-16-16-1), weights and biases interleaved as in a model.
 SHAPES = [(16, 1), (16,), (16, 16), (16,), (1, 16), (1,)]
@@ -134,7 +135,7 @@ def compare(cfgs, decayed, foreach, active=None, lr_at=None):
     k = len(cfgs)
     flat, mask = start(k), decay_mask() if decayed else None
     alone = [Alone(cfg, flat[i], decayed, foreach) for i, cfg in enumerate(cfgs)]
-    update = optim.build_update(cfgs, flat, mask)
+    update = updates.build_update(cfgs, flat, mask)
     worst, exact = 0.0, True
     for t, grad in enumerate(gradients(k)):
         if lr_at and t in lr_at:
@@ -181,7 +182,7 @@ def test_a_frozen_member_is_left_alone_and_resumes_as_if_never_paused(population
 def test_a_frozen_member_keeps_its_exact_bits_even_with_nan_gradients():
     cfgs = configs("adam")
     flat = start(3)
-    update = optim.build_update(cfgs, flat)
+    update = updates.build_update(cfgs, flat)
     for grad in gradients(3, steps=3):
         update.step(flat, grad)
     before = flat.clone(), {n: t.clone() for n, t in update.state.items()}
@@ -202,12 +203,12 @@ def test_a_knob_that_changes_the_algorithm_is_refused_when_members_differ(popula
     cfgs = configs(population)
     setattr(cfgs[1], knob, False)
     with pytest.raises(ValueError, match=f"optim.{knob} differs between the members"):
-        optim.build_update(cfgs, start(3))
+        updates.build_update(cfgs, start(3))
 
 
 def test_a_population_has_one_optimizer_but_sgd_and_gd_share_theirs():
     with pytest.raises(ValueError, match="one population, one optimizer: got optim=adam, sgd"):
-        optim.build_update([optim.SGD(), optim.Adam()], start(2))
+        updates.build_update([optim.SGD(), optim.Adam()], start(2))
     cfgs = [optim.SGD(lr=0.1, momentum=0.9), optim.GD(lr=0.2)]
     assert compare(cfgs, False, False)[0] <= TOLERANCE
 
@@ -217,12 +218,12 @@ def test_a_member_saved_and_loaded_into_a_fresh_update_goes_on_as_if_uninterrupt
     cfgs, mask = configs(population), decay_mask()
     grads = gradients(3, steps=15)
     flat = start(3)
-    through = optim.build_update(cfgs, flat, mask)
+    through = updates.build_update(cfgs, flat, mask)
     for grad in grads:
         through.step(flat, grad)
 
     resumed = start(3)
-    first = optim.build_update(cfgs, resumed, mask)
+    first = updates.build_update(cfgs, resumed, mask)
     for grad in grads[:7]:
         first.step(resumed, grad)
     saved = []
@@ -231,7 +232,7 @@ def test_a_member_saved_and_loaded_into_a_fresh_update_goes_on_as_if_uninterrupt
         torch.save(first.state_dict(k), buffer)
         buffer.seek(0)
         saved.append(torch.load(buffer, weights_only=True))
-    fresh = optim.build_update(cfgs, resumed, mask)
+    fresh = updates.build_update(cfgs, resumed, mask)
     for k in (2, 0, 1):
         fresh.load_state_dict(k, saved[k])
     for grad in grads[7:]:
@@ -241,10 +242,10 @@ def test_a_member_saved_and_loaded_into_a_fresh_update_goes_on_as_if_uninterrupt
     # A member resumed alone, as a population of one, goes on as it did in the population.
     lone = resumed[1:2].clone()
     lone_flat = start(3)[1:2]
-    lone_update = optim.build_update(cfgs[1:2], lone_flat, mask)
+    lone_update = updates.build_update(cfgs[1:2], lone_flat, mask)
     for grad in grads[:7]:
         lone_update.step(lone_flat, grad[1:2])
-    alone = optim.build_update(cfgs[1:2], lone_flat, mask)
+    alone = updates.build_update(cfgs[1:2], lone_flat, mask)
     alone.load_state_dict(0, saved[1])
     for grad in grads[7:]:
         alone.step(lone_flat, grad[1:2])
@@ -252,15 +253,15 @@ def test_a_member_saved_and_loaded_into_a_fresh_update_goes_on_as_if_uninterrupt
 
 
 def test_a_state_of_another_optimizer_is_refused():
-    sgd = optim.build_update([optim.SGD(momentum=0.9)], start(1))
-    adam = optim.build_update([optim.Adam()], start(1))
+    sgd = updates.build_update([optim.SGD(momentum=0.9)], start(1))
+    adam = updates.build_update([optim.Adam()], start(1))
     with pytest.raises(ValueError, match="does not fit"):
         sgd.load_state_dict(0, adam.state_dict(0))
 
 
 def test_the_update_steps_parameters_that_require_grad_in_place():
     flat = start(2).requires_grad_()
-    update = optim.build_update([optim.SGD(lr=0.1), optim.SGD(lr=0.2)], flat)
+    update = updates.build_update([optim.SGD(lr=0.1), optim.SGD(lr=0.2)], flat)
     (flat**2).sum().backward()
     before = flat.detach().clone()
     update.step(flat, flat.grad)
@@ -274,7 +275,7 @@ def test_the_update_steps_parameters_that_require_grad_in_place():
 def test_a_schedule_writes_the_updates_lr_and_the_update_follows():
     cfgs = [optim.SGD(lr=0.1, momentum=0.9), optim.SGD(lr=0.3)]
     flat = start(2)
-    update = optim.build_update(cfgs, flat)
+    update = updates.build_update(cfgs, flat)
     schedule = schedules.build_schedule(
         [schedules.StepLR(step_size=1, gamma=0.5)] * 2, 5, update.lr[:, 0].tolist()
     )
@@ -296,10 +297,11 @@ def test_a_population_steps_and_schedules_without_building_torch_optim():
     # Building a torch.optim optimizer imports torch._dynamo and sympy: a second of start-up.
     code = """
 import sys, torch
-from regexp import optim, schedules
+from regexp.components import optim, schedules
+from regexp.engine import updates
 flat = torch.randn(2, 10)
 for cfg in (optim.SGD(momentum=0.9), optim.Adam(), optim.RMSprop(), optim.Adagrad()):
-    update = optim.build_update([cfg, cfg], flat)
+    update = updates.build_update([cfg, cfg], flat)
     update.step(flat, torch.randn(2, 10))
 schedule = schedules.build_schedule([schedules.ReduceLROnPlateau()] * 2, 5, [0.1, 0.2])
 schedule.step([1.0, 2.0])
@@ -319,8 +321,8 @@ def test_sgd_steps_each_member_bit_for_bit_as_torch_optim_fused_or_not(populatio
         pytest.skip("this torch has no fused SGD step")
     cfgs = configs(population)
     cfgs = [*cfgs, *configs(population)[:2]] * 2  # (members enough for the fused step)
-    assert P % optim.FUSED_MULTIPLE and len(cfgs) >= optim.FUSED_FROM_MEMBERS
-    assert optim.build_update(cfgs, start(len(cfgs))).fused is not None
+    assert P % updates.FUSED_MULTIPLE and len(cfgs) >= updates.FUSED_FROM_MEMBERS
+    assert updates.build_update(cfgs, start(len(cfgs))).fused is not None
     for decayed in (False, True):
         assert compare(cfgs, decayed, False, lr_at={7: [c.lr * 0.5 for c in cfgs]})[1]
 
@@ -335,11 +337,11 @@ def test_sgd_without_weight_decay_steps_fused_with_momentum_from_enough_members(
     # members; where it steps, it is torch.optim's step bit for bit all the same.
     if not hasattr(torch, "_fused_sgd_"):
         pytest.skip("this torch has no fused SGD step")
-    enough = optim.FUSED_FROM_MEMBERS
+    enough = updates.FUSED_FROM_MEMBERS
     knobs = [dict(lr=0.05, momentum=0.9), dict(lr=0.1, momentum=0.5, dampening=0.3)]
     cfgs = [optim.SGD(**knobs[i % 2]) for i in range(enough)]
-    assert optim.build_update(cfgs, start(enough)).fused is not None
+    assert updates.build_update(cfgs, start(enough)).fused is not None
     assert compare(cfgs, False, False, lr_at={7: [c.lr * 0.5 for c in cfgs]})[1]
-    assert optim.build_update(cfgs[:-1], start(enough - 1)).fused is None
+    assert updates.build_update(cfgs[:-1], start(enough - 1)).fused is None
     plain = [optim.SGD(lr=0.05 * (i + 1)) for i in range(enough)]  # no momentum: one pass
-    assert optim.build_update(plain, start(enough)).fused is None
+    assert updates.build_update(plain, start(enough)).fused is None

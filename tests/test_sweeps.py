@@ -155,7 +155,7 @@ def fake_run(overrides: dict, seed: int, params: int = 81_001, epochs: int = 50)
     """A finished run as `regexp report` reads it, with noisy made-up curves."""
     import random
 
-    from regexp.report import Run
+    from regexp.analysis.report import Run
 
     rng = random.Random(seed)
     train = [1 / (1 + e / 10) * (1 + 0.3 * rng.random()) for e in range(1, epochs + 1)]
@@ -169,7 +169,7 @@ def fake_run(overrides: dict, seed: int, params: int = 81_001, epochs: int = 50)
 
 @pytest.mark.parametrize("shape", [(2, 2), (3, 10)])
 def test_curves_are_a_panel_per_value_of_the_first_key_valid_strong_train_faint(shape):
-    from regexp import plots
+    from regexp.figures import plots
 
     runs = [
         fake_run({"model.dropout": float(p), "seed": float(s)}, seed=i)
@@ -189,7 +189,7 @@ def test_curves_are_a_panel_per_value_of_the_first_key_valid_strong_train_faint(
 
 
 def test_loss_against_a_penalty_with_0_is_on_a_symlog_axis_and_a_list_key_on_params():
-    from regexp import plots
+    from regexp.figures import plots
 
     plt = plots._pyplot()
     runs = [fake_run({"optim.weight_decay": wd}, seed=i) for i, wd in enumerate((0.0, 1e-2))]

@@ -104,7 +104,7 @@ def test_the_tensorboardx_parts_the_event_writer_relies_on(tmp_path):
     from tensorboardX.proto.event_pb2 import Event, SessionLog
     from tensorboardX.proto.summary_pb2 import Summary
 
-    from regexp import track
+    from regexp.engine import track
 
     assert record_writer.crc32c is crc32c.crc32c  # the checksum in C, not in Python
     writer = EventsWriter(str(tmp_path / "events"), ".x")

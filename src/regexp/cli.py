@@ -82,10 +82,10 @@ def train(args: list[str]) -> int:
             # The workers' fork server imports torch (3 s) while Hydra starts and composes.
             stacked_launcher.worker_context()
     for given in (a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")):
-        from regexp import rundir
+        from regexp.run import rundir
 
         rundir.check_free(Path(given))  # before Hydra writes its .hydra/ files there
-    from regexp import resume
+    from regexp.run import resume
 
     going_on = resume.resumed_sweep(args) if sweep else contextlib.nullcontext(resume.resumed(args))
     with going_on as argv:
@@ -122,12 +122,12 @@ def stacked_in_workers(args: list[str]) -> bool:
 def train_job(cfg):
     """Hydra's task function. torch and the training code are imported only here, where a
     job runs: a parallel launcher's main process never needs them, and starts faster."""
-    from regexp import plots, render
+    from regexp.figures import plots, render
 
     if cfg.log.figure_every and cfg.data.name in plots.DRAWN_DATA:
         with contextlib.suppress(OSError):  # (the run says so, without figures)
             render.renderer()  # now: it imports matplotlib while this process imports torch
-    from regexp import jobs
+    from regexp.run import jobs
 
     return jobs.train_job(cfg)
 
@@ -170,18 +170,20 @@ def summary(args: list[str]) -> int:
             "example: regexp summary data=digits norm=bn model.hidden=[64,64]"
         )
         return 0
-    from regexp import config, data, models, run
+    from regexp import config
+    from regexp.components import data, models
+    from regexp.run import population
 
     conf = config.validate(config.compose(args))
     dataset = data.load(conf.data, conf.seed)
-    model = run.build_model(conf, dataset)
+    model = population.build_model(conf, dataset)
     print(models.describe(model, dataset.in_shape))
     return 0
 
 
 def report(args: list[str]) -> int:
     """`regexp report DIR...`: a table and figures from run dirs (reads files only)."""
-    from regexp.report import main as report_main
+    from regexp.analysis.report import main as report_main
 
     return report_main(args)
 

@@ -27,9 +27,11 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from regexp import config, init, models, optim, plots, schedules
+from regexp import config
+from regexp.components import init, models, optim, schedules
 from regexp.console import console as default_console
 from regexp.errors import ConfigError, UserError
+from regexp.figures import plots
 
 
 @dataclass

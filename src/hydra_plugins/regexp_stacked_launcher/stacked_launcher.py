@@ -103,8 +103,8 @@ class StackedLauncher(Launcher):
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _launch(self, job_overrides, initial_job_idx: int, pool) -> list[JobReturn]:
-        from regexp import jobs, outcomes
-        from regexp.outcomes import Outcome
+        from regexp.run import jobs, outcomes
+        from regexp.run.outcomes import Outcome
 
         assert self.config is not None and self.hydra_context is not None
         returns = []
@@ -264,7 +264,7 @@ def worker_context():
 
     context = multiprocessing.get_context("forkserver")
     # torch imported once, while the jobs are set up, not once per worker (3 s of CPU each)
-    context.set_forkserver_preload(["regexp.preload"])
+    context.set_forkserver_preload(["regexp.sweep.preload"])
     forkserver.ensure_running()  # (at once; a second call finds it running)
     return context
 
@@ -285,7 +285,7 @@ def _start_worker(updates, threads: int, hydra_logging, environ: dict, launcher:
     configure_log(hydra_logging)
     import torch
 
-    import regexp.run  # noqa: F401 (what every population needs, imported before it comes)
+    import regexp.run.population  # noqa: F401 (what every population needs, imported before it comes)
 
     torch.set_num_threads(threads)
 
@@ -343,14 +343,14 @@ def _population(members: "list", progress=None, threads: "int | None" = None) ->
     basic launcher, and the sweep goes on."""
     import torch
 
-    from regexp import run
+    from regexp.run import population
 
     # The job's own `threads` (its members share it: it is part of the population's key), as
     # the basic launcher's job would use, else the launcher's (`threads`, or the worker's).
     torch.set_num_threads(members[0].conf.threads or threads or _threads)
 
     try:
-        return run.execute_population(members, progress)
+        return population.execute_population(members, progress)
     except Exception as exc:
         return [exc] * len(members)
     finally:

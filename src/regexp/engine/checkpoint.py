@@ -1,0 +1,93 @@
+"""A member's checkpoint: everything it needs to go on alone exactly as if it had not stopped
+(its weights, optimizer and schedule state, random streams, early-stopping state), and the
+checks that refuse a file this regexp did not write."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from regexp.engine.stack import Stack
+from regexp.errors import UserError, first_line
+from regexp.run import rundir
+
+# 3: Linear weights' optimizer state rows laid out transposed, as the stack keeps them;
+# 2: a member's stacked optimizer and schedule state (1, unnumbered: torch.optim's).
+CHECKPOINT_FORMAT = 3
+
+
+def state_of(fit, i: int, epoch: int, schedule, generator, stopper=None) -> dict:
+    """Member `i`'s state after `epoch` of `fit` (loop.Fit)."""
+    stack = fit.stack
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": {key: v.clone() for key, v in stack.models[i].state_dict().items()},
+        "optimizer": fit.update.state_dict(i),
+        "scheduler": schedule.state_dict(i) if schedule is not None else None,
+        # The random streams training draws from: dropout masks and batch order. (The data is
+        # made from the seed again when a run resumes.)
+        "rng": {
+            "dropout": stack.generators[i].get_state(),
+            "batches": generator.get_state() if generator is not None else None,
+        },
+    }
+    if stopper is not None:
+        state["early_stop"] = stopper.state_dict()
+    return state
+
+
+def write(run_dir: Path, state: dict, stopper=None) -> None:
+    """Write `state` as the run's checkpoint; with early stopping, the best weights first."""
+    if stopper is not None:
+        stopper.save(run_dir)
+    rundir.write_checkpoint(run_dir, state)
+
+
+def read(path: Path, device: torch.device | str = "cpu") -> dict:
+    """The checkpoint at `path`, refused in one line unless it is one this regexp wrote.
+
+    weights_only=True: the file may hold tensors and plain containers, never code to run.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as exc:
+        raise UserError(
+            f"{path}: refused, not a checkpoint of this run (a safe load of tensors only "
+            f"failed: {first_line(exc)})"
+        ) from exc
+    if isinstance(state, dict) and state.get("format") == 2:
+        raise UserError(
+            f"{path}: refused, written by an earlier regexp that laid out a member's optimizer "
+            "state differently; train the run again"
+        )
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path}: refused, written by a regexp older than populations (its optimizer state "
+            "is torch.optim's, not a member's); train the run again"
+        )
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise UserError(f"{path}: refused, its epoch ({epoch!r}) is not a count of epochs done")
+    return state
+
+
+def load(path: Path, stack: Stack, i: int, update, schedule, generator, stopper=None) -> int:
+    """Restore into member `i` what `state_of` took; returns the epoch it was saved at."""
+    state = read(path, stack.flat.device)
+    epoch = state["epoch"]
+    with torch.no_grad():
+        stack.models[i].load_state_dict(state["model"])
+    update.load_state_dict(i, state["optimizer"])
+    if schedule is not None and state["scheduler"] is not None:
+        schedule.load_state_dict(i, state["scheduler"])
+        update.lr[i, 0] = schedule.lrs()[i]
+    rng = state["rng"]
+    stack.generators[i].set_state(rng["dropout"].cpu())
+    if generator is not None and rng["batches"] is not None:
+        generator.set_state(rng["batches"].cpu())
+    if stopper is not None and "early_stop" in state:
+        stopper.load(state["early_stop"], Path(path).parent, stack.flat.device)
+    return epoch

@@ -1,0 +1,1 @@
+"""Every figure, drawn with matplotlib off-screen or in a child process while a run trains."""

@@ -1,0 +1,246 @@
+"""Run dirs: a fresh one for each run and sweep, a lock held by the run writing in one, the
+checkpoint `resume=` continues, what each job of a resumed sweep does with its dir, and every
+file of a run dir: its name, its path and its writing (atomic: a temp file, then a rename)."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from regexp.errors import ConfigError, UserError
+
+
+def fresh(path: str) -> str:
+    """`path`, made now, or the first of `path-2`, `path-3`... that no run or sweep has made:
+    two started in the same second get dirs of their own. (conf/train.yaml's run and sweep
+    dirs, through the cached resolver `regexp_fresh`: each config resolves it once.)"""
+    base, n = Path(path), 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        candidate.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            candidate.mkdir()  # atomic: one process makes it, the others see it exists
+        except FileExistsError:
+            n += 1
+            continue
+        return str(candidate)
+
+
+@contextmanager
+def hold(run_dir: Path):
+    """The lock of the run writing in `run_dir`, held while it runs: an OS lock on the dir,
+    which a killed or crashed run releases with its process. A second writer is refused."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{run_dir}: refused, a live run is writing in it (it holds the dir's lock); "
+                "wait for it to end or stop it, or give another dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+@contextmanager
+def atomic(path: Path, suffix: str = ".tmp"):
+    """Yields a temporary path beside `path` to write, moved onto `path` once written: a reader
+    never sees half a file, and a write that fails (a full disk) leaves nothing behind."""
+    tmp = Path(path).with_name(Path(path).name + suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_free(run_dir: Path) -> None:
+    """Refuse `run_dir` if a live run holds its lock (checked before anything is written)."""
+    if Path(run_dir).is_dir():
+        with hold(Path(run_dir)):
+            pass
+
+
+def checkpoint_of(run_dir: str) -> Path:
+    """The checkpoint of the run in `run_dir`, which `resume=` continues."""
+    if not str(run_dir).strip():  # (not the current dir, whatever it holds)
+        raise ConfigError("resume", run_dir, "the dir of a run to continue, not an empty value")
+    checkpoint = checkpoint_file(run_dir)
+    if not checkpoint.is_file():
+        what = "no such dir" if not Path(run_dir).is_dir() else "it holds no checkpoint.pt"
+        raise ConfigError("resume", run_dir, f"the dir of a run to continue ({what})")
+    return checkpoint
+
+
+def check_more_epochs(epochs: int, done: int, run_dir) -> None:
+    """A resumed run must have epochs left to train, unless it never wrote the summary of its
+    end: killed between its last checkpoint and its last records, it resumes to write them."""
+    if done > epochs or (done == epochs and completed(run_dir)):
+        raise ConfigError(
+            "train.epochs", epochs, f"more than the {done} epochs the run in {run_dir} has done"
+        )
+
+
+def completed(run_dir) -> bool:
+    """Whether the run in `run_dir` ended and wrote so (summary.json says `completed`)."""
+    return summary_of(run_dir).get("status") == "completed"
+
+
+def summary_of(run_dir) -> dict:
+    """The run's summary.json, or {} where there is none to read: never written (the run never
+    started), cut short by a kill, or not a summary of ours."""
+    try:
+        summary = json.loads(summary_file(run_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+# Set by `regexp train -m resume=SWEEP_DIR` for the jobs it launches, in whatever process or
+# machine a launcher runs them: the sweep being resumed, and whether its failed jobs rerun.
+RESUMED_SWEEP, RERUN_FAILED = "REGEXP_RESUMED_SWEEP", "REGEXP_RERUN_FAILED"
+
+
+def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
+    """What the job writing in `run_dir` does in a resumed sweep (None outside one): "skip" a
+    job that ended (completed its `epochs` or stopped early, diverged, or failed unless failed
+    jobs rerun); "resume" one whose checkpoint goes on (interrupted, killed, completed but given
+    more epochs, a failed one rerun); "start" one that never trained or left no checkpoint."""
+    sweep = os.environ.get(RESUMED_SWEEP)
+    if not sweep or Path(sweep).resolve() not in Path(run_dir).resolve().parents:
+        return None
+    summary = summary_of(run_dir)
+    status = summary.get("status")
+    ended = status == "completed" and (
+        (summary.get("epochs") or 0) >= epochs or "stopped_epoch" in summary
+    )
+    if ended or status == "diverged" or (status == "failed" and not os.environ.get(RERUN_FAILED)):
+        return "skip"
+    return "resume" if checkpoint_file(run_dir).is_file() else "start"
+
+
+def clear_record(run_dir: Path) -> None:
+    """Remove the event files and best weights a run left without a checkpoint, before it
+    starts again in its dir (every other file it wrote is rewritten as it trains): a record
+    that no checkpoint continues, which TensorBoard would show beside the new one."""
+    for stale in [*Path(run_dir).glob(f"{EVENTS}.out.tfevents.*"), best_file(run_dir)]:
+        stale.unlink(missing_ok=True)
+
+
+# --- the files of a run dir: named here alone, written here alone -----------------------------
+
+SUMMARY = "summary.json"  # how the run ended: status, final and best metrics, ...
+METRICS = "metrics.csv"  # a row per epoch
+CHECKPOINT = "checkpoint.pt"  # the last state, which `resume=` continues
+BEST = "best.pt"  # with early stopping, the best valid epoch's weights
+PREDICTIONS = "predictions.npz"  # the valid outputs, for the bias-variance report
+MODEL_TABLE = "model.txt"  # the layer table
+EVENTS = "events"  # TensorBoard's event files: events.out.tfevents.*
+OVERRIDES = ".hydra/overrides.yaml"  # Hydra's record of the run's overrides
+
+
+def summary_file(run_dir) -> Path:
+    return Path(run_dir) / SUMMARY
+
+
+def metrics_file(run_dir) -> Path:
+    return Path(run_dir) / METRICS
+
+
+def checkpoint_file(run_dir) -> Path:
+    return Path(run_dir) / CHECKPOINT
+
+
+def best_file(run_dir) -> Path:
+    return Path(run_dir) / BEST
+
+
+def predictions_file(run_dir) -> Path:
+    return Path(run_dir) / PREDICTIONS
+
+
+def overrides_file(run_dir) -> Path:
+    return Path(run_dir) / OVERRIDES
+
+
+def events_prefix(run_dir) -> str:
+    """The prefix of the run's TensorBoard event files, which sit in the run dir itself, so
+    that TensorBoard names the run by its folder."""
+    return str(Path(run_dir) / EVENTS)
+
+
+def figure_stem(run_dir, name: str) -> Path:
+    """The live figure `name` of the run: `<name>.png` (the last) and `<name>.gif` (all)."""
+    return Path(run_dir) / name
+
+
+def write_summary(run_dir, summary: dict) -> None:
+    """Write `summary` as the run's summary.json atomically: readers never see half a file."""
+    text = json.dumps(_finite(summary), indent=2, default=str) + "\n"
+    write_bytes(summary_file(run_dir), text.encode())
+
+
+def write_model_table(run_dir, table: str) -> None:
+    write_bytes(Path(run_dir) / MODEL_TABLE, (table + "\n").encode())
+
+
+def write_checkpoint(run_dir, state: dict) -> None:
+    """The run's checkpoint, atomically: a kill mid-write leaves the last one whole."""
+    _save(checkpoint_file(run_dir), state)
+
+
+def write_best(run_dir, state: dict) -> None:
+    _save(best_file(run_dir), state)
+
+
+def write_predictions(run_dir, arrays: dict) -> Path:
+    import numpy as np
+
+    path = predictions_file(run_dir)
+    with atomic(path, ".tmp.npz") as tmp:  # (np.savez adds .npz to a name without it)
+        np.savez(tmp, **arrays)
+    return path
+
+
+def open_metrics(run_dir, mode: str):
+    """The run's metrics.csv, open to append to (`a`) or to start (`w`)."""
+    return open(metrics_file(run_dir), mode, newline="")  # noqa: SIM115
+
+
+def replace_metrics(run_dir, rows: list[list[str]]) -> None:
+    """metrics.csv replaced at once by `rows` (a temp file, then a rename): a kill or a full
+    disk mid-write leaves the old record whole."""
+    with atomic(metrics_file(run_dir)) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` into a file of a run dir (a figure's PNG or GIF, its JSON), atomically."""
+    with atomic(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _save(path: Path, state: dict) -> None:
+    import torch  # (where a run trains: torch is there already)
+
+    with atomic(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _finite(obj):
+    """`obj` with NaN and infinities as null, which JSON can hold."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,1 @@
+"""Sweeps: what the launchers need besides Hydra's adapter in hydra_plugins/."""
