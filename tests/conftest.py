@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,11 +24,26 @@ torch.set_num_threads(1)
 TINY = ["train.epochs=5", "model.hidden=[16,16]"]
 
 
-def regexp(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
-    """Run `python -m regexp ARGS` in `cwd`, as a user would; returns the CompletedProcess."""
+def regexp(*args: str, cwd: Path, check: bool = True, env: dict | None = None, process=False):
+    """Run `regexp ARGS` in `cwd` as a user would; returns a CompletedProcess. By default in
+    this process, through the command's own `cli.main` (torch is imported already, so a run
+    costs its work alone); with `process` (or `env`), as `python -m regexp` in a process of
+    its own: where the entry point's exit, signals or the environment are what is tested."""
+    if process or env:
+        done = _in_a_process(args, cwd, env)
+    else:
+        done = _in_this_process(args, cwd)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"regexp {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+def _in_a_process(args, cwd: Path, env: dict | None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     environment.update(env or {})
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "regexp", *args],
         cwd=cwd,
         env=environment,
@@ -33,11 +51,28 @@ def regexp(*args: str, cwd: Path, check: bool = True, env: dict | None = None):
         text=True,
         timeout=300,
     )
-    if check and done.returncode != 0:
-        raise AssertionError(
-            f"regexp {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-        )
-    return done
+
+
+def _in_this_process(args, cwd: Path) -> subprocess.CompletedProcess:
+    from regexp import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    here, argv = os.getcwd(), sys.argv[:]
+    user_setting = os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:  # (argparse's --help and usage errors)
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            logging.shutdown()  # (the run's log lines reach train.log before it is read)
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        if user_setting is not None:
+            os.environ["HYDRA_FULL_ERROR"] = user_setting
+    return subprocess.CompletedProcess(["regexp", *args], code, out.getvalue(), err.getvalue())
 
 
 def read_json(path: Path) -> dict:

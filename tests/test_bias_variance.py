@@ -76,6 +76,7 @@ def test_domingos_terms_on_a_hand_made_case():
     assert d.difference == pytest.approx(0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_on_a_real_population_the_terms_add_up_to_the_expected_error(tmp_path):
     base = [
         "train.epochs=60",
@@ -130,6 +131,7 @@ def test_over_the_range_the_terms_are_known_offsets_and_spreads_and_add_up_exact
     assert d.difference == pytest.approx(0, abs=1e-15)
 
 
+@pytest.mark.slow
 def test_report_of_a_stacked_sweep_over_seeds_and_draws_decomposes_each_setting(tmp_path):
     regexp(
         "train", "-m", "hydra/launcher=stacked", "train.epochs=20", "model.hidden=[8]",
@@ -166,6 +168,7 @@ def test_report_of_a_stacked_sweep_over_seeds_and_draws_decomposes_each_setting(
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
+@pytest.mark.slow
 def test_a_2d_population_gets_domingos_terms_and_its_boundaries_drawn(tmp_path):
     base = ["data=moons", "data.n_valid=200", "train.epochs=10", "model.hidden=[8]",
             "log.figure_every=0", "log.hist_every=0"]  # fmt: skip

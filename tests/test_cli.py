@@ -24,7 +24,7 @@ def test_help_lists_the_commands(tmp_path):
 
 
 def test_an_unknown_command_is_refused_with_a_suggestion(tmp_path):
-    done = regexp("trian", cwd=tmp_path, check=False)
+    done = regexp("trian", cwd=tmp_path, check=False, process=True)
     assert done.returncode == 2
     assert "unknown command 'trian'" in done.stderr and "did you mean 'train'" in done.stderr
 
@@ -45,6 +45,7 @@ def test_cfg_job_prints_the_composed_config_without_training(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_hydra_flags_pass_through(tmp_path):
     out = regexp("train", "--info", "searchpath", cwd=tmp_path).stdout
     assert "conf" in out
@@ -61,6 +62,7 @@ def test_two_hydra_modes_at_once_are_refused_in_one_line(tmp_path):
 # The table of bad inputs and their one-line errors is in test_reliability.py.
 
 
+@pytest.mark.slow
 def test_hydra_full_error_shows_the_traceback(tmp_path):
     done = regexp("train", "optim.lr=-1", cwd=tmp_path, check=False, env={"HYDRA_FULL_ERROR": "1"})
     assert done.returncode != 0 and "Traceback" in done.stderr
@@ -82,6 +84,7 @@ def test_the_console_script_is_installed():
     assert done.returncode == 0 and "usage: regexp" in done.stdout
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_conf_inside_the_package(tmp_path):
     pytest.importorskip("hatchling")
     subprocess.run(
@@ -148,6 +151,7 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
     return [w for w in done.stdout.splitlines() if w]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash here")
 def test_bash_completes_commands_groups_options_and_keys_of_regexp_train(tmp_path):
     assert bash_complete("regexp tr", tmp_path) == ["train"]

@@ -14,6 +14,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (config.conf_dir() / group).glob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
 )
@@ -55,6 +56,7 @@ def test_a_wrong_type_is_refused(compose):
     assert isinstance(info.value.__cause__, ValidationError)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,key",
     [

@@ -45,6 +45,7 @@ def test_toy_regression_functions(compose, function, f):
     assert torch.allclose(d.y_train, 2 * f(d.x_train), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TOYS)
 def test_2d_toys_are_balanced_seeded_two_class_points(compose, name):
     d = load(compose, f"data={name}", "data.n_train=51", "data.n_valid=40")
@@ -153,6 +154,7 @@ DRAWN = {
 }
 
 
+@pytest.mark.slow
 def test_draw_null_is_todays_data_number_for_number(compose):
     """Numbers the data gave before data.draw existed: a default run's data must not move."""
     d = load(compose)
@@ -173,6 +175,7 @@ def test_draw_null_is_todays_data_number_for_number(compose):
     assert raw.x_train.sum().item() * 16 == pytest.approx(1943.125 * 16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DRAWN)
 def test_draws_resample_the_training_set_and_keep_seed_0s_valid_set(compose, name):
     conf = DRAWN[name]
@@ -204,6 +207,7 @@ def test_2d_toy_draws_are_fresh_points_of_the_same_balance(compose):
     assert a.y_train.bincount().tolist() == b.y_train.bincount().tolist() == [20, 20]
 
 
+@pytest.mark.slow
 def test_digits_draws_are_stratified_subsamples_of_seed_0s_training_split(compose):
     pool = load(compose, "data=digits", "data.standardize=false")  # seed 0's split
     rows = {tuple(r.tolist()) for r in pool.x_train.flatten(1)}
@@ -236,6 +240,7 @@ def test_mnist_draws_are_stratified_subsamples_of_its_training_files(compose, tm
     assert same(draws[0], load(compose, *conf, seed=1))  # draw 1 is seed 1's training set
 
 
+@pytest.mark.slow
 def test_label_noise_is_drawn_with_the_draw(compose):
     conf = ["data=digits", "data.n_train=300", "data.label_noise=0.2"]
     clean = [load(compose, *conf[:2], f"data.draw={d}") for d in (1, 2)]
@@ -277,6 +282,7 @@ def test_a_draw_is_null_or_a_seed(compose, value):
 # --- what the data knows of its valid targets -------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("function", ["linear", "sin", "cubic"])
 def test_toy_regression_knows_f_of_x_and_the_noise_std_of_its_valid_set(compose, function):
     d = load(compose, f"data.function={function}", "data.w=2", "data.n_valid=400")
@@ -304,6 +310,7 @@ def test_only_the_data_that_knows_its_targets_says_them_and_to_keeps_them(compos
     assert same(moved, d) and moved.task == d.task and moved.in_shape == d.in_shape
 
 
+@pytest.mark.slow
 def test_a_run_with_a_draw_trains_and_records(tmp_path):
     from conftest import TINY, read_json, regexp
 

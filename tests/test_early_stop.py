@@ -88,6 +88,7 @@ def test_an_interrupted_run_resumes_to_the_same_stop_and_best(tmp_path):
         train(tmp_path / "whole", *STOP, f"resume={tmp_path / 'whole'}", "train.epochs=400")
 
 
+@pytest.mark.slow
 def test_each_member_of_a_population_stops_on_its_own_valid_loss(tmp_path):
     varied = [["seed=0"], ["seed=1"], ["seed=2", "train.early_stop.patience=null"]]
     members = [

@@ -40,6 +40,7 @@ def sweep_points(name: str, seeds: bool = True) -> list[list[str]]:
     return [list(point) for point in product(*axes)]
 
 
+@pytest.mark.slow
 def test_each_comparison_runs_over_5_seeds_and_bias_variance_over_20_draws():
     """As written, an experiment's sweep is the replicated comparison its figures quote."""
     for name in EXPERIMENTS:
@@ -73,6 +74,7 @@ def test_every_lesson_comparison_is_there():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_job_of_every_experiment_composes_and_validates(compose, name):
     points = sweep_points(name)
@@ -92,6 +94,7 @@ def results(compose, tmp_path, name: str, *extra: str) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_weight_decay_shrinks_the_weights_and_the_gap(compose, tmp_path):
     r = results(compose, tmp_path, "weight_decay", "train.epochs=600", "log.figure_every=0")
     plain, decayed = r["optim.weight_decay=0"], r["optim.weight_decay=1e-2"]
@@ -101,6 +104,7 @@ def test_weight_decay_shrinks_the_weights_and_the_gap(compose, tmp_path):
     assert decayed["final"]["train_loss"] > 10 * plain["final"]["train_loss"]
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_at_the_best_valid_loss_near_the_initial_weights(compose, tmp_path):
     r = results(compose, tmp_path, "early_stopping", "train.epochs=600", "log.figure_every=0")
     plain = r["train.early_stop.patience=null,optim.weight_decay=0"]
@@ -115,6 +119,7 @@ def test_early_stopping_ends_at_the_best_valid_loss_near_the_initial_weights(com
     assert decayed["weight_norm"] < stopped["weight_norm"] < plain["weight_norm"]
 
 
+@pytest.mark.slow
 def test_dropout_keeps_the_net_from_fitting_every_point(compose, tmp_path):
     r = results(compose, tmp_path, "dropout", "train.epochs=600", "log.figure_every=0")
     plain, dropped = r["model.dropout=0"], r["model.dropout=0.5"]
@@ -122,6 +127,7 @@ def test_dropout_keeps_the_net_from_fitting_every_point(compose, tmp_path):
     assert dropped["final"]["valid_loss"] < plain["final"]["valid_loss"]
 
 
+@pytest.mark.slow
 def test_bn_rescues_the_badly_initialized_cnn(compose, tmp_path):
     r = results(compose, tmp_path, "bn_cnn", "train.epochs=2")
     with_bn, without = r["norm=bn"]["final"], r["norm=none"]["final"]
@@ -129,6 +135,7 @@ def test_bn_rescues_the_badly_initialized_cnn(compose, tmp_path):
     assert without["valid_acc"] < 0.3 and without["valid_loss"] > 2.2  # stalls near chance
 
 
+@pytest.mark.slow
 def test_l1_makes_weights_sparse_and_l2_shrinks_them(compose, tmp_path):
     r = results(compose, tmp_path, "l1_vs_l2", "train.epochs=600", "log.figure_every=0")
     none, l1, l2 = (
@@ -139,6 +146,7 @@ def test_l1_makes_weights_sparse_and_l2_shrinks_them(compose, tmp_path):
     assert l2["weights_l2_norm"] < 0.6 * none["weights_l2_norm"]
 
 
+@pytest.mark.slow
 def test_momentum_and_adaptive_optimizers_beat_plain_gradient_descent(compose, tmp_path):
     r = results(compose, tmp_path, "optimizers", "train.epochs=3")
     loss = {k.split("=")[1]: s["final"]["train_loss"] for k, s in r.items()}
@@ -154,12 +162,14 @@ def test_the_schedules_lower_the_lr_as_the_lesson_says(compose, tmp_path):
     assert lr["exponential"] == pytest.approx(0.1 * 0.8**24)
 
 
+@pytest.mark.slow
 def test_every_norm_trains_the_cnn_faster_than_none(compose, tmp_path):
     r = results(compose, tmp_path, "norms", "train.epochs=2", "data.n_train=500")
     loss = {k.split("=")[1]: s["final"]["valid_loss"] for k, s in r.items()}
     assert loss["bn"] < loss["none"] and loss["gn"] < loss["none"] and loss["ln"] < loss["none"]
 
 
+@pytest.mark.slow
 def test_a_small_training_set_overfits(compose, tmp_path):
     r = results(compose, tmp_path, "overfitting", "train.epochs=120")
     small = r["data.n_train=100"]

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 from conftest import TINY, gif_epochs, read_events, regexp
 from PIL import Image
@@ -114,12 +115,14 @@ def test_a_2d_run_from_the_command_line_leaves_its_decision_boundary(tmp_path):
     assert gif_epochs(gif) == (3, steps) and gif.stat().st_size < 300_000
 
 
+@pytest.mark.slow
 def test_a_resumed_run_goes_on_with_its_gif(tmp_path):
     regexp("train", *TINY, "log.figure_every=2", "hydra.run.dir=run", cwd=tmp_path)
     regexp("train", "resume=run", "train.epochs=9", cwd=tmp_path)
     assert gif_epochs(tmp_path / "run" / "fit.gif") == (7, [0, 2, 4, 5, 6, 8, 9])
 
 
+@pytest.mark.slow
 def test_datasets_and_figures_import_neither_scikit_learn_nor_matplotlib():
     code = """
 import sys, torch
@@ -185,6 +188,7 @@ def test_a_run_goes_on_without_figures_when_the_drawing_process_dies(compose, tm
     assert render.renderer()._proc is not process  # the next run gets a new one
 
 
+@pytest.mark.slow
 def test_a_run_waits_for_a_drawing_process_that_draws_not_for_one_held_still(tmp_path, monkeypatch):
     # At its idle priority the drawing process may draw slowly, which is no stall: the end of
     # a run waits while it uses the CPU. Held still, it stalls, and the run goes on without.

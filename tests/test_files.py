@@ -76,6 +76,7 @@ def load(compose, name, root, *overrides):
     return data.load(conf.data, conf.seed)
 
 
+@pytest.mark.slow
 def test_mnist_from_gzipped_files_directly_in_root(compose, tmp_path):
     arrays = idx_set(tmp_path)
     d = load(compose, "mnist", tmp_path)
@@ -264,6 +265,7 @@ print(floats, rss() - before, peak - before, seconds)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc")
 def test_mnist_sized_files_load_within_their_float32_size(tmp_path):
     """60,000 + 10,000 images: the float32 tensors are built once, in place, from uint8."""

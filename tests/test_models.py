@@ -47,6 +47,7 @@ def digits():
     return data.load(conf, seed=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("norm", NORMS)
 def test_every_model_and_norm_trains_an_epoch_or_is_refused(compose, digits, model, norm):
@@ -165,6 +166,7 @@ def test_the_lesson_5_lenet_with_batch_norm_is_a_config(compose):
     assert isinstance(fc120, nn.Linear) and fc120.out_features == 120
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 @pytest.mark.parametrize("norm", NORMS)
 def test_the_cnn_fits_each_image_shape(compose, in_shape, norm):
@@ -205,6 +207,7 @@ def test_a_model_that_does_not_fit_the_data_is_refused(compose, overrides, in_sh
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override",
     [

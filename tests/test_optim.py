@@ -82,6 +82,7 @@ def parameters(model: nn.Module) -> torch.Tensor:
 # --- optimizers and weight decay -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", options("optim"))
 def test_each_optimizer_trains_with_its_pytorch_knobs(compose, name):
     conf = compose(f"optim={name}", SMALL, "optim.weight_decay=1e-3")
@@ -238,6 +239,7 @@ def test_weight_stats_come_every_n_epochs_and_in_the_first_and_last(compose):
     assert with_stats == [1, *range(2, len(metrics), 2), len(metrics)]
 
 
+@pytest.mark.slow
 def test_l1_makes_weights_sparse_and_l2_shrinks_them(compose):
     def last(*overrides):
         conf = compose("model.hidden=[64,64]", "log.weight_stats_every=100", *overrides)
@@ -287,6 +289,7 @@ def test_every_scheduler_option_is_tested():
     assert sorted(SCHEDULES) == options("sched") == names("sched")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_each_scheduler_steps_per_epoch_like_pytorchs_own(compose, name):
     overrides, make = SCHEDULES[name]
@@ -333,6 +336,7 @@ def test_a_lambda_schedule_trains_with_the_lr_of_torchs_lambdalr(tmp_path):
     assert logged == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,make",
     [
@@ -369,6 +373,7 @@ def test_each_regression_loss_trains(compose, name):
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,outputs", [("ce", 2), ("auto", 2), ("bce", 1)])
 def test_classification_losses_train_and_bce_uses_one_logit(compose, name, outputs):
     conf = compose(f"loss={name}", "model.hidden=[8]", "optim.lr=0.1")
@@ -429,6 +434,7 @@ def test_clip_grad_norm_bounds_each_step(compose):
 # --- what a run records ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_logs_the_penalty_and_weight_stats_to_tensorboard_and_csv(tmp_path):
     regexp(
         "train",

@@ -112,6 +112,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_members_equal_their_lone_runs_byte_for_byte(tmp_path, case):
     members_equal_lone_runs(tmp_path, CASES[case], VARIED)
@@ -160,6 +161,7 @@ def _alone(tmp_path: Path, overrides: list[str]) -> Path:
     return tmp_path / "alone"
 
 
+@pytest.mark.slow
 def test_each_member_keeps_the_predictions_of_its_lone_run(tmp_path):
     """predictions.npz: the valid outputs at the last and the best epoch, equal to the lone
     run's, with what toy_regression knows of its valid targets; a classification member's

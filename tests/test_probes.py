@@ -77,6 +77,7 @@ def test_depth_keeps_denormals_where_the_thread_flushed_them_and_restores_it():
     assert torch.get_num_threads() == threads
 
 
+@pytest.mark.slow
 def test_probe_depth_prints_the_courses_numbers(tmp_path):
     out = regexp("probe", "depth", cwd=tmp_path).stdout
     cells = rows(out, "std of each layer's output")
@@ -103,6 +104,7 @@ def test_init_gain_and_the_tanh_net_under_xavier_and_the_default():
     assert list(only["curves"]) == ["xavier_normal"] and only["gain"] != result.figure["gain"]
 
 
+@pytest.mark.slow
 def test_probe_init_prints_the_courses_gain(tmp_path):
     out = regexp("probe", "init", cwd=tmp_path).stdout
     gains = rows(out, "tanh of x = torch.randn(10000)")

@@ -146,6 +146,7 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides,message",
     BAD_INPUT,
@@ -167,6 +168,7 @@ def test_bad_input_is_refused_in_one_line_with_exit_2(
     assert not list(tmp_path.glob("**/events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["report", "run"], ["probe", "dropout"]])
 def test_an_output_dir_that_cannot_be_written_is_refused_in_one_line(tmp_path, command):
     regexp("train", "train.epochs=2", "log.figure_every=0", "hydra.run.dir=run", cwd=tmp_path)
@@ -264,6 +266,7 @@ def interrupt(tmp_path, name: str, signum: int) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path):
     done = interrupt(tmp_path, "run", signal.SIGINT)
     assert done.returncode == 130, done.stderr
@@ -285,6 +288,7 @@ def test_sigint_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_pa
     assert steps == list(range(1, 401))  # appended to the same run, once each
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_143_and_resume_drops_epochs_past_the_checkpoint(tmp_path):
     done = interrupt(tmp_path, "run", signal.SIGTERM)
     assert done.returncode == 143, done.stderr
@@ -314,6 +318,7 @@ def drawing_process(parent: int) -> int:
     raise AssertionError("no drawing process")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_last_figures_are_drawn_waits_for_them(tmp_path, signum):
     # The drawing process is held stopped, so that the run's end waits for its frames; the
@@ -344,6 +349,7 @@ def test_a_signal_while_the_last_figures_are_drawn_waits_for_them(tmp_path, sign
     assert "Traceback" not in out + err
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_its_last_checkpoint_resumes_to_write_its_last_records(tmp_path):
     # As kill -9 leaves it between the last epoch's checkpoint and the end of its close: no
     # summary, figures or predictions. resume= writes them, training nothing; once it has,
@@ -362,6 +368,7 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_write_its_last_record
     assert again.returncode == 2 and "more than the 30 epochs" in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_can_train_a_finished_run_longer(tmp_path):
     regexp("train", "train.epochs=5", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
@@ -377,6 +384,7 @@ def test_resume_can_train_a_finished_run_longer(tmp_path):
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,message",
     [
@@ -390,7 +398,9 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, override, message):
     regexp("train", "train.epochs=3", "model.hidden=[8]", "hydra.run.dir=run", cwd=tmp_path)
     run = tmp_path / "run"
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    refused = regexp("train", "resume=run", "train.epochs=6", override, cwd=tmp_path, check=False)
+    refused = regexp(
+        "train", "resume=run", "train.epochs=6", override, cwd=tmp_path, check=False, process=True
+    )
     assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     assert refused.stderr.count("\n") == 1
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
@@ -398,6 +408,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, override, message):
     assert read_json(run / "summary.json")["epochs"] == 6
 
 
+@pytest.mark.slow
 def test_a_bare_checkpoint_resumes_with_the_config_given(tmp_path):
     args = ["train.epochs=3", "model.hidden=[8]"]
     regexp("train", *args, "hydra.run.dir=run", cwd=tmp_path)
@@ -409,6 +420,7 @@ def test_a_bare_checkpoint_resumes_with_the_config_given(tmp_path):
     assert read_json(tmp_path / "bare" / "summary.json")["epochs"] == 5
 
 
+@pytest.mark.slow
 def test_a_cosine_schedule_over_the_runs_epochs_is_not_extended(tmp_path):
     args = ["train.epochs=3", "model.hidden=[8]", "sched=cosine"]
     regexp("train", *args, "hydra.run.dir=run", cwd=tmp_path)
@@ -496,6 +508,7 @@ def test_a_checkpoint_with_the_earlier_layout_of_optimizer_state_is_refused(tmp_
     assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_resumed_again_and_again_a_run_keeps_one_clean_list_of_overrides(tmp_path):
     from omegaconf import OmegaConf
 
@@ -508,6 +521,7 @@ def test_resumed_again_and_again_a_run_keeps_one_clean_list_of_overrides(tmp_pat
     assert "train.epochs=7" in overrides and "model.hidden=[8]" in overrides
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "field,value,message",
     [
@@ -534,6 +548,7 @@ def test_resume_with_an_empty_value_is_refused_not_taken_as_the_current_dir(tmp_
     assert done.returncode == 2 and "resume= is not allowed" in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_runs_and_sweeps_started_in_the_same_second_get_dirs_of_their_own(tmp_path):
     from regexp.run import rundir
 
@@ -557,6 +572,7 @@ def test_runs_and_sweeps_started_in_the_same_second_get_dirs_of_their_own(tmp_pa
         assert len(rows) == 31 and len({len(r.split(",")) for r in rows}) == 1
 
 
+@pytest.mark.slow
 def test_a_live_run_holds_its_dir_and_a_second_writer_is_refused(tmp_path):
     import time
 
@@ -586,6 +602,7 @@ def test_a_live_run_holds_its_dir_and_a_second_writer_is_refused(tmp_path):
     assert "a live run is writing" not in done.stderr
 
 
+@pytest.mark.slow
 def test_after_hard_kills_resume_ends_equal_to_an_uninterrupted_run(tmp_path):
     """kill -9 at several points: the checkpoint is never ahead of metrics.csv, and each resume
     goes on from exactly the checkpoint's epoch."""
@@ -618,6 +635,7 @@ def test_after_hard_kills_resume_ends_equal_to_an_uninterrupted_run(tmp_path):
     ).read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["stacked", "basic"])
 def test_a_job_that_fails_for_any_reason_is_counted_and_the_sweep_exits_1(tmp_path, launcher):
     done = regexp(

@@ -63,6 +63,7 @@ def interrupt_sweep(tmp_path, launcher: list[str]) -> None:
     assert process.returncode == 130, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS.values(), ids=LAUNCHERS.keys())
 def test_an_interrupted_sweep_resumed_as_a_whole_ends_as_an_uninterrupted_sweep(tmp_path, launcher):
     interrupt_sweep(tmp_path, launcher)
@@ -95,6 +96,7 @@ def test_an_interrupted_sweep_resumed_as_a_whole_ends_as_an_uninterrupted_sweep(
             assert (job / file).read_bytes() == (reference[name] / file).read_bytes(), job / file
 
 
+@pytest.mark.slow
 def test_more_epochs_for_a_whole_sweep_go_on_in_each_jobs_own_dir(tmp_path):
     tiny = ["train.epochs=6", "model.hidden=[8]", "log.figure_every=0", "seed=0,1"]
     regexp("train", "-m", *tiny, "hydra/launcher=basic", "hydra.sweep.dir=sweep", cwd=tmp_path)
@@ -107,6 +109,7 @@ def test_more_epochs_for_a_whole_sweep_go_on_in_each_jobs_own_dir(tmp_path):
         assert read_json(job / "summary.json")["epochs"] == 12
 
 
+@pytest.mark.slow
 def test_failed_jobs_are_skipped_unless_asked_to_rerun(tmp_path):
     tiny = ["train.epochs=5", "model.hidden=[8]", "log.figure_every=0"]
     lr = "optim.lr=0.01,${oc.env:REGEXP_TEST_LR}"  # the second job fails: no such variable
@@ -129,6 +132,7 @@ def test_failed_jobs_are_skipped_unless_asked_to_rerun(tmp_path):
     assert sorted(s["epochs"] for s in summaries) == [5, 5]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, says",
     [

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from conftest import TINY, read_events, read_json, regexp
 
 
 def test_toy_regression_run_writes_tensorboard_csv_and_summary(tmp_path):
-    done = regexp("train", *TINY, "log.hist_every=2", "hydra.run.dir=run", cwd=tmp_path)
+    done = regexp(
+        "train", *TINY, "log.hist_every=2", "hydra.run.dir=run", cwd=tmp_path, process=True
+    )
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {
         "metrics.csv",
@@ -76,6 +79,7 @@ def test_a_2x2_sweep_gives_four_runs_named_by_what_was_swept(tmp_path):
         "optim.weight_decay=0,1e-2",
         "hydra.sweep.dir=sweep",
         cwd=tmp_path,
+        process=True,
     )
     names = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     # Hydra's override_dirname: every override of the job, sorted, so each run's name says
@@ -95,6 +99,7 @@ def test_a_2x2_sweep_gives_four_runs_named_by_what_was_swept(tmp_path):
     assert {"model.dropout=0.5", "optim.weight_decay=0.01"} <= set(summary["overrides"])
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_numbers(tmp_path):
     args = ["train", "data=digits", "train.batch_size=32", "model.dropout=0.3", *TINY]
     regexp(*args, "hydra.run.dir=a", cwd=tmp_path)

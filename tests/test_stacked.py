@@ -26,6 +26,7 @@ def rows(run):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_2x2_sweep_of_p_and_lambda_as_one_population_writes_what_the_basic_launcher_does(
     tmp_path,
 ):
@@ -60,6 +61,7 @@ def test_a_2x2_sweep_of_p_and_lambda_as_one_population_writes_what_the_basic_lau
     assert "4 runs" in report.stdout
 
 
+@pytest.mark.slow
 def test_figures_of_populations_in_worker_processes_reach_each_members_files(tmp_path):
     # Two populations of two, one per worker process: each worker starts its own drawing
     # process, and each member's frames come back into its own event file and GIF.
@@ -78,6 +80,7 @@ def test_figures_of_populations_in_worker_processes_reach_each_members_files(tmp
     assert len(gifs) == 4  # each its own member's curves
 
 
+@pytest.mark.slow
 def test_two_architectures_become_two_populations(tmp_path):
     done = regexp(
         "train",
@@ -96,6 +99,7 @@ def test_two_architectures_become_two_populations(tmp_path):
     assert all(read_json(r / "summary.json")["status"] == "completed" for r in runs)
 
 
+@pytest.mark.slow
 def test_max_members_splits_a_population(tmp_path):
     done = regexp(
         "train",
@@ -111,6 +115,7 @@ def test_max_members_splits_a_population(tmp_path):
     assert "5 jobs in 3 populations of 1 to 2" in done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
     done = regexp(
         "train",
@@ -139,6 +144,7 @@ def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
     assert "2 jobs in 1 population of 2" in done.stdout + done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "where",
     [
@@ -202,6 +208,7 @@ def test_the_launcher_plans_a_population_per_worker_while_each_keeps_a_few_membe
     assert sorted(sum(plan([list(range(9)), [9]], 64, 4), [])) == list(range(10))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -234,6 +241,7 @@ def test_a_job_composed_once_per_choice_of_groups_equals_hydras_composition(over
             assert OmegaConf.is_struct(ours) and not OmegaConf.is_readonly(ours.hydra)
 
 
+@pytest.mark.slow
 def test_a_value_hydra_refuses_is_refused_as_hydra_refuses_it():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -254,6 +262,7 @@ def test_a_value_hydra_refuses_is_refused_as_hydra_refuses_it():
             assert str(ours.value) == str(theirs.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fork", [True, False])
 def test_workers_see_the_launchers_dir_and_environment_as_the_sweep_launches(
     tmp_path, monkeypatch, fork
@@ -300,6 +309,7 @@ def test_the_progress_line_shows_the_lowest_valid_loss_yet_not_the_epochs(caplog
     assert said[-1].endswith("best valid so far 0.2") and said[0].endswith("so far 0.5")
 
 
+@pytest.mark.slow
 def test_a_jobs_own_threads_are_used_as_the_basic_launcher_uses_them(tmp_path):
     """threads= is the job's, through any launcher: the thread count moves the last digits."""
     regexp("train", "-m", "hydra/launcher=stacked", *TINY, "log.figure_every=0", "threads=2",
@@ -313,6 +323,7 @@ def test_a_jobs_own_threads_are_used_as_the_basic_launcher_uses_them(tmp_path):
     ).read_bytes()
 
 
+@pytest.mark.slow
 def test_workers_end_with_a_launcher_killed_outright_keeping_their_checkpoints(tmp_path):
     """SIGKILL reaches the launcher alone: its workers (children of the fork server) see it
     gone, checkpoint their members after the epoch in progress, and end, with the server."""

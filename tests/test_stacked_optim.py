@@ -157,6 +157,7 @@ def test_every_optimizer_option_is_tested():
     assert sorted({name.split("-")[0] for name in POPULATIONS}) == options("optim")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 @pytest.mark.parametrize("decayed", [False, True], ids=["all-decayed", "no-decay-on-biases"])
 @pytest.mark.parametrize("population", sorted(POPULATIONS))
@@ -293,6 +294,7 @@ def test_a_schedule_writes_the_updates_lr_and_the_update_follows():
         assert relative(flat[i], member.flat()) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_a_population_steps_and_schedules_without_building_torch_optim():
     # Building a torch.optim optimizer imports torch._dynamo and sympy: a second of start-up.
     code = """

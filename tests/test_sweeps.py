@@ -17,6 +17,7 @@ def job_dirs(sweep):
     return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+@pytest.mark.slow
 def test_a_2x2_sweep_runs_in_parallel_with_joblib(tmp_path):
     done = regexp(
         "train",
@@ -44,6 +45,7 @@ def test_a_2x2_sweep_runs_in_parallel_with_joblib(tmp_path):
         assert (runs[3] / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_2_job_sweep_runs_with_submitit_local(tmp_path):
     regexp(
         "train",
@@ -62,6 +64,7 @@ def test_a_2_job_sweep_runs_with_submitit_local(tmp_path):
     assert all(read_json(r / "summary.json")["status"] == "completed" for r in runs)
 
 
+@pytest.mark.slow
 def test_an_optuna_search_of_3_trials_minimizes_the_valid_loss(tmp_path):
     regexp(
         "train",
@@ -84,6 +87,7 @@ def test_an_optuna_search_of_3_trials_minimizes_the_valid_loss(tmp_path):
     assert len(job_dirs(tmp_path / "search")) == 3
 
 
+@pytest.mark.slow
 def test_report_tables_and_plots_a_sweep_with_a_failed_job(tmp_path):
     regexp(
         "train",
@@ -125,6 +129,7 @@ def test_report_tables_and_plots_a_sweep_with_a_failed_job(tmp_path):
     assert "6 runs" in done.stdout and "failed" in done.stdout
 
 
+@pytest.mark.slow
 def test_report_works_on_a_run_still_in_progress_and_on_single_runs(tmp_path):
     regexp("train", *TINY, "hydra.run.dir=a", cwd=tmp_path)
     regexp("train", *TINY, "optim.lr=0.1", "hydra.run.dir=b", cwd=tmp_path)
