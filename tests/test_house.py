@@ -188,3 +188,53 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
                 assert anchor in anchors(linked), f"{page.name} links to {target}: no such heading"
             checked += 1
     assert checked >= 5  # (the README links to docs/; a regex that finds none proves nothing)
+
+
+# What sets up the whole process, allowed in process.py alone: no part messages another
+# through the environment or the command line, or sets a process-wide setting of its own.
+PROCESS_WIDE = re.compile(
+    r"os\.environ\[[^]]+\]\s*=|os\.environ\.(update|clear|pop|setdefault)\(|sys\.argv\s*=|"
+    r"signal\.signal\(|set_num_threads\(|gc\.freeze\(|sched_setscheduler\(|os\.nice\(|setpgrp\("
+)
+# Another library's private names (a `._name` of something imported, a `_internal` module),
+# allowed in adapters/ alone.
+PRIVATE = re.compile(r"\b(hydra|atexit|pool|tensorboardX|ConfigLoaderImpl)\._[a-z]|\._internal\b|"
+                     r"\._return_value\b|\._processes\b|event_file_writer")  # fmt: skip
+
+
+def sources():
+    for path in sorted([*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "hydra_plugins").rglob("*.py")]):
+        yield path.relative_to(PACKAGE.parent).as_posix(), path.read_text()
+
+
+def test_process_wide_settings_are_made_in_process_py_alone():
+    for name, text in sources():
+        if name not in ("regexp/process.py",) and not name.startswith("regexp/adapters/"):
+            found = [m.group(0) for m in PROCESS_WIDE.finditer(text)]
+            # (shell.py hands the shell's completion line to Hydra's query, its protocol)
+            if name == "regexp/shell.py":
+                found = [f for f in found if "COMP_LINE" not in f]
+            assert not found, f"{name} sets {found}: process.py's job"
+
+
+def test_other_libraries_private_parts_are_used_in_adapters_alone():
+    for name, text in sources():
+        if not name.startswith("regexp/adapters/"):
+            found = [m.group(0) for m in PRIVATE.finditer(text)]
+            assert not found, f"{name} uses {found}: an adapter's job (regexp/adapters/)"
+
+
+def test_the_package_keeps_few_modules_at_its_top():
+    top = [p.name for p in PACKAGE.glob("*.py")]
+    assert len(top) <= 8, top
+
+
+def test_each_name_is_one_thing():
+    """A class or function at a module's top has one name across the package (a method's name
+    may repeat: an interface)."""
+    seen: dict[str, str] = {}
+    for name, text in sources():
+        for node in ast.parse(text).body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_"):
+                other = seen.setdefault(node.name, name)
+                assert other == name, f"{node.name} is defined in {other} and in {name}"

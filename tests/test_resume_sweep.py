@@ -13,6 +13,7 @@ import time
 import pytest
 from conftest import read_json, regexp
 
+from regexp import process
 from regexp.run import rundir
 
 # Long enough to be interrupted in its second job, with mini-batches and dropout (a resumed
@@ -187,11 +188,11 @@ def test_what_each_job_of_a_resumed_sweep_does_with_its_dir(tmp_path, monkeypatc
         "cut short by a kill": (job("j", '{"status": "comp', True), "resume"),
     }
     assert rundir.resumed_sweep_job(cases["never ran"][0], 10) is None  # outside a resume
-    monkeypatch.setenv(rundir.RESUMED_SWEEP, str(sweep))
+    monkeypatch.setenv(process.RESUMED_SWEEP, str(sweep))
     for what, (path, step) in cases.items():
         assert rundir.resumed_sweep_job(path, 10) == step, what
     assert rundir.resumed_sweep_job(tmp_path / "elsewhere", 10) is None  # not this sweep's
-    monkeypatch.setenv(rundir.RERUN_FAILED, "1")
+    monkeypatch.setenv(process.RERUN_FAILED, "1")
     assert rundir.resumed_sweep_job(cases["failed"][0], 10) == "start"
 
 

@@ -51,7 +51,7 @@ def train(args: list[str]) -> int:
     if {"-sc", "--shell-completion"} & set(args):
         from regexp import shell
 
-        return shell.completion(args, COMMANDS, train_job)
+        return shell.completion(args, COMMANDS, hydra_task)
 
     import hydra
     from omegaconf import OmegaConf
@@ -63,7 +63,7 @@ def train(args: list[str]) -> int:
 
         OmegaConf.register_new_resolver("regexp_groups", groups_help)
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")(
-        train_job
+        hydra_task
     )
     for arg in args:  # before Hydra copies it into .hydra/ and every error that quotes it
         if len(arg) > LONGEST_OVERRIDE:
@@ -85,11 +85,11 @@ def train(args: list[str]) -> int:
         from regexp.run import rundir
 
         rundir.check_free(Path(given))  # before Hydra writes its .hydra/ files there
+    from regexp.adapters import hydra as hydra_adapter
     from regexp.run import resume
 
     going_on = resume.resumed_sweep(args) if sweep else contextlib.nullcontext(resume.resumed(args))
-    with going_on as argv:
-        sys.argv = ["regexp train", *argv]  # Hydra parses sys.argv
+    with going_on as argv, hydra_adapter.command_line(["regexp train", *argv]):
         app()
     return 0
 
@@ -119,12 +119,14 @@ def stacked_in_workers(args: list[str]) -> bool:
     return early_workers(os.cpu_count() or 1, jobs) >= 2  # (n_jobs' default: a core each)
 
 
-def train_job(cfg):
+def hydra_task(cfg):
     """Hydra's task function. torch and the training code are imported only here, where a
     job runs: a parallel launcher's main process never needs them, and starts faster."""
-    from regexp.figures import plots, render
+    from omegaconf import OmegaConf
 
-    if cfg.log.figure_every and cfg.data.name in plots.DRAWN_DATA:
+    from regexp.figures import render
+
+    if cfg.log.figure_every and OmegaConf.get_type(cfg.data).figure:
         with contextlib.suppress(OSError):  # (the run says so, without figures)
             render.renderer()  # now: it imports matplotlib while this process imports torch
     from regexp.run import jobs
@@ -183,14 +185,14 @@ def summary(args: list[str]) -> int:
 
 def report(args: list[str]) -> int:
     """`regexp report DIR...`: a table and figures from run dirs (reads files only)."""
-    from regexp.analysis.report import main as report_main
+    from regexp.analysis.report import report_main
 
     return report_main(args)
 
 
 def probe(args: list[str]) -> int:
     """`regexp probe NAME`: the lessons' demonstrations that need no training."""
-    from regexp.probes import main as probe_main
+    from regexp.probes import probe_main
 
     return probe_main(args)
 
@@ -219,12 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    # Hydra prints its own errors and exits 1 unless HYDRA_FULL_ERROR=1, in which case it
-    # raises: set it, catch here, and say it in one line. A user who set it gets the traceback.
+    # Hydra prints its own errors and exits 1 unless told to raise them: catch them here and
+    # say them in one line. A user who set HYDRA_FULL_ERROR=1 gets the traceback.
+    from regexp.adapters import hydra as hydra_adapter
+
+    with hydra_adapter.raising_errors() as user_setting:
+        return _command(name, args, user_setting)
+
+
+def _command(name: str, args: list[str], user_setting: str | None) -> int:
     from regexp.errors import Ended
 
-    user_setting = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         return COMMANDS[name](args)
     except Ended as end:
@@ -246,11 +253,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"regexp {name}: error: {error_line(message)}", file=sys.stderr)
         return 2
-    finally:
-        if user_setting is None:
-            del os.environ["HYDRA_FULL_ERROR"]
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = user_setting
 
 
 LONGEST_ERROR = 1000  # characters of an error line: a value it quotes may be megabytes
@@ -276,30 +278,13 @@ def entry() -> None:
 
 
 def leave(code) -> None:
-    """Exit with `code` without the interpreter's teardown, whose garbage collection walks every
-    object torch and matplotlib made (about half a second) to free memory the OS takes back at
-    once. What must reach a file does first: the exit handlers (logging flushes and closes its
-    files), then stdout and stderr. Where a thread Python would wait for still runs, or a
-    profiler or tracer (coverage) would write its record at the exit, the normal exit, with
-    the collector told to skip what exists (most of that half second)."""
-    import atexit
-    import gc
-    import threading
+    """Exit with `code` (an exit's value: None, a bool, an int or a message) at once
+    (process.exit_now)."""
+    from regexp import process
 
     if code is None or isinstance(code, bool):
         code = int(bool(code))
     elif not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    gc.freeze()
-    waits = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
-    watched = sys.getprofile() is not None or sys.gettrace() is not None
-    if waits or watched or not hasattr(atexit, "_run_exitfuncs"):
-        sys.exit(code)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`regexp train --help | head`)
-            pass
-    os._exit(code)
+    process.exit_now(code)

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from regexp import config
+from regexp import config, process
 from regexp.components import init, models, optim, schedules
 from regexp.console import console as default_console
 from regexp.errors import ConfigError, UserError
@@ -108,12 +108,31 @@ def dropout(conf: config.Config, given: set[str], draws: int = 1000) -> Probe:
 # --- norm: experiments 6 and 7 ---------------------------------------------------------------
 
 
+NORM_NOTES = [
+    "running = (1 - momentum) * running + momentum * batch statistic; "
+    "LayerNorm's shape must be the input's trailing dims; "
+    "GroupNorm needs the channels divisible by the groups"
+]
+
+
 def norm(conf: config.Config, given: set[str]) -> Probe:
     """BatchNorm1d/2d/3d on constant maps (channel i holds i+1, batch 3) over two passes, and
     the parameter shapes of BN, LN, IN and GN on one batch of (8, 6, 3, 4) maps."""
     bn = conf.norm if isinstance(conf.norm, models.BatchNorm) and "norm" in given else None
     momentum = bn.momentum if bn is not None else 0.3
     eps = bn.eps if bn is not None else 1e-5
+    running, trajectories = _running_stats(momentum, eps)
+    return Probe(
+        "norm",
+        [running, _norm_shapes()],
+        {"trajectories": trajectories, "momentum": momentum},
+        NORM_NOTES,
+    )
+
+
+def _running_stats(momentum: float, eps: float):
+    """BatchNorm1d/2d/3d's running statistics over two passes of constant maps: a table, and
+    each layer's (means, variances) pass by pass."""
     channels, batch, passes = 5, 3, 2
     running = _table(
         f"BatchNorm, momentum {momentum}: running stats of the channel holding 2 "
@@ -153,7 +172,11 @@ def norm(conf: config.Config, given: set[str]) -> Probe:
             variances.append(layer.running_var[1].item())
             running.add_row("", "", str(i + 1), f"{means[-1]:.4g}", f"{variances[-1]:.4g}", "")
         trajectories[layer_cls.__name__] = (means, variances)
+    return running, trajectories
 
+
+def _norm_shapes():
+    """The parameter shapes of BN, LN, IN and GN on one batch of (8, 6, 3, 4) maps: a table."""
     x = torch.stack([torch.full((3, 4), float(i + 1)) for i in range(6)]).expand(8, 6, 3, 4)
     x = x + 0.1 * torch.randn(8, 6, 3, 4, generator=torch.Generator().manual_seed(0))
     shapes = _table(
@@ -192,16 +215,7 @@ def norm(conf: config.Config, given: set[str]) -> Probe:
             stats,
             f"{out.mean().item():.2g}, {out.std().item():.3g}",
         )
-    return Probe(
-        "norm",
-        [running, shapes],
-        {"trajectories": trajectories, "momentum": momentum},
-        [
-            "running = (1 - momentum) * running + momentum * batch statistic; "
-            "LayerNorm's shape must be the input's trailing dims; "
-            "GroupNorm needs the channels divisible by the groups"
-        ],
-    )
+    return shapes
 
 
 # --- depth and init: experiment 4 and the initialization lesson ------------------------------
@@ -345,16 +359,14 @@ def _layer_stds(init_cfg, norm_cfg, activation: str, seed: int):
     # thread's own setting, and torch has no getter: ask a denormal, keep the answer, and run
     # on this one thread (16 rows gain nothing from more, and on a busy machine idle OpenMP
     # threads spinning make it many times slower).
-    threads = torch.get_num_threads()
     flushing = (torch.tensor([1e-39]) * 1.0).item() == 0.0
-    torch.set_num_threads(1)
     torch.set_flush_denormal(False)
     try:
-        net(x).pow(2).mean().backward()
-        forward = [o.detach().std().item() for o in outputs]
-        backward = [o.grad.std().item() if o.grad is not None else math.nan for o in outputs]
+        with process.on_one_thread():
+            net(x).pow(2).mean().backward()
+            forward = [o.detach().std().item() for o in outputs]
+            backward = [o.grad.std().item() if o.grad is not None else math.nan for o in outputs]
     finally:
-        torch.set_num_threads(threads)
         if flushing:
             torch.set_flush_denormal(True)
     return forward, backward
@@ -711,7 +723,7 @@ def _takes(name: str) -> str:
     return ", ".join(f"{k[:-2]}= and {k}" if k.endswith(".*") else f"{k}=" for k in TAKES[name])
 
 
-def main(args: list[str]) -> int:
+def probe_main(args: list[str]) -> int:
     knobs = "\n".join(
         f"  {key}={value}: {meaning}"
         for key, values in KNOBS.items()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 
 
 def train_help(overrides: list[str]) -> str:
@@ -127,12 +126,14 @@ def completion(args: list[str], commands_of_regexp, task_function) -> int:
     import hydra
 
     from regexp import config
+    from regexp.adapters import hydra as hydra_adapter
 
-    # Hydra's query strips one word, the app's name, from COMP_LINE: the command here.
+    # Hydra's query strips one word, the app's name, from COMP_LINE (the shell's completion
+    # protocol, which Hydra reads): the command here.
     os.environ["COMP_LINE"] = line.split(None, 1)[1]
-    sys.argv = ["regexp train", "-sc", f"query={commands.query}"]
     app = hydra.main(version_base="1.3", config_path=str(config.conf_dir()), config_name="train")
-    with contextlib.redirect_stdout(io.StringIO()) as answer:
+    argv = ["regexp train", "-sc", f"query={commands.query}"]
+    with contextlib.redirect_stdout(io.StringIO()) as answer, hydra_adapter.command_line(argv):
         app(task_function)()
     # Not the schema/ group that types the keys; an experiment is added (+), not chosen.
     words = [w for w in answer.getvalue().split() if not w.lstrip("+~").startswith("schema/")]

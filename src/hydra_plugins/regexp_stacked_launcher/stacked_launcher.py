@@ -46,6 +46,10 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from regexp import process
+from regexp.adapters import hydra as hydra_adapter
+from regexp.adapters import stdlib
+
 log = logging.getLogger("regexp")
 
 
@@ -53,9 +57,9 @@ log = logging.getLogger("regexp")
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.regexp_stacked_launcher.stacked_launcher.StackedLauncher"
     # The most members one population holds; a larger group of jobs is split into populations
-    # of about equal size. On a CPU a lesson-24 member-epoch costs least at about 8 (0.80 ms at
-    # 8, 0.89 at 16, 0.93 at 4, two workers on 2 cores: docs/benchmarks.md); on a GPU larger
-    # populations pay, as far as memory allows.
+    # of about equal size. On a CPU a lesson-24 member-epoch costs least at about 8 members
+    # (past a few, a stacked step is bound by arithmetic); on a GPU larger populations pay, as
+    # far as memory allows.
     max_members: int = 8
     # Worker processes, a population at a time each; null: one per core; 1: this process.
     n_jobs: int | None = None
@@ -137,8 +141,9 @@ class StackedLauncher(Launcher):
             if r.status != JobStatus.COMPLETED:  # refused: its summary.json says why, as the
                 # basic launcher says it
                 where = r.hydra_cfg.hydra.runtime.output_dir
-                log.error("job failed: %s (in %s)", outcomes.one_line(r._return_value), where)
-                r.return_value, r.status = jobs.outcome(r._return_value), JobStatus.COMPLETED
+                failure = hydra_adapter.failure_of(r)
+                log.error("job failed: %s (in %s)", outcomes.one_line(failure), where)
+                r.return_value, r.status = jobs.outcome(failure), JobStatus.COMPLETED
         groups: dict[tuple, list[int]] = {}
         for i in ready:
             member = returns[i].return_value
@@ -220,25 +225,23 @@ class StackedLauncher(Launcher):
                 )
             for f in pending:
                 f.cancel()
-            for process in list(pool._processes.values()):  # noqa: SLF001 (no public list)
-                if process.is_alive():
-                    os.kill(process.pid, signum)
+            for worker in stdlib.pool_processes(pool):
+                if worker.is_alive():
+                    os.kill(worker.pid, signum)
 
         progress = PopulationProgress([(len(p), p[0].conf.train.epochs, 0) for p in populations])
         pending: set = set()
-        handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            done = [pool.submit(_train, i, p) for i, p in enumerate(populations)]
-            pending = set(done)
-            while pending:
+        with process.handling(forward):
+            try:
+                done = [pool.submit(_train, i, p) for i, p in enumerate(populations)]
+                pending = set(done)
+                while pending:
+                    _drain(updates, progress)
+                    _, pending = futures.wait(pending, timeout=0.1)
                 _drain(updates, progress)
-                _, pending = futures.wait(pending, timeout=0.1)
-            _drain(updates, progress)
-        finally:
-            progress.close()
-            pool.shutdown(wait=True, cancel_futures=True)  # (the signal reaches every worker)
-            for s, handler in handlers.items():
-                signal.signal(s, handler)
+            finally:
+                progress.close()
+                pool.shutdown(wait=True, cancel_futures=True)  # (the signal reaches every worker)
         stopped = [f.exception() for f in done if not f.cancelled() and f.exception()]
         if received or any(isinstance(e, Interrupted) for e in stopped):
             raise Interrupted(received[0] if received else stopped[0].signum)
@@ -277,17 +280,14 @@ def _start_worker(updates, threads: int, hydra_logging, environ: dict, launcher:
     the `launcher`'s process, which ends the worker with it."""
     global _updates, _threads
     _threads = threads
-    os.environ.clear()
-    os.environ.update(environ)
-    os.setpgrp()
+    process.become_worker(environ)
     threading.Thread(target=_end_with, args=(launcher,), daemon=True).start()
     _updates = updates
     configure_log(hydra_logging)
-    import torch
 
     import regexp.run.population  # noqa: F401 (what every population needs, imported before it comes)
 
-    torch.set_num_threads(threads)
+    process.use_threads(threads)
 
 
 def _end_with(launcher: int, every: float = 0.5) -> None:
@@ -341,13 +341,12 @@ def _population(members: "list", progress=None, threads: "int | None" = None) ->
     """Each member's summary, or the error that stopped it: an error that stops the whole
     population (its summaries say so) fails its jobs alone, as it would fail a job of the
     basic launcher, and the sweep goes on."""
-    import torch
 
     from regexp.run import population
 
     # The job's own `threads` (its members share it: it is part of the population's key), as
     # the basic launcher's job would use, else the launcher's (`threads`, or the worker's).
-    torch.set_num_threads(members[0].conf.threads or threads or _threads)
+    process.use_threads(members[0].conf.threads or threads or _threads)
 
     try:
         return population.execute_population(members, progress)
@@ -418,7 +417,6 @@ class ComposeOnce:
         return getattr(self._loader, name)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra.errors import ConfigCompositionException
         from omegaconf.errors import OmegaConfBaseException
@@ -442,14 +440,12 @@ class ComposeOnce:
             self._composed[key] = self._loader.load_sweep_config(master_config, lines)
         config = copy.deepcopy(self._composed[key])
         try:
-            ConfigLoaderImpl._apply_overrides_to_config(  # noqa: SLF001 (Hydra's own step)
-                [o for o in parsed if o not in choosing], config
-            )
+            hydra_adapter.apply_overrides([o for o in parsed if o not in choosing], config)
         except OmegaConfBaseException as exc:  # as Hydra's load_configuration says it
             raise ConfigCompositionException().with_traceback(exc.__traceback__) from exc
         hydra_job = config.hydra.job
         config.hydra.overrides.task = [o.input_line for o in parsed]
-        hydra_job.override_dirname = get_overrides_dirname(
+        hydra_job.override_dirname = hydra_adapter.overrides_dirname(
             overrides=parsed,
             kv_sep=hydra_job.config.override_dirname.kv_sep,
             item_sep=hydra_job.config.override_dirname.item_sep,

@@ -241,8 +241,9 @@ def saved_dirname(names: str, *, _root_: DictConfig) -> str:
     """A job's dir name in a resumed sweep (resume.resumed_sweep): Hydra's, from the job's
     overrides with the values the sweep started with for the keys its resumes gave again
     (`names`: parse_names), so that each job goes on in the dir it started in."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from regexp.adapters import hydra as hydra_adapter
 
     started = dict(parse_names(names))
     parse = OverridesParser.create().parse_overrides
@@ -252,7 +253,7 @@ def saved_dirname(names: str, *, _root_: DictConfig) -> str:
         if line is not None:
             lines.append(line)
     naming = _root_.hydra.job.config.override_dirname
-    return get_overrides_dirname(
+    return hydra_adapter.overrides_dirname(
         overrides=parse(lines),
         exclude_keys=list(naming.exclude_keys),
         item_sep=naming.item_sep,

@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 from rich.console import Console
 from rich.table import Table
-from tensorboardX import summary as tb
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto.event_pb2 import Event, SessionLog
-from tensorboardX.proto.summary_pb2 import Summary
 from torch import nn
 
+from regexp.adapters import tensorboardx
+from regexp.adapters.tensorboardx import Event, EventsWriter, SessionLog, Summary
+from regexp.adapters.tensorboardx import summaries as tb
 from regexp.components.models import weights
 from regexp.console import epochs_bar
 from regexp.run import rundir
@@ -98,7 +97,6 @@ class Tracker:
         figure: Plot | None = None,
         figure_every: int = 0,
         start_epoch: int = 0,
-        console: Console | None = None,
         progress: bool = True,
         model: nn.Module | None = None,
         logger: logging.Logger | None = None,
@@ -136,7 +134,7 @@ class Tracker:
             self._resume(csv_path, start_epoch)
         self._csv = csv.writer(self._csv_file)
 
-        self.console = console or Console()
+        self.console = Console()
         self._progress = None
         if progress and self.console.is_terminal:
             self._progress = epochs_bar(self.console)
@@ -382,14 +380,12 @@ def weight_norm(model: nn.Module) -> float:
 
 def _session_end(status: str) -> Summary:
     """TensorBoard's HParams session-end record, with the run's real status."""
-    from tensorboardX.proto.api_pb2 import Status
-    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
-    from tensorboardX.proto.summary_pb2 import SummaryMetadata
-
     code = "STATUS_SUCCESS" if status == "completed" else "STATUS_FAILURE"
-    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code)))
-    meta = SummaryMetadata(
-        plugin_data=SummaryMetadata.PluginData(
+    content = tensorboardx.HParamsPluginData(
+        session_end_info=tensorboardx.SessionEndInfo(status=tensorboardx.Status.Value(code))
+    )
+    meta = tensorboardx.SummaryMetadata(
+        plugin_data=tensorboardx.SummaryMetadata.PluginData(
             plugin_name="hparams", content=content.SerializeToString()
         )
     )

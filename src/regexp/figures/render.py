@@ -18,7 +18,6 @@ the training code.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import io
 import logging
 import os
@@ -29,6 +28,7 @@ import sys
 import threading
 from pathlib import Path
 
+from regexp import process
 from regexp.run import rundir
 
 log = logging.getLogger("regexp")
@@ -190,11 +190,8 @@ def renderer() -> Renderer:
 
 def serve() -> None:
     """The drawing process: read messages from stdin until it closes."""
-    import signal
-
-    # Ctrl-C goes to the whole process group; the parent decides when drawing ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _yield_to_training()
+    process.ignore_interrupts()
+    process.yield_to_training()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach the pipe
     import numpy as np
@@ -238,19 +235,6 @@ def serve() -> None:
             reply("closed" if kind == "close" else "error", sid, f"{type(exc).__name__}: {exc}")
             if kind == "open":
                 runs.pop(sid, None)
-
-
-def _yield_to_training() -> None:
-    """Draw at a priority below training's. Where every core trains (a stacked sweep's
-    workers), a frame drawn at once takes the loop's core and its caches, which costs the loop
-    more than the frame; as an idle-class process (Linux; elsewhere the lowest nice) drawing
-    takes what training leaves: the other core of a lone run, a worker's core while that
-    worker waits for its runs' figures. (64-job sweep: 34.1 s against 37.3 at nice 10.)"""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # (no idle class: macOS; no nice either: Windows)
-        with contextlib.suppress(AttributeError, OSError):
-            os.nice(19)
 
 
 class Frames:

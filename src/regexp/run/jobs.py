@@ -38,15 +38,10 @@ def train_job(cfg: DictConfig) -> Outcome:
         if isinstance(ready, Outcome):
             return ready
         conf, _ = ready
-        # One thread unless told, whatever the launcher and the cores: the thread count
-        # changes the last digits (torch splits products by it), which must not depend on the
-        # machine; and on a busy machine torch's default (a thread per core) spins waiting for
-        # the core another process holds, a lesson-24 run taking 10-40x longer (docs/benchmarks.md).
-        import torch
-
+        from regexp import process
         from regexp.run.population import execute
 
-        torch.set_num_threads(conf.threads or 1)
+        process.use_threads(conf.threads)  # (one unless told, whatever the launcher)
         summary = execute(conf, run_dir, overrides)
     except Exception as exc:
         if sweep:
@@ -172,7 +167,7 @@ def going_on(conf: config.Config, run_dir: Path, step: str | None) -> tuple[conf
         return conf, 0
     from regexp.engine import checkpoint  # (torch: only where a sweep is resumed)
 
-    done = checkpoint.read(rundir.checkpoint_file(run_dir))["epoch"]
+    done = checkpoint.read_checked(rundir.checkpoint_file(run_dir))["epoch"]
     rundir.check_more_epochs(conf.train.epochs, done, run_dir)
     log.info("resumed from epoch %d: %s", done, run_dir)
     return dataclasses.replace(conf, resume=str(run_dir)), done

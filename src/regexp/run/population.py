@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regexp import config
+from regexp import config, process
 from regexp.components import data, init, models, optim, schedules
 from regexp.config import Member
 from regexp.console import PopulationProgress
@@ -39,37 +37,6 @@ from regexp.run import predictions, rundir
 from regexp.run.outcomes import failure, one_line
 
 log = logging.getLogger("regexp")
-
-
-STOPPING = "stopping after this epoch to save a checkpoint"
-CLOSING = "writing the run's last figures and records first"
-
-
-@contextmanager
-def stop_on_signals(doing: list[str] | None = None):
-    """The first SIGINT or SIGTERM asks training to stop once the epoch in progress is done,
-    so that the checkpoint holds whole epochs (or, once training is done, lets the run finish
-    writing its records); a second one stops at once. `doing[0]` says which, as it changes
-    (default: STOPPING). Yields the list of signals received."""
-    received: list[int] = []
-    doing = doing or [STOPPING]
-
-    def handle(signum, frame):
-        if received:
-            raise Interrupted(signum)
-        received.append(signum)
-        name = signal.Signals(signum).name
-        log.warning("%s: %s (send it again to stop now)", name, doing[0])
-
-    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
-        yield received
-        return
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def device_of(name: str) -> torch.device:
@@ -320,8 +287,8 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     status, errors = ["failed"] * len(built), [None] * len(built)
     stopped: list[int | None] = [None] * len(built)
     own_progress = progress is None and len(built) > 1
-    doing = [STOPPING]
-    with stop_on_signals(doing) as received, ExitStack() as held:
+    doing = [process.STOPPING]
+    with process.stop_on_signals(doing) as received, ExitStack() as held:
         try:
             _start(built, stack, update, schedule)
             for b in built:
@@ -359,7 +326,7 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
                     rundir.write_summary(b.member.run_dir, failure(exc, b.member.overrides))
             raise
         finally:
-            doing[0] = CLOSING  # (training is over: a signal waits for the records)
+            doing[0] = process.CLOSING  # (training is over: a signal waits for the records)
             if own_progress and isinstance(progress, PopulationProgress):
                 progress.close()
             summaries = _close(built, status, errors, stopped)
@@ -420,9 +387,9 @@ def _hooks(built: list[Built], schedule, progress, stop) -> list[hooks.Hook]:
     )
     chosen = [hooks.Records(trackers), hooks.Divergence()]
     if any(s is not None for s in stoppers):
-        chosen.append(hooks.EarlyStop(stoppers, checkpoints))
+        chosen.append(hooks.EarlyStopping(stoppers, checkpoints))
     if schedule is not None:
-        chosen.append(hooks.Schedule(schedule))
+        chosen.append(hooks.LRSchedule(schedule))
     if progress is not None:
         chosen.append(hooks.Progress(progress))
     return [*chosen, checkpoints]
@@ -512,7 +479,7 @@ def resume(
 ) -> int:
     """Load the checkpoint at `path` into member `i` of the population; returns its epoch."""
     try:
-        epoch = checkpoint.load(path, stack, i, update, schedule, batches, stopper)
+        epoch = checkpoint.restore(path, stack, i, update, schedule, batches, stopper)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # the fields of another run
         raise UserError(
             f"{path}: refused, not a checkpoint of this run ({first_line(exc)})"

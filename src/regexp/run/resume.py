@@ -5,7 +5,6 @@ change is allowed; checked before Hydra writes anything in the dir."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 
@@ -50,7 +49,6 @@ def resumed_sweep(args: list[str]):
 
     from regexp import config
     from regexp.errors import ConfigError, UserError
-    from regexp.run import rundir
 
     given = [a for a in args if a.startswith("resume=")]
     if not given:
@@ -96,18 +94,11 @@ def resumed_sweep(args: list[str]):
             named.setdefault(key, first[0] if first else None)
         names = "|".join(line or key for key, line in named.items())
         hydra = [o for o in hydra if o not in subdir] + [f'{naming}"{names}"}}']
-    told = {rundir.RESUMED_SWEEP: str(sweep.resolve()), rundir.RERUN_FAILED: "1" if rerun else ""}
-    before = {k: os.environ.get(k) for k in told}
-    os.environ.update(told)
-    try:
+    from regexp import process
+
+    with process.telling_jobs_of_resumed_sweep(str(sweep.resolve()), rerun):
         flags = [a for a in args if a.startswith("-")]
         yield [*flags, *task, *added, *hydra, f"hydra.sweep.dir={quote(sweep.resolve())}"]
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def once(overrides: list[str]) -> list[str]:
@@ -145,7 +136,7 @@ def refuse_changes(saved: Path, keep: list[str], new: list[str], known: bool = T
         conf.device
     )  # (a device this machine lacks is refused before Hydra writes)
     run_dir = saved.parent
-    done = checkpoint.read(saved)["epoch"]  # refused here if it is not one of ours
+    done = checkpoint.read_checked(saved)["epoch"]  # refused here if it is not one of ours
     rundir.check_more_epochs(conf.train.epochs, done, run_dir)
     if not known:  # a bare checkpoint: no record of the run's config to compare with
         return

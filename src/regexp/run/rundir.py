@@ -104,17 +104,14 @@ def summary_of(run_dir) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-# Set by `regexp train -m resume=SWEEP_DIR` for the jobs it launches, in whatever process or
-# machine a launcher runs them: the sweep being resumed, and whether its failed jobs rerun.
-RESUMED_SWEEP, RERUN_FAILED = "REGEXP_RESUMED_SWEEP", "REGEXP_RERUN_FAILED"
-
-
 def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
     """What the job writing in `run_dir` does in a resumed sweep (None outside one): "skip" a
     job that ended (completed its `epochs` or stopped early, diverged, or failed unless failed
     jobs rerun); "resume" one whose checkpoint goes on (interrupted, killed, completed but given
     more epochs, a failed one rerun); "start" one that never trained or left no checkpoint."""
-    sweep = os.environ.get(RESUMED_SWEEP)
+    from regexp import process
+
+    sweep, rerun_failed = process.resumed_sweep_told()
     if not sweep or Path(sweep).resolve() not in Path(run_dir).resolve().parents:
         return None
     summary = summary_of(run_dir)
@@ -122,7 +119,7 @@ def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
     ended = status == "completed" and (
         (summary.get("epochs") or 0) >= epochs or "stopped_epoch" in summary
     )
-    if ended or status == "diverged" or (status == "failed" and not os.environ.get(RERUN_FAILED)):
+    if ended or status == "diverged" or (status == "failed" and not rerun_failed):
         return "skip"
     return "resume" if checkpoint_file(run_dir).is_file() else "start"
 

@@ -6,13 +6,13 @@ made: a second of CPU, with the launcher's output pipe held open, so that a call
 to its end would wait as long."""
 
 import atexit
-import gc
 import os
 
 import hydra.core.utils  # noqa: F401 (what a worker sets up with)
 import torch  # noqa: F401
 
 import regexp.run.population  # noqa: F401 (what every population needs)
+from regexp import process
 
-gc.freeze()  # (nor does a worker's collector walk, and so copy, the server's pages)
+process.freeze_heap()  # (nor does a worker's collector walk, and so copy, the server's pages)
 atexit.register(os._exit, 0)

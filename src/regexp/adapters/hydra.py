@@ -1,0 +1,60 @@
+"""Hydra's private parts (hydra-core < 1.4, as pyproject.toml bounds it; tests/test_adapters.py
+checks each): the dir name of a job's overrides, the step that applies overrides to a composed
+config, a failed job's exception, and the command line that `hydra.main` reads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+def overrides_dirname(overrides, kv_sep: str, item_sep: str, exclude_keys) -> str:
+    """`hydra.job.override_dirname` of a job with the parsed `overrides`, as Hydra names it."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    return get_overrides_dirname(
+        overrides=overrides, kv_sep=kv_sep, item_sep=item_sep, exclude_keys=exclude_keys
+    )
+
+
+def apply_overrides(overrides, config) -> None:
+    """Apply parsed value `overrides` to a composed `config` in place, as Hydra's own loader
+    does after composing (the stacked launcher composes once per choice of config files)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    ConfigLoaderImpl._apply_overrides_to_config(overrides, config)  # noqa: SLF001
+
+
+def failure_of(job_return) -> BaseException:
+    """The exception a failed job raised. (Its public `return_value` raises it, and first
+    writes a line of Hydra's own to stderr.)"""
+    return job_return._return_value  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def command_line(argv: list[str]):
+    """`argv` as the command line while the block runs: `hydra.main`'s app parses sys.argv,
+    its only way in."""
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextlib.contextmanager
+def raising_errors():
+    """Hydra raises a job's or a config's error (HYDRA_FULL_ERROR=1, its own switch) rather
+    than printing its own report and exiting 1, so that regexp can say it in one line. Yields
+    the user's setting, which comes back after the block: "1" asks for the traceback."""
+    user_setting = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield user_setting
+    finally:
+        if user_setting is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_setting
