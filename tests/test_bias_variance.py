@@ -62,7 +62,7 @@ def test_domingos_terms_on_a_hand_made_case():
     # main prediction by point: 0, 1, 0, 1 -> biased at points 2 and 3 (bias 0.5)
     # variance: 1/3, 1/3, 0, 0 -> 1/6; it hurts at points 0 and 1 (unbiased): (1/3 + 1/3) / 4
     # at the biased points no run is right: it helps by 0
-    d = bias_variance.classification(predicted, labels)
+    d = bias_variance.decompose_classification(predicted, labels)
     assert d.bias2 == pytest.approx(0.5)
     assert d.variance == pytest.approx(1 / 6)
     assert d.variance_hurts == pytest.approx(1 / 6) and d.variance_helps == 0
@@ -70,7 +70,7 @@ def test_domingos_terms_on_a_hand_made_case():
     assert d.difference == pytest.approx(0, abs=1e-12)
     # three classes: at a biased point a run that disagrees with the main prediction may be
     # right (it helps) or wrong again (it doesn't)
-    d = bias_variance.classification(np.array([[2], [2], [0], [1]]), np.array([0]))
+    d = bias_variance.decompose_classification(np.array([[2], [2], [0], [1]]), np.array([0]))
     assert d.bias2 == 1 and d.variance == pytest.approx(0.5)
     assert d.variance_helps == pytest.approx(0.25) and d.expected_error == pytest.approx(0.75)
     assert d.difference == pytest.approx(0, abs=1e-12)
@@ -91,7 +91,7 @@ def test_on_a_real_population_the_terms_add_up_to_the_expected_error(tmp_path):
         for v in varied
     ]
     assert all(s["status"] == "completed" for s in population.execute_population(members))
-    runs = [report.load(m.run_dir) for m in members]
+    runs = [report.read_run(m.run_dir) for m in members]
     for r, v in zip(runs, varied, strict=True):
         r.overrides = report._parse(v)
     reps = report.replicas(runs, report.swept_keys(runs))
@@ -183,7 +183,7 @@ def test_a_2d_population_gets_domingos_terms_and_its_boundaries_drawn(tmp_path):
     for m in members:  # as Hydra leaves them: the overrides are what makes them replicas
         (m.run_dir / ".hydra").mkdir()
         (m.run_dir / ".hydra" / "overrides.yaml").write_text(f"- {m.overrides[0]}\n")
-    report.report([tmp_path / "sweep"])
+    report.write_report([tmp_path / "sweep"])
     with open(tmp_path / "sweep" / "bias_variance.csv", newline="") as f:
         (terms,) = list(csv.DictReader(f))
     assert terms["task"] == "classification" and terms["n"] == "3"
@@ -198,10 +198,10 @@ def test_a_report_never_mixes_the_range_and_the_valid_decompositions():
     f = np.zeros((5, 1))
     d = bias_variance.regression(np.stack([f + 0.1, f - 0.1]), f, f)
     exact = bias_variance.over_range(np.stack([f + 0.1, f - 0.1]), f, 0.3)
-    both = bias_variance.Result({"optim.weight_decay": 0.0}, d, [], on_range=exact)
-    valid_only = bias_variance.Result({"optim.weight_decay": 0.1}, d, [])
+    both = bias_variance.SettingDecomposition({"optim.weight_decay": 0.0}, d, [], on_range=exact)
+    valid_only = bias_variance.SettingDecomposition({"optim.weight_decay": 0.1}, d, [])
     assert both.lead is exact
     results = bias_variance.one_kind([both, valid_only])
     assert [r.lead for r in results] == [d, d]
-    kept = bias_variance.Result({}, d, [], on_range=exact)
+    kept = bias_variance.SettingDecomposition({}, d, [], on_range=exact)
     assert bias_variance.one_kind([kept])[0].lead is exact

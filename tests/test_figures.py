@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from regexp.components import data
+from regexp.components.options import OPTIONS
 from regexp.engine.track import Tracker
 from regexp.figures import plots
 from regexp.run import population
@@ -35,7 +36,8 @@ def test_each_dataset_gets_the_figure_that_suits_it(compose):
     assert isinstance(plot(), plots.FitPlot)
     assert isinstance(plot("data=spiral"), plots.BoundaryPlot)
     assert plot("data=digits") is None
-    assert {"toy_regression", "spiral"} <= plots.DRAWN_DATA and "digits" not in plots.DRAWN_DATA
+    drawn = {name for name, schema in OPTIONS["data"].items() if schema.figure}
+    assert {"toy_regression", "spiral"} <= drawn and "digits" not in drawn
 
 
 def test_figures_are_computed_in_eval_mode_and_leave_the_model_as_it_was(compose):

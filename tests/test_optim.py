@@ -69,7 +69,7 @@ def fit(conf: config.Config, dataset: Dataset | None = None, epochs: int | None 
             clip_grad_norm=conf.train.clip_grad_norm,
             weight_stats_every=conf.log.weight_stats_every,
         ),
-        [hooks.Records([recorder]), hooks.Divergence(), hooks.Schedule(schedule)],
+        [hooks.Records([recorder]), hooks.Divergence(), hooks.LRSchedule(schedule)],
     )
     assert result.status == "completed", result.error
     return model, optim.build_optimizer(model, conf.optim), recorder.metrics

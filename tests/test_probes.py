@@ -248,7 +248,7 @@ def test_probe_lr_prints_the_optimizers_real_lr(tmp_path):
 
 def test_probe_help_says_what_demo_shows(capsys):
     with pytest.raises(SystemExit):
-        probes.main(["--help"])
+        probes.probe_main(["--help"])
     out = capsys.readouterr().out
     assert "demo=notes" in out and "init " in out and "(takes demo=, optim= and optim.*)" in out
 

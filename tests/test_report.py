@@ -120,7 +120,7 @@ def test_a_run_with_corrupt_files_reads_as_unreadable_with_why_and_the_rest_repo
         (run_dir / "summary.json").write_text(text)
         if metrics:
             (run_dir / "metrics.csv").write_text(metrics)
-    statuses = {p.name: report.load(p).status for p in sorted(sweep.iterdir())}
+    statuses = {p.name: report.read_run(p).status for p in sorted(sweep.iterdir())}
     assert statuses == {
         "optim.lr=0.1": "completed",
         "optim.lr=0.2": "unreadable (summary.json is a list, not an object)",
@@ -129,7 +129,7 @@ def test_a_run_with_corrupt_files_reads_as_unreadable_with_why_and_the_rest_repo
         "optim.lr=0.5": "unreadable (summary.json: Unterminated string starting at: line 1 "
         "column 12 (char 11))",
     }
-    report.report([sweep])
+    report.write_report([sweep])
     table = (sweep / "report.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| optim.lr=")]
     assert [("| completed |" in r, "| unreadable (" in r) for r in rows] == [(True, False)] + [

@@ -153,7 +153,7 @@ def _split(d: Decomposition, p: np.ndarray, mean: np.ndarray, draws: list | None
     d.variance_data = float((between / len(p)).mean())
 
 
-def classification(predicted: np.ndarray, labels: np.ndarray) -> Decomposition:
+def decompose_classification(predicted: np.ndarray, labels: np.ndarray) -> Decomposition:
     """Domingos' 0-1 decomposition of the classes `predicted` (runs, n) against `labels` (n,)."""
     p = np.asarray(predicted, np.int64)
     t = np.asarray(labels, np.int64)
@@ -183,7 +183,7 @@ def classes(outputs: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Result:
+class SettingDecomposition:
     """A setting's decomposition, or why it has none."""
 
     setting: dict
@@ -198,23 +198,23 @@ class Result:
         return self.on_range or self.decomposition
 
 
-def decompose(group, replica_keys: list[str]) -> Result:
+def decompose(group, replica_keys: list[str]) -> SettingDecomposition:
     """The decomposition of a replicas.Group from its runs' predictions.npz."""
     preds = [(r, read_predictions(r.path)) for r in group.runs]
     kept = [(r, p) for r, p in preds if p is not None and np.isfinite(p.last).all()]
     if len(kept) < 2:
-        return Result(
+        return SettingDecomposition(
             group.setting, None, [p for _, p in kept], "fewer than 2 runs with predictions"
         )
     y = kept[0][1].y
     if any(p.y.shape != y.shape or not np.array_equal(p.y, y) for _, p in kept):
         note = "the runs' valid sets differ (set data.draw: a draw keeps the valid set of seed 0)"
-        return Result(group.setting, None, [p for _, p in kept], note)
+        return SettingDecomposition(group.setting, None, [p for _, p in kept], note)
     ps = [p for _, p in kept]
     left = len(preds) - len(kept)
     note = f"{left} runs left out (no predictions, or not finite)" if left else ""
     if np.issubdtype(y.dtype, np.integer):
-        d = classification(np.stack([classes(p.last) for p in ps]), y)
+        d = decompose_classification(np.stack([classes(p.last) for p in ps]), y)
     else:
         draws = None
         varied = [k for k in ("seed", "data.draw") if k in replica_keys]
@@ -239,11 +239,11 @@ def decompose(group, replica_keys: list[str]) -> Result:
                 f"{d.difference:.4g}) is not small: 2 mean_x (f̄ − f)(f − y) averages to 0 "
                 f"over draws of the valid noise, not on {len(y)} valid points",
             )
-        return Result(group.setting, d, ps, note, on_range)
-    return Result(group.setting, d, ps, note)
+        return SettingDecomposition(group.setting, d, ps, note, on_range)
+    return SettingDecomposition(group.setting, d, ps, note)
 
 
-def one_kind(results: list[Result]) -> list[Result]:
+def one_kind(results: list[SettingDecomposition]) -> list[SettingDecomposition]:
     """`results` with the decomposition over the input range dropped unless every setting has
     one: a table or a curve never mixes it with the valid set's."""
     if any(r.decomposition is not None and r.on_range is None for r in results):
@@ -256,7 +256,7 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def write(out: Path, results: list[Result], keys: list[str]) -> list[Path]:
+def write_tables(out: Path, results: list[SettingDecomposition], keys: list[str]) -> list[Path]:
     """bias_variance.csv and bias_variance.md in `out`, a row per setting with a
     decomposition; returns the paths."""
     done = [r for r in results if r.decomposition is not None]
@@ -289,7 +289,7 @@ def write(out: Path, results: list[Result], keys: list[str]) -> list[Path]:
     return [csv_path, md_path]
 
 
-def claims(done: list[Result], keys: list[str]) -> str:
+def claims(done: list[SettingDecomposition], keys: list[str]) -> str:
     """Whether the numbers show what the lessons claim, for each swept number (the other keys
     at their smallest values): variance falls as the strength grows, bias² rises, and the
     expected error is lowest in between."""
@@ -328,10 +328,11 @@ def claims(done: list[Result], keys: list[str]) -> str:
 
 
 def curves(
-    done: list[Result], keys: list[str], on: str = "lead"
+    done: list[SettingDecomposition], keys: list[str], on: str = "lead"
 ) -> dict[str, list[tuple[float, Decomposition]]]:
-    """For each swept number, the decompositions (`on`: "lead", Result.lead, or "valid")
-    against its values with the other keys at their smallest values (the lessons' U-curve)."""
+    """For each swept number, the decompositions (`on`: "lead", SettingDecomposition.lead, or
+    "valid") against its values with the other keys at their smallest values (the lessons'
+    U-curve)."""
     lines = {}
     for key in keys:
         others = [k for k in keys if k != key]

@@ -78,7 +78,7 @@ def find_runs(dirs: list[Path]) -> list[Path]:
     return found
 
 
-def load(path: Path) -> Run:
+def read_run(path: Path) -> Run:
     """The run in `path`; one whose files are corrupt (a summary.json that is not an object or
     holds nulls where numbers go, a metrics.csv cell that is not a number) is `unreadable`,
     with why, and the report goes on with the others."""
@@ -398,12 +398,12 @@ def write_csv(path: Path, header: list[str], table: list[list]) -> None:
         writer.writerows([cells(row) for row in table])
 
 
-def report(dirs: list[Path], out: Path | None = None, console: Console | None = None) -> Path:
+def write_report(dirs: list[Path], out: Path | None = None, console: Console | None = None) -> Path:
     """Tabulate and plot the runs in `dirs`; writes report.md, report.csv and PNGs into
     `out` (by default the one dir given, or the dirs' common parent); returns `out`."""
     from regexp.figures import plots
 
-    runs = [load(p) for p in find_runs(dirs)]
+    runs = [read_run(p) for p in find_runs(dirs)]
     keys = swept_keys(runs)
     reps = replicas(runs, keys)
     if reps is None:
@@ -444,7 +444,7 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     console.print(f"[bold]verdict[/]: {line}", soft_wrap=True)
     written = ["report.md", "report.csv", *(f.name for f in figures)]
     if reps is not None:
-        decomposed, claim = decompose(reps, out)
+        decomposed, claim = bias_variance_tables(reps, out)
         written += [f.name for f in decomposed]
         if decomposed:
             console.print(f"[bold]bias and variance[/]: {claim}", soft_wrap=True)
@@ -452,7 +452,7 @@ def report(dirs: list[Path], out: Path | None = None, console: Console | None = 
     return out
 
 
-def decompose(reps: Replicas, out: Path) -> tuple[list[Path], str]:
+def bias_variance_tables(reps: Replicas, out: Path) -> tuple[list[Path], str]:
     """The bias-variance decomposition of each setting with two runs or more on one valid set:
     bias_variance.csv, .md, .png and fits.png in `out`; returns them and what they show."""
     from regexp.analysis import bias_variance
@@ -463,7 +463,7 @@ def decompose(reps: Replicas, out: Path) -> tuple[list[Path], str]:
     done = [r for r in results if r.decomposition is not None]
     if not done:
         return [], ""
-    written = bias_variance.write(out, results, reps.keys)
+    written = bias_variance.write_tables(out, results, reps.keys)
     curves = bias_variance.curves(done, reps.keys)
     valid = bias_variance.curves(done, reps.keys, on="valid") if done[0].on_range else {}
     written += plots.bias_variance_figures(curves, done, reps.keys, out, valid)
@@ -476,7 +476,7 @@ def _common_parent(dirs: list[Path]) -> str:
     return os.path.commonpath([str(d.resolve()) for d in dirs])
 
 
-def main(args: list[str]) -> int:
+def report_main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="regexp report",
         description="A table of runs (sorted by valid loss) and figures: the valid-loss curves, "
@@ -496,5 +496,5 @@ def main(args: list[str]) -> int:
         "figures (default: the dir given, or the dirs' common parent)",
     )
     parsed = parser.parse_args(args)
-    report(parsed.dirs, parsed.out)
+    write_report(parsed.dirs, parsed.out)
     return 0

@@ -39,14 +39,14 @@ def state_of(fit, i: int, epoch: int, schedule, generator, stopper=None) -> dict
     return state
 
 
-def write(run_dir: Path, state: dict, stopper=None) -> None:
+def store(run_dir: Path, state: dict, stopper=None) -> None:
     """Write `state` as the run's checkpoint; with early stopping, the best weights first."""
     if stopper is not None:
         stopper.save(run_dir)
     rundir.write_checkpoint(run_dir, state)
 
 
-def read(path: Path, device: torch.device | str = "cpu") -> dict:
+def read_checked(path: Path, device: torch.device | str = "cpu") -> dict:
     """The checkpoint at `path`, refused in one line unless it is one this regexp wrote.
 
     weights_only=True: the file may hold tensors and plain containers, never code to run.
@@ -74,9 +74,9 @@ def read(path: Path, device: torch.device | str = "cpu") -> dict:
     return state
 
 
-def load(path: Path, stack: Stack, i: int, update, schedule, generator, stopper=None) -> int:
+def restore(path: Path, stack: Stack, i: int, update, schedule, generator, stopper=None) -> int:
     """Restore into member `i` what `state_of` took; returns the epoch it was saved at."""
-    state = read(path, stack.flat.device)
+    state = read_checked(path, stack.flat.device)
     epoch = state["epoch"]
     with torch.no_grad():
         stack.models[i].load_state_dict(state["model"])

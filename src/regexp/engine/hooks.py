@@ -65,7 +65,7 @@ class Divergence(Hook):
                 )
 
 
-class Schedule(Hook):
+class LRSchedule(Hook):
     """The learning-rate schedule (schedules.py), stepped once an epoch on the valid losses."""
 
     def __init__(self, schedule):
@@ -102,7 +102,7 @@ class Checkpoints(Hook):
             self.trackers[i].flush()
         generator = fit.plan.generators[i] if fit.plan.generators else None
         state = checkpoint.state_of(fit, i, epoch, self.schedule, generator, self.stoppers[i])
-        checkpoint.write(self.run_dirs[i], state, self.stoppers[i])
+        checkpoint.store(self.run_dirs[i], state, self.stoppers[i])
 
     def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
         running = fit.running()
@@ -123,7 +123,7 @@ class Checkpoints(Hook):
             self.last_save = time.monotonic()
 
 
-class EarlyStop(Hook):
+class EarlyStopping(Hook):
     """Each member's early stopping (stopping.Stopper): a member that stops is frozen, as a
     diverged one is, completed at that epoch, and checkpointed with its best weights (best.pt);
     at the end it holds them, as it does when it trains to the last epoch."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -54,7 +53,7 @@ class Result:
 
 
 @dataclass
-class Data:
+class PopulationData:
     """A population's data: each member's tensors stacked (K, n, ...), or where every member
     has the same set, that one set (n, ...) with `shared` true."""
 
@@ -75,8 +74,8 @@ class Data:
         return self.x_valid.shape[0 if self.shared_valid else 1]
 
 
-def stack_data(datasets: Sequence[Dataset]) -> Data:
-    """The members' datasets as one Data; a set every member has is kept once."""
+def stack_data(datasets: Sequence[Dataset]) -> PopulationData:
+    """The members' datasets as one PopulationData; a set every member has is kept once."""
 
     def same(a: str, b: str) -> bool:
         first = datasets[0]
@@ -93,7 +92,7 @@ def stack_data(datasets: Sequence[Dataset]) -> Data:
         return torch.stack([getattr(d, key) for d in datasets])
 
     shared_train, shared_valid = same("x_train", "y_train"), same("x_valid", "y_valid")
-    return Data(
+    return PopulationData(
         pick("x_train", shared_train),
         pick("y_train", shared_train),
         pick("x_valid", shared_valid),
@@ -120,18 +119,6 @@ class Plan:
     generators: Sequence[torch.Generator | None] = ()  # each member's batch order
     lrs: Sequence[float] = ()  # the members' learning rates, as configured
     best_valid: Sequence[float] = ()  # each member's best valid loss before this fit
-
-
-class Hook(Protocol):
-    """What the loop calls. `epoch_end` hears each epoch's numbers, member by member (those of
-    a member that ended before it are no record's: `Fit.ran` says which ran), and may end
-    members (`Fit.end`); the hooks run in their order."""
-
-    def start(self, fit: Fit) -> None: ...
-
-    def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None: ...
-
-    def end(self, fit: Fit) -> None: ...
 
 
 @dataclass
@@ -164,10 +151,11 @@ class Fit:
 
 
 def fit(
-    stack: Stack, update: Update, loss_fn: nn.Module, data: Data, plan: Plan, hooks=()
+    stack: Stack, update: Update, loss_fn: nn.Module, data: PopulationData, plan: Plan, hooks=()
 ) -> list[Result]:
-    """Train every member from `plan.start_epoch` + 1 to `plan.epochs`, calling `hooks` after
-    each epoch; returns each member's Result. A member a hook ends (diverged, stopped early)
+    """Train every member from `plan.start_epoch` + 1 to `plan.epochs`, calling `hooks`
+    (hooks.Hook: `start`, `epoch_end` with each member's numbers of the epoch, `end`) in their
+    order; returns each member's Result. A member a hook ends (diverged, stopped early)
     is frozen and the others go on; the fit ends when none is left or a hook interrupts it.
     Each Result holds the member's valid outputs at its last epoch and at the epoch whose valid
     loss is lowest (a resumed run starts from its `plan.best_valid`)."""
@@ -272,7 +260,7 @@ class Outputs:
         )
 
 
-def _train_epoch(fit: Fit, loss_fn, data: Data, size: int, classify: bool):
+def _train_epoch(fit: Fit, loss_fn, data: PopulationData, size: int, classify: bool):
     """One pass over each member's training set in batches of `size`: each member's mean loss
     per example and, when classifying, its count of correct predictions as it trained, as
     device tensors (K,); and each member's mean penalty, or None without one."""
@@ -372,7 +360,9 @@ def correct(out: torch.Tensor, y: torch.Tensor, shared: bool = False) -> torch.T
     return (predicted == (y.unsqueeze(0) if shared else y)).sum(1)
 
 
-def evaluate(stack: Stack, loss_fn, data: Data, classify: bool = False, keep: bool = False):
+def evaluate(
+    stack: Stack, loss_fn, data: PopulationData, classify: bool = False, keep: bool = False
+):
     """Each member's mean loss and, when classifying, its correct count over its valid set in
     eval mode: a list of (K,) tensors; with `keep`, that list and the outputs (K, n, outputs)."""
     x, y, shared = data.x_valid, data.y_valid, data.shared_valid

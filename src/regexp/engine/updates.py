@@ -204,12 +204,11 @@ class SGDUpdate(Update):
         # torch's fused step (torch.optim.SGD(fused=True)) makes one pass over the rows where
         # the step by columns makes three or four. It takes scalars, so members whose knobs
         # agree share a call; it rounds as torch's single-tensor step except in the scalar
-        # loop of its last few entries, which the step by columns takes instead. Measured on
-        # the lesson net (1 thread): 2-3x faster with weight decay from 2 members on; without,
-        # only with momentum and from FUSED_FROM_MEMBERS members (its comment says why), and
-        # never without momentum, where the step by columns is one pass (38 us against 53 at
-        # 4 members, 72 against 90 at 8). (Weight decay on some parameters only is left to
-        # the step by columns.)
+        # loop of its last few entries, which the step by columns takes instead. It pays with
+        # weight decay from 2 members on; without, only with momentum and from
+        # FUSED_FROM_MEMBERS members, and never without momentum, where the step by columns is
+        # one pass (scripts/bench_update.py measures it). (Weight decay on some parameters only
+        # is left to the step by columns.)
         self.fused = getattr(torch, "_fused_sgd_", None)
         if self.weight_decay is None and (self.buf is None or self.k < FUSED_FROM_MEMBERS):
             self.fused = None
@@ -293,9 +292,9 @@ class SGDUpdate(Update):
 FUSED_MULTIPLE = 64
 
 
-# Without weight decay, with momentum, the fused step pays from this many members: at 4, the
-# step alone took 80-89 us against 98 by columns, and a population of 4 trained in 0.94x the
-# time (median of 5 pairs, 0.83-1.01); at 2 the two are even, at 1 its tail makes it slower.
+# Without weight decay, with momentum, the fused step pays from this many members
+# (scripts/bench_update.py): at 2 the two steps are even, at 1 the fused step's tail makes it
+# slower.
 FUSED_FROM_MEMBERS = 4
 
 

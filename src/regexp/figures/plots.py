@@ -34,13 +34,12 @@ if TYPE_CHECKING:
 
 SIZE, DPI = (5.0, 4.0), 100  # 500 x 400 pixels
 GRID_1D, GRID_2D = 200, 64  # points on the x axis; per side of the 2-D grid
-FEW_POINTS = 200  # train and valid points drawn in each frame (20 take well under 1 ms)
+FEW_POINTS = 200  # train and valid points drawn in each frame (a few take next to nothing)
 MARGIN = 0.1  # of the data's extent, on each side
+
+
 # The data sets whose runs draw a figure (1-D regression, 2-D classification), known from
 # their names before they load: for those the drawing process starts with the run.
-DRAWN_DATA = frozenset({"toy_regression", "moons", "circles", "spiral", "xor", "gauss"})
-
-
 class Plot:
     """One kind of figure of one dataset, on the training side. `name` is its TensorBoard tag
     and file name; `spec` is all its `Drawing` needs (numpy arrays and numbers)."""
@@ -117,14 +116,15 @@ class BoundaryPlot(Plot):
         return out.argmax(1).to(torch.uint8)
 
 
+# Each live figure by the name a data option declares (Data.figure).
+PLOTS = {"fit": FitPlot, "decision_boundary": BoundaryPlot}
+
+
 def for_dataset(data: Dataset) -> Plot | None:
-    """The figure that suits `data`: the fit for 1-D regression, the boundary for 2-D
-    classification; None for the rest."""
-    if data.task == "regression" and data.in_shape == (1,) and data.n_outputs == 1:
-        return FitPlot(data)
-    if data.task == "classification" and data.in_shape == (2,):
-        return BoundaryPlot(data)
-    return None
+    """The live figure `data`'s option declares (the fit for 1-D regression, the boundary for
+    2-D classification), or None."""
+    plot = PLOTS.get(data.figure)
+    return plot(data) if plot is not None else None
 
 
 class Drawing:
@@ -134,7 +134,7 @@ class Drawing:
     the axes drawn once (ticks, labels, the legend above them), under the points, drawn once
     into a transparent layer laid on top (a thousand points take tens of milliseconds), or,
     up to FEW_POINTS of them, drawn over the model's artists in each frame (a second figure
-    to draw them once costs more: 17 ms of a fit's 60 to open)."""
+    to draw them once would cost more than drawing them)."""
 
     def __init__(self, spec: dict):
         from PIL import Image
@@ -516,8 +516,8 @@ def bias_variance_figures(
     symlog axis where 0 is among the values, the lessons' U-curve, with the expected error on
     the valid set beside it where the curves are over the input range (`valid`, as `curves`);
     where nothing numeric was swept, the terms of each setting as bars. fits.png: for each
-    setting (`results`: bias_variance.Result), every run's fit over the truth, with their
-    mean."""
+    setting (`results`: bias_variance.SettingDecomposition), every run's fit over the truth,
+    with their mean."""
     plt = _pyplot()
     lines = {k: line for k, line in curves.items() if len(line) >= 2}
     panels = max(1, len(lines))

@@ -49,4 +49,6 @@ __all__ = [
 
 def load(cfg: Data, seed: int, device="cpu") -> Dataset:
     """The dataset `cfg` names, made or split with `seed`, on `device`."""
-    return cfg.load(seed, torch.device(device))
+    dataset = cfg.load(seed, torch.device(device))
+    dataset.figure = cfg.figure
+    return dataset

@@ -21,6 +21,7 @@ class Data:
     """The schema every data option extends; `load` makes the dataset it describes."""
 
     name: str = MISSING
+    figure = ""  # (not a config key) the live figure that suits its runs (plots.PLOTS), or none
     # Subsample the training set to this many examples (stratified), to provoke overfitting;
     # the generated datasets make this many.
     n_train: int | None = None
@@ -72,6 +73,7 @@ class Dataset:
     # The noise-free target at any inputs as the model sees them (toy_regression): what the
     # bias-variance report decomposes against over the whole input range.
     truth: Callable[[torch.Tensor], torch.Tensor] | None = None
+    figure: str = ""  # the live figure its option declares (Data.figure)
 
     def to(self, device: torch.device) -> Dataset:
         """The same dataset with every tensor on `device`."""

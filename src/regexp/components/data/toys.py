@@ -40,6 +40,7 @@ class ToyRegression(Data):
     """The lesson-24 data: y = w*f(x) + noise on x = linspace(x_range)."""
 
     name: str = "toy_regression"
+    figure = "fit"
     n_train: int = 10
     n_valid: int = 10
     w: float = 1.5
@@ -148,6 +149,8 @@ def points_2d(shape: str, n: int, noise: float, rng: np.random.Generator):
 @dataclass
 class Toy2D(ClassificationData):
     """A 2-D two-class toy (TensorFlow Playground's shapes), in about [-1, 1]^2."""
+
+    figure = "decision_boundary"
 
     n_train: int = 200
     n_valid: int = 1000
