@@ -191,7 +191,7 @@ def test_sigint_mid_population_checkpoints_every_member_and_each_resumes_alone(t
 
 
 def test_the_launcher_plans_a_population_per_worker_while_each_keeps_a_few_members():
-    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import plan
+    from regexp.sweep.stacked import plan
 
     sizes = lambda groups, most, workers: [len(p) for p in plan(groups, most, workers)]  # noqa: E731
     assert sizes([list(range(8))], 64, 2) == [4, 4]
@@ -226,8 +226,8 @@ def test_a_job_composed_once_per_choice_of_groups_equals_hydras_composition(over
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import ComposeOnce
     from regexp import config
+    from regexp.sweep.stacked import ComposeOnce
 
     with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
         hydra = GlobalHydra.instance().config_loader()
@@ -248,8 +248,8 @@ def test_a_value_hydra_refuses_is_refused_as_hydra_refuses_it():
     from hydra.errors import ConfigCompositionException
     from hydra.types import RunMode
 
-    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import ComposeOnce
     from regexp import config
+    from regexp.sweep.stacked import ComposeOnce
 
     with initialize_config_dir(version_base="1.3", config_dir=str(config.conf_dir())):
         hydra = GlobalHydra.instance().config_loader()
@@ -275,15 +275,15 @@ def test_workers_see_the_launchers_dir_and_environment_as_the_sweep_launches(
 
     from omegaconf import OmegaConf
 
-    from hydra_plugins.regexp_stacked_launcher import stacked_launcher
+    from regexp.sweep import stacked
 
     if not fork:
         monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    method = stacked_launcher.worker_context().get_start_method()
+    method = stacked.worker_context().get_start_method()
     assert method == ("forkserver" if fork else "spawn")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REGEXP_TEST_SET_LATER", "yes")
-    launcher = stacked_launcher.StackedLauncher(n_jobs=2)
+    launcher = stacked.StackedLauncher(n_jobs=2)
     launcher.config = OmegaConf.create({"hydra": {"hydra_logging": None}})
     pool = launcher._pool(2)
     try:
@@ -297,8 +297,8 @@ def test_the_progress_line_shows_the_lowest_valid_loss_yet_not_the_epochs(caplog
     """Where the members' valid losses rise again (overfitting), the line keeps the best."""
     import logging
 
-    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import _throttled
     from regexp.console import PopulationProgress
+    from regexp.sweep.stacked import _throttled
 
     progress = PopulationProgress([(2, 10, 0)])
     report = _throttled(progress, 10, every=3600)  # (reports each tenth: every epoch here)

@@ -77,10 +77,10 @@ def train(args: list[str]) -> int:
     if sweep:
         refuse_same_dirs(args)
         if stacked_in_workers(args):
-            from hydra_plugins.regexp_stacked_launcher import stacked_launcher
+            from regexp.sweep import stacked
 
             # The workers' fork server imports torch (3 s) while Hydra starts and composes.
-            stacked_launcher.worker_context()
+            stacked.worker_context()
     for given in (a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")):
         from regexp.run import rundir
 
@@ -99,7 +99,7 @@ def stacked_in_workers(args: list[str]) -> bool:
     its launcher (the default, or named), more than one core, n_jobs not 1, and jobs enough
     on the command line for two populations (the launcher's own rule). When in doubt, no:
     the launcher then starts its workers itself, a little later."""
-    from hydra_plugins.regexp_stacked_launcher.stacked_launcher import early_workers
+    from regexp.sweep.stacked import early_workers
 
     launchers = [a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")]
     one_job = any(a.lstrip("+").replace(" ", "") == "hydra.launcher.n_jobs=1" for a in args)

@@ -1,1 +1,2 @@
-"""Sweeps: what the launchers need besides Hydra's adapter in hydra_plugins/."""
+"""Sweeps: the launchers (stacked.py, what its workers preload); Hydra finds them through
+the adapters in hydra_plugins/."""
