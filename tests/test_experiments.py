@@ -28,14 +28,14 @@ REPLICAS = ("seed", "data.draw")
 
 def sweep_points(name: str, seeds: bool = True) -> list[list[str]]:
     """The overrides of the jobs `regexp train -m +experiment=NAME` runs: every setting, with
-    its first and last replica (a job's seed or draw is an integer, whatever its value); without
-    `seeds`, its first seed only."""
+    its last replica (a job's seed or draw is checked as an integer, whatever its value: the
+    last stands for them all); without `seeds`, its first seed only."""
     params = {k: v for k, v in sweep_params(name).items() if seeds or k != "seed"}
     axes = []
     for key, values in params.items():
         each = _values(values)
         if key in REPLICAS:
-            each = sorted({each[0], each[-1]}, key=each.index)
+            each = each[-1:]
         axes.append([f"{key}={v}" for v in each])
     return [list(point) for point in product(*axes)]
 

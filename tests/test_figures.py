@@ -8,6 +8,7 @@ import io
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,9 +19,25 @@ from torch import nn
 
 from regexp.components import data
 from regexp.components.options import OPTIONS
+from regexp.engine import hooks
 from regexp.engine.track import Tracker
 from regexp.figures import plots
 from regexp.run import population
+
+
+class Loop:
+    """The loop's calls for one member whose figure its hook draws every `every` epochs: at
+    the start (epoch 0, where `new`), and after each epoch's record."""
+
+    def __init__(self, tracker: Tracker, model: nn.Module, every: int, new: bool = True):
+        self.tracker, self.figures = tracker, hooks.LiveFigures([tracker], every)
+        plan = SimpleNamespace(start_epoch=0 if new else 1)
+        self.fit = SimpleNamespace(stack=SimpleNamespace(models=[model]), ran=[0], plan=plan)
+        self.figures.start(self.fit)
+
+    def epoch(self, epoch: int) -> None:
+        self.tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0})
+        self.figures.epoch_end(self.fit, epoch, [])
 
 
 def dropout_net(n_in: int, n_out: int) -> nn.Module:
@@ -59,9 +76,10 @@ def test_the_tracker_logs_figures_from_epoch_0_then_saves_a_png_and_a_gif(compos
     dataset = data.load(compose("data=moons", "data.n_train=20", "data.n_valid=20").data, 0)
     model = dropout_net(2, 2)
     figure = plots.for_dataset(dataset)
-    tracker = Tracker(tmp_path, epochs=5, hparams={}, figure=figure, figure_every=2, model=model)
+    tracker = Tracker(tmp_path, epochs=5, hparams={}, figure=figure)
+    loop = Loop(tracker, model, every=2)
     for epoch in range(1, 6):
-        tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
+        loop.epoch(epoch)
     assert model.training  # as the loop left it
     tracker.close("completed", model)
     images = read_events(tmp_path).Images("figures/decision_boundary")
@@ -74,13 +92,12 @@ def test_the_tracker_logs_figures_from_epoch_0_then_saves_a_png_and_a_gif(compos
 def test_images_reach_the_event_file_while_the_run_trains(compose, tmp_path):
     dataset = data.load(compose(*TINY).data, 0)
     model = dropout_net(1, 1)
-    tracker = Tracker(
-        tmp_path, epochs=10**6, hparams={}, figure=plots.for_dataset(dataset), figure_every=3
-    )
+    tracker = Tracker(tmp_path, epochs=10**6, hparams={}, figure=plots.for_dataset(dataset))
+    loop = Loop(tracker, model, every=3, new=False)
     deadline, epoch, steps = time.monotonic() + 120, 0, []
     while not steps and time.monotonic() < deadline:  # the drawing process may be starting
         epoch += 1
-        tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
+        loop.epoch(epoch)
         time.sleep(0.02)
         if epoch % 10 == 0 and "figures/fit" in (events := read_events(tmp_path)).Tags()["images"]:
             steps = [i.step for i in events.Images("figures/fit")]
@@ -179,12 +196,13 @@ def test_a_run_goes_on_without_figures_when_the_drawing_process_dies(compose, tm
     dataset = data.load(compose(*TINY).data, 0)
     model = dropout_net(1, 1)
     figure = plots.for_dataset(dataset)
-    tracker = Tracker(tmp_path, epochs=3, hparams={}, figure=figure, figure_every=1, model=model)
+    tracker = Tracker(tmp_path, epochs=3, hparams={}, figure=figure)
+    loop = Loop(tracker, model, every=1)
     process = render.renderer()._proc
     process.kill()
     process.wait()
     for epoch in range(1, 4):
-        tracker.log_epoch(epoch, {"train_loss": 1.0, "valid_loss": 1.0}, model)
+        loop.epoch(epoch)
     assert tracker.close("completed", model)["status"] == "completed"
     assert "figure fit not drawn: the drawing process ended" in caplog.text
     assert render.renderer()._proc is not process  # the next run gets a new one

@@ -36,7 +36,7 @@ class Metrics:
     def __init__(self):
         self.epochs: list[tuple[int, dict]] = []
 
-    def log_epoch(self, epoch, metrics, model):
+    def log_epoch(self, epoch, metrics):
         self.epochs.append((epoch, metrics))
 
 

@@ -29,7 +29,7 @@ class Recorder:
     def __init__(self):
         self.metrics: list[dict] = []
 
-    def log_epoch(self, epoch, metrics, model):
+    def log_epoch(self, epoch, metrics):
         self.metrics.append(metrics)
 
 

@@ -1,8 +1,8 @@
-"""The hooks the training loop calls after each epoch (loop.Hook), which a run chooses from its
-config: its records, divergence, early stopping, the learning-rate schedule, the progress of
-a population, and checkpoints. Their order is the order of the list the loop gets
-(`population` builds it): records first, then what ends members, then what reads the epoch's
-outcome."""
+"""The hooks the training loop calls after each epoch, which a run chooses from its config: its
+records (metrics.csv and TensorBoard), histograms, live figures, divergence, early stopping,
+the learning-rate schedule, the progress of a population, and checkpoints. They run in the
+order of the list the loop gets (`population` builds it): records first, then what ends
+members, then what reads the epoch's outcome."""
 
 from __future__ import annotations
 
@@ -44,7 +44,48 @@ class Records(Hook):
     def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
         for i in fit.ran:
             if self.trackers[i] is not None:
-                self.trackers[i].log_epoch(epoch, metrics[i], fit.stack.models[i])
+                self.trackers[i].log_epoch(epoch, metrics[i])
+
+
+class Histograms(Hook):
+    """Each member's weight and gradient histograms every `every` epochs, and a new run's
+    initial weights at epoch 0, into its TensorBoard record (log.hist_every)."""
+
+    def __init__(self, trackers: Sequence, every: int):
+        self.trackers, self.every = trackers, every
+
+    def start(self, fit: Fit) -> None:
+        if fit.plan.start_epoch == 0:
+            for tracker, model in zip(self.trackers, fit.stack.models, strict=True):
+                if tracker is not None:
+                    tracker.log_histograms(model, 0, grads=False)  # (none yet, or zeros)
+
+    def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
+        if epoch % self.every == 0:
+            for i in fit.ran:
+                if self.trackers[i] is not None:
+                    self.trackers[i].log_histograms(fit.stack.models[i], epoch)
+
+
+class LiveFigures(Hook):
+    """Each member's live figure (its fit or decision boundary) every `every` epochs, and a new
+    run's at epoch 0: drawn in the drawing process, into TensorBoard's Images and the run dir
+    (log.figure_every). The last frame comes as the record closes."""
+
+    def __init__(self, trackers: Sequence, every: int):
+        self.trackers, self.every = trackers, every
+
+    def start(self, fit: Fit) -> None:
+        if fit.plan.start_epoch == 0:
+            for tracker, model in zip(self.trackers, fit.stack.models, strict=True):
+                if tracker is not None:
+                    tracker.draw(model, 0)
+
+    def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
+        if epoch % self.every == 0:
+            for i in fit.ran:
+                if self.trackers[i] is not None:
+                    self.trackers[i].draw(fit.stack.models[i], epoch)
 
 
 class Divergence(Hook):

@@ -1,8 +1,8 @@
 """Everything a run records: TensorBoard events, metrics.csv, summary.json, the console.
 
 Each epoch costs one TensorBoard event (all its scalars together), one CSV row and, at most
-ten times a second, a console update; histograms come every `hist_every` epochs, and a
-figure every `figure_every`. A lesson-24 epoch takes well under a millisecond, so the
+ten times a second, a console update; histograms and figures come when their hooks ask
+(hooks.Histograms, hooks.LiveFigures). A lesson-24 epoch takes well under a millisecond, so the
 recording is where the loop's speed is decided: events are written synchronously into a
 buffered file, with tensorboardX's record writer (whose CRC is in C with the crc32c package),
 and flushed every few seconds. A SummaryWriter would hand each event to a background process
@@ -93,21 +93,17 @@ class Tracker:
         *,
         epochs: int,
         hparams: dict,
-        hist_every: int = 0,
         figure: Plot | None = None,
-        figure_every: int = 0,
         start_epoch: int = 0,
         progress: bool = True,
-        model: nn.Module | None = None,
         logger: logging.Logger | None = None,
     ):
-        """With `model`, a new run's record starts at epoch 0 with its initial weights'
-        histograms and figure. With `logger` (a member's own log file), its epoch lines go
-        there rather than to regexp's log, with or without `progress`."""
+        """With `figure`, the run's live figure is drawn as `draw` asks. With `logger` (a
+        member's own log file), its epoch lines go there rather than to regexp's log, with or
+        without `progress`."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.epochs, self.hist_every = epochs, hist_every
-        self.figure, self.figure_every = (figure, figure_every) if figure_every else (None, 0)
+        self.epochs, self.figure = epochs, figure
         self._animation: Animation | None = None
         self._drawn_epoch: int | None = None
         self.start_epoch = self.epoch = start_epoch
@@ -151,10 +147,6 @@ class Tracker:
         self.log_lines = logger is not None or (progress and self._progress is None)
         if self.figure is not None:
             self._animation = _animate(self.figure, self.run_dir, start_epoch)
-        if model is not None and start_epoch == 0:
-            if self.hist_every:
-                self.log_histograms(model, 0, grads=False)  # (none yet, or zeros)
-            self._draw(model, 0)
 
     def _resume(self, csv_path: Path, start_epoch: int) -> None:
         """Go on from `start_epoch`: the epochs after it are dropped from metrics.csv, and from
@@ -200,16 +192,12 @@ class Tracker:
 
     # --- per epoch -------------------------------------------------------------------------
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Record one epoch. Events and CSV rows are written in batches, ten times a second:
         Python work between two training steps runs with cold caches and costs several
         times what it costs in a batch."""
         self.epoch = epoch
         self._pending.append((epoch, metrics))
-        if self.hist_every and epoch % self.hist_every == 0:
-            self.log_histograms(model, epoch)
-        if self.figure_every and epoch % self.figure_every == 0:
-            self._draw(model, epoch)
         now = time.perf_counter()
         if now - self._last_update > 0.1 or epoch == self.epochs:
             self._last_update = now
@@ -280,7 +268,7 @@ class Tracker:
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
         self.write(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
-    def _draw(self, model: nn.Module, epoch: int) -> None:
+    def draw(self, model: nn.Module, epoch: int) -> None:
         """Send the figure of `model` at `epoch` to be drawn."""
         if self._animation is not None:
             self._animation.frame(epoch, self.figure.predict(model))
@@ -320,7 +308,7 @@ class Tracker:
         if self._animation is not None:
             at = self.epoch if weights_of is None else weights_of
             if status != "failed" and model is not None and self._drawn_epoch != at:
-                self._draw(model, at)
+                self.draw(model, at)
             self._animation.close()
             self._log_images(self._animation.images(wait=True))
         self.write(_session_end(status))

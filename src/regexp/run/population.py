@@ -366,12 +366,9 @@ def _tracker(b: Built, progress: bool, held: ExitStack) -> Tracker:
         b.member.run_dir,
         epochs=conf.train.epochs,
         hparams=hparams(conf, b.member.overrides),
-        hist_every=conf.log.hist_every,
         figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
-        figure_every=conf.log.figure_every,
         start_epoch=b.start_epoch,
         progress=progress,
-        model=b.model,
         logger=held.enter_context(own_log(b.member)),
     )
 
@@ -385,7 +382,12 @@ def _hooks(built: list[Built], schedule, progress, stop) -> list[hooks.Hook]:
     checkpoints = hooks.Checkpoints(
         dirs, trackers, schedule, stoppers, first.train.checkpoint_every, stop
     )
-    chosen = [hooks.Records(trackers), hooks.Divergence()]
+    chosen = [hooks.Records(trackers)]
+    if first.log.hist_every:
+        chosen.append(hooks.Histograms(trackers, first.log.hist_every))
+    if first.log.figure_every and any(t.figure is not None for t in trackers):
+        chosen.append(hooks.LiveFigures(trackers, first.log.figure_every))
+    chosen.append(hooks.Divergence())
     if any(s is not None for s in stoppers):
         chosen.append(hooks.EarlyStopping(stoppers, checkpoints))
     if schedule is not None:
