@@ -47,45 +47,43 @@ class Records(Hook):
                 self.trackers[i].log_epoch(epoch, metrics[i])
 
 
-class Histograms(Hook):
-    """Each member's weight and gradient histograms every `every` epochs, and a new run's
-    initial weights at epoch 0, into its TensorBoard record (log.hist_every)."""
+class Every(Hook):
+    """Something each member's record takes every `every` epochs, and a new run's at epoch 0."""
 
     def __init__(self, trackers: Sequence, every: int):
         self.trackers, self.every = trackers, every
+
+    def take(self, tracker, model, epoch: int) -> None:
+        raise NotImplementedError
 
     def start(self, fit: Fit) -> None:
         if fit.plan.start_epoch == 0:
             for tracker, model in zip(self.trackers, fit.stack.models, strict=True):
                 if tracker is not None:
-                    tracker.log_histograms(model, 0, grads=False)  # (none yet, or zeros)
+                    self.take(tracker, model, 0)
 
     def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
         if epoch % self.every == 0:
             for i in fit.ran:
                 if self.trackers[i] is not None:
-                    self.trackers[i].log_histograms(fit.stack.models[i], epoch)
+                    self.take(self.trackers[i], fit.stack.models[i], epoch)
 
 
-class LiveFigures(Hook):
-    """Each member's live figure (its fit or decision boundary) every `every` epochs, and a new
-    run's at epoch 0: drawn in the drawing process, into TensorBoard's Images and the run dir
-    (log.figure_every). The last frame comes as the record closes."""
+class Histograms(Every):
+    """Each member's weight and gradient histograms (log.hist_every) into its TensorBoard
+    record; at epoch 0, the initial weights only."""
 
-    def __init__(self, trackers: Sequence, every: int):
-        self.trackers, self.every = trackers, every
+    def take(self, tracker, model, epoch: int) -> None:
+        tracker.log_histograms(model, epoch, grads=epoch > 0)
 
-    def start(self, fit: Fit) -> None:
-        if fit.plan.start_epoch == 0:
-            for tracker, model in zip(self.trackers, fit.stack.models, strict=True):
-                if tracker is not None:
-                    tracker.draw(model, 0)
 
-    def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
-        if epoch % self.every == 0:
-            for i in fit.ran:
-                if self.trackers[i] is not None:
-                    self.trackers[i].draw(fit.stack.models[i], epoch)
+class LiveFigures(Every):
+    """Each member's live figure, its fit or decision boundary (log.figure_every), drawn in the
+    drawing process into TensorBoard's Images and the run dir; the last comes as the record
+    closes."""
+
+    def take(self, tracker, model, epoch: int) -> None:
+        tracker.draw(model, epoch)
 
 
 class Divergence(Hook):
