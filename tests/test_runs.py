@@ -58,6 +58,12 @@ def test_digits_run_logs_accuracy(tmp_path):
     events = read_events(run)
     for tag in ("acc/train", "acc/valid", "loss/train", "loss/valid"):
         assert len(events.Scalars(tag)) == 5
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    (config,) = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts == {"loss": ["loss/train", "loss/valid"], "accuracy": ["acc/train", "acc/valid"]}
     summary = read_json(run / "summary.json")
     assert 0.3 < summary["final"]["valid_acc"] <= 1  # 10 classes: well above chance
     assert summary["params"] == 64 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10

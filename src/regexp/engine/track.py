@@ -51,29 +51,15 @@ TAGS = {
     "penalty": "loss/penalty",  # the reg.l1/reg.l2 term added to the training objective
 }
 
-# The lessons' "Loss_group" view: train and valid in one chart each, over the runs ticked.
-LAYOUT = {
-    "train vs valid": {
-        "loss": ["Multiline", ["loss/train", "loss/valid"]],
-        "accuracy": ["Multiline", ["acc/train", "acc/valid"]],
-    }
-}
-# And a chart per run, named by its dir: a layout chooses tags, not runs (a chart draws its
-# tags in every run ticked), so each run also writes its two losses under tags of its own.
-PER_RUN = "per run"
+# The lessons' "Loss_group" view: train and valid in one chart each, over the runs ticked
+# (accuracy only where a run has it: a chart without data is clutter).
+LOSSES = {"loss": ["Multiline", ["loss/train", "loss/valid"]]}
+ACCURACY = {"accuracy": ["Multiline", ["acc/train", "acc/valid"]]}
 
 
-def run_tags(name: str) -> dict[str, str]:
-    """The run `name`'s own tags of its train and valid loss."""
-    return {k: f"{PER_RUN}/{name}/{k.split('_')[0]}" for k in ("train_loss", "valid_loss")}
-
-
-def layout(name: str) -> dict:
-    """The custom-scalars layout of the run `name`: LAYOUT and the run's own chart."""
-    import re
-
-    own = "^" + re.escape(f"{PER_RUN}/{name}/") + "(train|valid)$"
-    return {**LAYOUT, f"train vs valid, {PER_RUN}": {name: ["Multiline", [own]]}}
+def layout(classify: bool) -> dict:
+    """The custom-scalars layout of a run: its losses, and its accuracy when it classifies."""
+    return {"train vs valid": {**LOSSES, **(ACCURACY if classify else {})}}
 
 
 HISTOGRAM_BINS = 30  # what TensorBoard's histogram view resamples to anyway
@@ -94,6 +80,7 @@ class Tracker:
         epochs: int,
         hparams: dict,
         figure: Plot | None = None,
+        classify: bool = False,
         start_epoch: int = 0,
         progress: bool = True,
         logger: logging.Logger | None = None,
@@ -107,7 +94,6 @@ class Tracker:
         self._animation: Animation | None = None
         self._drawn_epoch: int | None = None
         self.start_epoch = self.epoch = start_epoch
-        self._own_tags = run_tags(self.run_dir.name)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self.started = time.perf_counter()
@@ -120,7 +106,7 @@ class Tracker:
         csv_path = rundir.metrics_file(self.run_dir)
         self._columns: list[str] = []  # metrics.csv's, fixed by its header
         if start_epoch == 0:
-            self.write(tb.custom_scalars(layout(self.run_dir.name)))
+            self.write(tb.custom_scalars(layout(classify)))
             # The session's hparams only, no experiment summary: TensorBoard then builds the
             # experiment from every run's values, and ticks the keys whose values differ
             # (it would take one run's own summary, in which none differs).
@@ -215,9 +201,6 @@ class Tracker:
         for epoch, metrics in self._pending:
             self._remember(epoch, metrics)
             values = [Summary.Value(tag=tag(k), simple_value=v) for k, v in metrics.items()]
-            values += [
-                Summary.Value(tag=t, simple_value=metrics[k]) for k, t in self._own_tags.items()
-            ]
             self.write(Summary(value=values), epoch)
             if not self._columns:
                 self._columns = list(metrics)

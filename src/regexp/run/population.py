@@ -367,6 +367,7 @@ def _tracker(b: Built, progress: bool, held: ExitStack) -> Tracker:
         epochs=conf.train.epochs,
         hparams=hparams(conf, b.member.overrides),
         figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
+        classify=b.dataset.task == "classification",
         start_epoch=b.start_epoch,
         progress=progress,
         logger=held.enter_context(own_log(b.member)),
