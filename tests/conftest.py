@@ -75,6 +75,11 @@ def _in_this_process(args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["regexp", *args], code, out.getvalue(), err.getvalue())
 
 
+def jobs_of(sweep: Path) -> list[Path]:
+    """A sweep dir's job dirs (each has Hydra's .hydra/), not its settings/ or .submitit/."""
+    return sorted(p for p in Path(sweep).iterdir() if (p / ".hydra").is_dir())
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import gif_epochs, read_events, read_json, regexp
+from conftest import gif_epochs, jobs_of, read_events, read_json, regexp
 
 from regexp import cli, errors
 from regexp.run import rundir
@@ -470,11 +470,7 @@ def test_a_sweep_goes_on_past_failing_jobs_and_exits_non_zero(tmp_path):
         check=False,
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    status = {
-        p.name: read_json(p / "summary.json")["status"]
-        for p in (tmp_path / "sweep").iterdir()
-        if p.is_dir()
-    }
+    status = {p.name: read_json(p / "summary.json")["status"] for p in jobs_of(tmp_path / "sweep")}
     assert status == {
         "model.hidden=[8],optim.lr=0.01,train.epochs=50": "completed",
         "model.hidden=[8],optim.lr=1000000.0,train.epochs=50": "diverged",

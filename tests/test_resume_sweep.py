@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import read_json, regexp
+from conftest import jobs_of, read_json, regexp
 
 from regexp import process
 from regexp.run import rundir
@@ -36,7 +36,7 @@ LAUNCHERS = {
 
 
 def jobs(sweep):
-    return {p.name: p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return {p.name: p for p in jobs_of(sweep)}
 
 
 def rows(run):

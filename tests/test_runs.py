@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import TINY, read_events, read_json, regexp
+from conftest import TINY, jobs_of, read_events, read_json, regexp
 
 
 def test_toy_regression_run_writes_tensorboard_csv_and_summary(tmp_path):
@@ -87,7 +87,7 @@ def test_a_2x2_sweep_gives_four_runs_named_by_what_was_swept(tmp_path):
         cwd=tmp_path,
         process=True,
     )
-    names = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    names = [p.name for p in jobs_of(tmp_path / "sweep")]
     # Hydra's override_dirname: every override of the job, sorted, so each run's name says
     # how it differs from the defaults.
     fixed = "model.hidden=[16,16]"

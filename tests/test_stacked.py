@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import gif_epochs, read_events, read_json, regexp
+from conftest import gif_epochs, jobs_of, read_events, read_json, regexp
 
 TINY = ["train.epochs=8", "model.hidden=[8]", "log.figure_every=4"]
 
 
 def job_dirs(sweep):
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return jobs_of(sweep)
 
 
 def log_lines(run) -> list[str]:

@@ -8,13 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import read_events, read_json, regexp
+from conftest import jobs_of, read_events, read_json, regexp
 
 TINY = ["train.epochs=8", "model.hidden=[8]"]
 
 
 def job_dirs(sweep):
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return jobs_of(sweep)
 
 
 @pytest.mark.slow

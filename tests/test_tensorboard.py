@@ -5,7 +5,7 @@ layout; and the parts of tensorboardX the event writer relies on."""
 from __future__ import annotations
 
 import pytest
-from conftest import read_events, regexp
+from conftest import jobs_of, read_events, regexp
 
 SWEPT = ["model.dropout", "train.batch_size"]
 
@@ -27,7 +27,7 @@ def sweep(tmp_path_factory):
         "hydra.sweep.dir=sweep",
         cwd=tmp,
     )
-    return sorted(p for p in (tmp / "sweep").iterdir() if p.is_dir())
+    return jobs_of(tmp / "sweep")
 
 
 def test_hparams_show_every_swept_key_first_with_one_type(sweep):

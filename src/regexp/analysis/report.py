@@ -25,6 +25,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from regexp.analysis import settings
 from regexp.analysis.replicas import Group, Replicas, Stat, fmt, paired, replicas, stat
 from regexp.console import console as default_console
 from regexp.errors import UserError
@@ -398,9 +399,12 @@ def write_csv(path: Path, header: list[str], table: list[list]) -> None:
         writer.writerows([cells(row) for row in table])
 
 
-def write_report(dirs: list[Path], out: Path | None = None, console: Console | None = None) -> Path:
+def write_report(
+    dirs: list[Path], out: Path | None = None, console: Console | None = None, band: str = "std"
+) -> Path:
     """Tabulate and plot the runs in `dirs`; writes report.md, report.csv and PNGs into
-    `out` (by default the one dir given, or the dirs' common parent); returns `out`."""
+    `out` (by default the one dir given, or the dirs' common parent), and over replicas a
+    TensorBoard run per setting (settings.py, with its `band`); returns `out`."""
     from regexp.figures import plots
 
     runs = [read_run(p) for p in find_runs(dirs)]
@@ -444,6 +448,10 @@ def write_report(dirs: list[Path], out: Path | None = None, console: Console | N
     console.print(f"[bold]verdict[/]: {line}", soft_wrap=True)
     written = ["report.md", "report.csv", *(f.name for f in figures)]
     if reps is not None:
+        lines = settings.write_setting_runs(reps, out, band)
+        written.append(
+            f"{settings.SETTINGS}/ ({len(lines)} TensorBoard runs: a line and a band each)"
+        )
         decomposed, claim = bias_variance_tables(reps, out)
         written += [f.name for f in decomposed]
         if decomposed:
@@ -495,6 +503,20 @@ def report_main(args: list[str]) -> int:
         help="where to write report.md, report.csv and the "
         "figures (default: the dir given, or the dirs' common parent)",
     )
+    parser.add_argument(
+        "--band",
+        choices=settings.BANDS,
+        default="std",
+        help="the band around each setting's mean in TensorBoard: mean ± std, or min to max",
+    )
     parsed = parser.parse_args(args)
-    write_report(parsed.dirs, parsed.out)
+    write_report(parsed.dirs, parsed.out, band=parsed.band)
     return 0
+
+
+def write_settings(sweep: Path) -> list[Path]:
+    """The sweep's TensorBoard run per setting, where its runs are replicas of settings (at the
+    end of a sweep: run.outcomes.SweepReport)."""
+    runs = [read_run(p) for p in find_runs([sweep])]
+    reps = replicas(runs, swept_keys(runs))
+    return [] if reps is None else settings.write_setting_runs(reps, sweep)

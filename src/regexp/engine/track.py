@@ -41,15 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("regexp")
 
-# metrics.csv column -> TensorBoard tag
-TAGS = {
-    "train_loss": "loss/train",
-    "valid_loss": "loss/valid",
-    "train_acc": "acc/train",
-    "valid_acc": "acc/valid",
-    "lr": "lr",
-    "penalty": "loss/penalty",  # the reg.l1/reg.l2 term added to the training objective
-}
 
 # The lessons' "Loss_group" view: train and valid in one chart each, over the runs ticked
 # (accuracy only where a run has it: a chart without data is clutter).
@@ -64,10 +55,6 @@ def layout(classify: bool) -> dict:
 
 HISTOGRAM_BINS = 30  # what TensorBoard's histogram view resamples to anyway
 FLUSH_SECONDS = 5  # how stale the files on disk may get while a run goes on
-
-
-def tag(column: str) -> str:
-    return TAGS.get(column, column.replace("_", "/", 1))
 
 
 class Tracker:
@@ -200,7 +187,7 @@ class Tracker:
             self.flush()  # where TensorBoard sees the figure while the run trains
         for epoch, metrics in self._pending:
             self._remember(epoch, metrics)
-            values = [Summary.Value(tag=tag(k), simple_value=v) for k, v in metrics.items()]
+            values = [Summary.Value(tag=rundir.tag(k), simple_value=v) for k, v in metrics.items()]
             self.write(Summary(value=values), epoch)
             if not self._columns:
                 self._columns = list(metrics)

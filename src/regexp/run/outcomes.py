@@ -61,10 +61,26 @@ class SweepReport(Callback):
         order = ["completed", "diverged", "interrupted", "failed", *counts]
         tally = ", ".join(f"{counts[k]} {k}" for k in dict.fromkeys(order) if counts[k])
         log.info("sweep %s: %d jobs: %s", sweep, len(summaries), tally or "none")
+        _write_settings(sweep)
         for name, s in bad.items():
             log.info("  %s: %s%s", name, s["status"], f": {s['error']}" if s.get("error") else "")
         if bad:
             raise Ended(f"{len(bad)} of {len(summaries)} jobs did not complete")
+
+
+def _write_settings(sweep: Path) -> None:
+    """A line and a band per setting in TensorBoard, where the sweep replicates settings; a
+    sweep whose runs cannot be read for it still ends as its jobs did."""
+    from regexp.analysis import report
+    from regexp.errors import UserError
+
+    try:
+        written = report.write_settings(sweep)
+    except (OSError, ValueError, UserError) as exc:
+        log.warning("no setting runs for TensorBoard: %s", exc)
+        return
+    if written:
+        log.info("  %d settings' mean and band for TensorBoard in %s/settings", len(written), sweep)
 
 
 def _summary(job: Path) -> dict:

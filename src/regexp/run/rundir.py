@@ -144,6 +144,22 @@ EVENTS = "events"  # TensorBoard's event files: events.out.tfevents.*
 OVERRIDES = ".hydra/overrides.yaml"  # Hydra's record of the run's overrides
 
 
+# metrics.csv column -> TensorBoard tag
+TAGS = {
+    "train_loss": "loss/train",
+    "valid_loss": "loss/valid",
+    "train_acc": "acc/train",
+    "valid_acc": "acc/valid",
+    "lr": "lr",
+    "penalty": "loss/penalty",  # the reg.l1/reg.l2 term added to the training objective
+}
+
+
+def tag(column: str) -> str:
+    """The TensorBoard tag of a metrics.csv column."""
+    return TAGS.get(column, column.replace("_", "/", 1))
+
+
 def summary_file(run_dir) -> Path:
     return Path(run_dir) / SUMMARY
 
