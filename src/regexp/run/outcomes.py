@@ -80,7 +80,7 @@ def _write_settings(sweep: Path) -> None:
         log.warning("no setting runs for TensorBoard: %s", exc)
         return
     if written:
-        log.info("  %d settings' mean and band for TensorBoard in %s/settings", len(written), sweep)
+        log.info("  TensorBoard: each setting's mean and band in %s/settings", sweep)
 
 
 def _summary(job: Path) -> dict:
