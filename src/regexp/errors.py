@@ -116,16 +116,22 @@ def _omegaconf_error(exc) -> str:
 
     key = exc.full_key
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
-        known = _fields(exc.object_type)
-        parent, _, leaf = key.rpartition(".")
-        close = difflib.get_close_matches(leaf, known, n=1)
-        prefix = f"{parent}." if parent else ""
-        hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-        where = f"'{parent}'" if parent else "the config"
-        return f"{key}: no such key in {where}{hint} (keys: {', '.join(known)})"
+        return no_such_key(key, exc.object_type)
     message = str(exc).splitlines()[0]
     value = getattr(exc, "value", None)
     return f"{key}={value}: {message}" if value is not None else f"{key}: {message}"
+
+
+def no_such_key(key: str, schema) -> str:
+    """`key` (a dotted path) is none of `schema`'s fields: the line that says so, with the
+    closest known name."""
+    known = _fields(schema)
+    parent, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, known, n=1)
+    prefix = f"{parent}." if parent else ""
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    where = f"'{parent}'" if parent else "the config"
+    return f"{key}: no such key in {where}{hint} (keys: {', '.join(known)})"
 
 
 def _fields(cls) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +25,7 @@ from regexp.components.models import MLP, Model, Norm
 from regexp.components.optim import LOSSES, Optim, Reg
 from regexp.components.options import known, names, need
 from regexp.components.schedules import Sched
-from regexp.errors import ConfigError
+from regexp.errors import ConfigError, UserError, no_such_key
 from regexp.run import rundir
 
 
@@ -136,11 +136,27 @@ def validate(cfg: DictConfig) -> Config:
     for key in cfg:
         if key not in allowed:
             raise ConfigError(key, cfg[key], f"no such key (keys: {', '.join(sorted(allowed))})")
+    refuse_added_keys(cfg)
     conf: Config = OmegaConf.to_object(cfg)
     for key, value in flat(asdict(conf)).items():
         check_number(key, value)
     check(conf)
     return conf
+
+
+def refuse_added_keys(node: DictConfig, path: str = "") -> None:
+    """A key added with `+` that the typed config does not have (`+model.hiden=[8]`, which
+    would train with the default) is refused, with the closest known name."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    known = {f.name for f in fields(schema)}
+    for key in node:
+        where = f"{path}{key}"
+        if key not in known:
+            raise UserError(no_such_key(where, schema))
+        if not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            refuse_added_keys(node[key], f"{where}.")
 
 
 # Beyond these, a number means nothing to a run here, and breaks inside torch (overflow, inf).
