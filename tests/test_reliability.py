@@ -44,6 +44,7 @@ BAD_INPUT = [
     ("optim.learning_rate=0.1", "optim.learning_rate: no such key in 'optim'"),
     ("optim=adam optim.momentum=0.9", "optim.momentum: no such key in 'optim'"),
     ("+foo=1", "foo=1 is not allowed: no such key"),
+    ("threads=100000", "threads=100000 is not allowed: null (1) or an integer from 1 to 256"),
     # Added with +, a misspelt key would train with the default: refused by the typed config.
     ("+model.hiden=[8]", "model.hiden: no such key in 'model'; did you mean model.hidden?"),
     ("+train.epoch=5", "train.epoch: no such key in 'train'; did you mean train.epochs?"),

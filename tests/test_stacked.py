@@ -373,3 +373,22 @@ def test_workers_end_with_a_launcher_killed_outright_keeping_their_checkpoints(t
         summary = read_json(job / "summary.json")
         assert summary["status"] == "interrupted" and summary["epochs"] < 5000
         assert (job / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("hydra.launcher.max_members=0", "hydra.launcher.max_members=0 is not allowed"),
+        ("hydra.launcher.n_jobs=-1", "hydra.launcher.n_jobs=-1 is not allowed"),
+        ("hydra.launcher.threads=-1", "hydra.launcher.threads=-1 is not allowed"),
+    ],
+)
+def test_a_launcher_setting_that_cannot_work_is_refused_in_one_line(tmp_path, setting, message):
+    # (0 members made 0 populations and every job "never trained"; -1 threads reached torch)
+    done = regexp(
+        "train", "-m", "seed=0,1", *TINY, setting, "hydra.sweep.dir=sweep", cwd=tmp_path,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "sweep").exists() or not jobs_of(tmp_path / "sweep")

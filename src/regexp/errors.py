@@ -69,6 +69,8 @@ def user_error(exc: BaseException) -> str | None:
 
     if isinstance(exc, UserError):
         return str(exc)
+    if isinstance(exc.__cause__, UserError):  # (Hydra's instantiate wraps a launcher's refusal)
+        return str(exc.__cause__)
     unwritable = unwritable_path(exc)
     if unwritable is not None:
         return unwritable

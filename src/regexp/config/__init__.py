@@ -159,6 +159,10 @@ def refuse_added_keys(node: DictConfig, path: str = "") -> None:
             refuse_added_keys(node[key], f"{where}.")
 
 
+# More torch threads than any machine here has cores (100,000 crashed torch's thread pool). A
+# bound of the config, not of the machine: a sweep checked on one node runs on another.
+MOST_THREADS = 256
+
 # Beyond these, a number means nothing to a run here, and breaks inside torch (overflow, inf).
 LARGEST_FLOAT, LARGEST_INT = 1e30, 2**53
 
@@ -206,10 +210,10 @@ def check(conf: Config) -> None:
         "all or linear with model=mlp, which has no conv layers",
     )
     need(
-        conf.threads is None or conf.threads >= 1,
+        conf.threads is None or 1 <= conf.threads <= MOST_THREADS,
         "threads",
         conf.threads,
-        "null (automatic) or an integer >= 1",
+        f"null (1) or an integer from 1 to {MOST_THREADS}",
     )
     if conf.resume is not None:
         rundir.checkpoint_of(conf.resume)

@@ -76,6 +76,14 @@ class StackedLauncher(Launcher):
     def __init__(
         self, max_members: int = 8, n_jobs: int | None = None, threads: int | None = None
     ) -> None:
+        from regexp.components.options import need
+
+        # (checked before any job is set up: 0 members made 0 populations, every job "never
+        # trained"; -1 threads reached torch)
+        key = "hydra.launcher."
+        need(max_members >= 1, key + "max_members", max_members, "an integer >= 1")
+        need(n_jobs is None or n_jobs >= 1, key + "n_jobs", n_jobs, "null (a core each) or >= 1")
+        need(threads is None or threads >= 1, key + "threads", threads, "null (1) or >= 1")
         self.max_members, self.threads = max_members, threads
         self.n_jobs = n_jobs or os.cpu_count() or 1
         self.config: DictConfig | None = None
