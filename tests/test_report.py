@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import regexp
 
 from regexp.analysis import report
 from regexp.analysis.replicas import replicas, stat, t95
@@ -135,3 +136,15 @@ def test_a_run_with_corrupt_files_reads_as_unreadable_with_why_and_the_rest_repo
     assert [("| completed |" in r, "| unreadable (" in r) for r in rows] == [(True, False)] + [
         (False, True)
     ] * 4
+
+
+def test_an_out_that_is_a_file_is_refused_in_one_line_before_anything_is_read(tmp_path):
+    run_dir = tmp_path / "sweep" / "optim.lr=0.1"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- optim.lr=0.1\n")
+    (tmp_path / "afile").write_text("mine\n")
+    done = regexp("report", "sweep", "--out", "afile", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--out afile: a file, not a dir" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "afile").read_text() == "mine\n"
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["optim.lr=0.1"]

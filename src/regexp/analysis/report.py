@@ -407,6 +407,8 @@ def write_report(
     TensorBoard run per setting (settings.py, with its `band`); returns `out`."""
     from regexp.figures import plots
 
+    if out is not None and out.exists() and not out.is_dir():  # (before any run is read)
+        raise UserError(f"--out {out}: a file, not a dir; give the dir to write the report into")
     runs = [read_run(p) for p in find_runs(dirs)]
     keys = swept_keys(runs)
     reps = replicas(runs, keys)
