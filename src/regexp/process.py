@@ -155,9 +155,16 @@ RESUMED_SWEEP, RERUN_FAILED = "REGEXP_RESUMED_SWEEP", "REGEXP_RERUN_FAILED"
 
 @contextlib.contextmanager
 def telling_jobs_of_resumed_sweep(sweep: str, rerun_failed: bool):
-    told = {RESUMED_SWEEP: sweep, RERUN_FAILED: "1" if rerun_failed else ""}
-    before = {k: os.environ.get(k) for k in told}
-    os.environ.update(told)
+    with environment({RESUMED_SWEEP: sweep, RERUN_FAILED: "1" if rerun_failed else ""}):
+        yield
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """`values` in the environment while the block runs, then each variable as it was (unset
+    where it was unset)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:

@@ -49,12 +49,8 @@ def raising_errors():
     """Hydra raises a job's or a config's error (HYDRA_FULL_ERROR=1, its own switch) rather
     than printing its own report and exiting 1, so that regexp can say it in one line. Yields
     the user's setting, which comes back after the block: "1" asks for the traceback."""
+    from regexp import process
+
     user_setting = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
+    with process.environment({"HYDRA_FULL_ERROR": "1"}):
         yield user_setting
-    finally:
-        if user_setting is None:
-            del os.environ["HYDRA_FULL_ERROR"]
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = user_setting
