@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from conftest import read_events, regexp
 
+from regexp.analysis.settings import BAND
+
 
 def metrics(run) -> dict[int, dict[str, float]]:
     with open(run / "metrics.csv", newline="") as f:
@@ -38,7 +40,7 @@ def sweep(tmp_path_factory):
 
 def test_a_sweeps_end_writes_a_run_per_setting_whose_line_is_the_replicas_mean(sweep):
     settings = sorted(p.name for p in (sweep / "settings").iterdir())
-    assert settings == ["optim.weight_decay=0.0", "optim.weight_decay=0.01"]
+    assert settings == ["optim.weight_decay=0", "optim.weight_decay=0.01"]
     for name, decay in zip(settings, ("0", "0.01"), strict=True):
         replicas = [metrics(run) for run in sweep.glob(f"*optim.weight_decay={decay},seed=*")]
         assert len(replicas) == 3
@@ -51,8 +53,12 @@ def test_a_sweeps_end_writes_a_run_per_setting_whose_line_is_the_replicas_mean(s
                 mean = math.fsum(values) / 3
                 assert value == as_logged(mean)
                 std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / 2)
-                (lower,) = [e.value for e in events.Scalars(f"band/{tag}/lower") if e.step == epoch]
-                (upper,) = [e.value for e in events.Scalars(f"band/{tag}/upper") if e.step == epoch]
+                (lower,) = [
+                    e.value for e in events.Scalars(f"{BAND}/{tag}/lower") if e.step == epoch
+                ]
+                (upper,) = [
+                    e.value for e in events.Scalars(f"{BAND}/{tag}/upper") if e.step == epoch
+                ]
                 assert (lower, upper) == (as_logged(mean - std), as_logged(mean + std))
 
 
@@ -68,7 +74,7 @@ def test_each_scalar_has_a_margin_chart_of_its_mean_and_band(sweep):
     assert {"loss/train", "loss/valid", "lr"} <= set(charts)
     valid = charts["loss/valid"]
     assert (valid.value, valid.lower, valid.upper) == (
-        "loss/valid", "band/loss/valid/lower", "band/loss/valid/upper"
+        "loss/valid", f"{BAND}/loss/valid/lower", f"{BAND}/loss/valid/upper"
     )  # fmt: skip
 
 
@@ -78,12 +84,12 @@ def test_report_writes_them_for_a_sweep_made_before_with_min_to_max_on_request(s
     shutil.copytree(sweep, copy)
     shutil.rmtree(copy / "settings")
     regexp("report", str(copy), "--band", "range", cwd=tmp_path)
-    events = read_events(copy / "settings" / "optim.weight_decay=0.0")
+    events = read_events(copy / "settings" / "optim.weight_decay=0")
     replicas = [metrics(run) for run in copy.glob("*optim.weight_decay=0,seed=*")]
-    (epoch,) = [e.step for e in events.Scalars("band/loss/valid/upper")][-1:]
+    (epoch,) = [e.step for e in events.Scalars(f"{BAND}/loss/valid/upper")][-1:]
     values = [r[epoch]["valid_loss"] for r in replicas]
-    lower = [e.value for e in events.Scalars("band/loss/valid/lower") if e.step == epoch]
-    upper = [e.value for e in events.Scalars("band/loss/valid/upper") if e.step == epoch]
+    lower = [e.value for e in events.Scalars(f"{BAND}/loss/valid/lower") if e.step == epoch]
+    upper = [e.value for e in events.Scalars(f"{BAND}/loss/valid/upper") if e.step == epoch]
     assert (lower, upper) == ([as_logged(min(values))], [as_logged(max(values))])
 
 
@@ -93,7 +99,7 @@ def test_a_setting_of_one_run_gets_a_line_and_no_band(sweep, tmp_path):
     regexp("report", *map(str, runs), "--out", str(tmp_path / "out"), cwd=tmp_path)
     single = read_events(tmp_path / "out" / "settings" / "optim.weight_decay=0.01")
     assert single.Scalars("loss/valid") and not [
-        t for t in single.Tags()["scalars"] if t.startswith("band/")
+        t for t in single.Tags()["scalars"] if t.startswith(BAND)
     ]
-    pair = read_events(tmp_path / "out" / "settings" / "optim.weight_decay=0.0")
-    assert pair.Scalars("band/loss/valid/lower")
+    pair = read_events(tmp_path / "out" / "settings" / "optim.weight_decay=0")
+    assert pair.Scalars(f"{BAND}/loss/valid/lower")

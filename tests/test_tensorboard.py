@@ -30,7 +30,7 @@ def sweep(tmp_path_factory):
     return jobs_of(tmp / "sweep")
 
 
-def test_hparams_show_every_swept_key_first_with_one_type(sweep):
+def test_hparams_show_the_swept_keys_with_one_type_and_the_metrics_that_answer(sweep):
     from tensorboard.plugins.hparams import api_pb2, backend_context, metadata
 
     contents = {}
@@ -42,17 +42,36 @@ def test_hparams_show_every_swept_key_first_with_one_type(sweep):
     infos = backend_context.Context(None)._compute_hparam_infos(contents)
     experiment = api_pb2.Experiment(hparam_infos=infos)
     backend_context._sort_and_reduce_to_hparams_limit(experiment)
+    # The swept keys alone (model.hidden, the same in every run, stays out): the columns.
+    assert [i.name for i in experiment.hparam_infos] == SWEPT
     shown = {i.name: i for i in experiment.hparam_infos}
-    assert [i.name for i in experiment.hparam_infos][:2] == SWEPT  # ticked by default
-    assert all(shown[k].differs for k in SWEPT) and not shown["optim.lr"].differs
+    assert all(shown[k].differs for k in SWEPT)
     assert shown["model.dropout"].type == api_pb2.DATA_TYPE_FLOAT64
     assert set(shown["train.batch_size"].domain_discrete) == {"null", "4"}
-    assert list(shown["model.hidden"].domain_discrete) == ["[4,4]"]
-    for run, tags in contents.items():  # each key with the same type in every run
+    for tags in contents.values():  # each key with the same type in every run
         start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
         kinds = {k: v.WhichOneof("kind") for k, v in start.hparams.items()}
-        assert kinds["model.dropout"] == "number_value" and kinds["seed"] == "number_value"
-        assert kinds["train.batch_size"] == kinds["model.hidden"] == "string_value", run
+        assert kinds == {"model.dropout": "number_value", "train.batch_size": "string_value"}
+    # Its metrics are the runs' scalar tags, of which it shows the first five in sorted order:
+    # the best valid loss, the train-valid gap, the final losses.
+    metrics = sorted({t for run in sweep for t in read_events(run).Tags()["scalars"]})
+    assert metrics[:4] == ["loss/best_valid", "loss/gap", "loss/train", "loss/valid"]
+    for run in sweep:
+        events = read_events(run)
+        train, valid = (events.Scalars(f"loss/{s}")[-1].value for s in ("train", "valid"))
+        assert events.Scalars("loss/gap")[-1].value == pytest.approx(valid - train, rel=1e-6)
+        best = min(e.value for e in events.Scalars("loss/valid"))
+        assert events.Scalars("loss/best_valid")[-1].value == best
+
+
+def test_a_lone_runs_hparams_hold_its_main_choices_and_overrides(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    regexp("train", "train.epochs=2", "model.hidden=[4,4]", "hydra.run.dir=run", cwd=tmp_path)
+    tags = read_events(tmp_path / "run").PluginTagToContent("hparams")
+    start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+    assert {"data", "model", "norm", "optim.lr", "seed", "model.hidden"} <= set(start.hparams)
+    assert start.hparams["model.hidden"].string_value == "[4,4]"
 
 
 def test_histograms_name_a_layer_alike_across_a_dropout_sweep_from_epoch_0(sweep):

@@ -75,7 +75,7 @@ def train(args: list[str]) -> int:
             )
     sweep = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args))
     if sweep:
-        refuse_same_dirs(args)
+        args = [*args, *job_naming(args)]
         if stacked_in_workers(args):
             from regexp.sweep import stacked
 
@@ -134,9 +134,12 @@ def hydra_task(cfg):
     return jobs.train_job(cfg)
 
 
-def refuse_same_dirs(args: list[str]) -> None:
-    """A sweep job's dir is named by its overrides less the keys conf/train.yaml excludes
-    (experiment, device, ...): a sweep over one of those would write every job to one dir."""
+def job_naming(args: list[str]) -> list[str]:
+    """A sweep job's dir name holds its overrides less the keys conf/train.yaml excludes
+    (experiment, device, ...): a sweep over one of those would write every job to one dir, and
+    is refused. Returns the Hydra override that also leaves out the keys the command line
+    fixes for every job (`data.n_train=64` beside `seed=0,1,2`), so that a name says what
+    differs (config.naming_overrides)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -144,21 +147,34 @@ def refuse_same_dirs(args: list[str]) -> None:
     from regexp import config
     from regexp.errors import UserError
 
-    if any(a.startswith(("hydra.sweep.subdir=", "hydra.job.config.")) for a in args):
-        return  # the user names the job dirs
+    if any(a.startswith(("hydra.sweep.subdir=", "hydra.job.config.", "resume=")) for a in args):
+        return []  # the user names the job dirs, or a resumed sweep names them as it did
     train_yaml = OmegaConf.load(config.conf_dir() / "train.yaml")
-    excluded = set(train_yaml.hydra.job.config.override_dirname.exclude_keys)
+    excluded = list(train_yaml.hydra.job.config.override_dirname.exclude_keys)
     parser = OverridesParser.create()
+    swept, fixed = set(), []
     for arg in args:
         try:
             override = parser.parse_override(arg)
         except HydraException:
             continue  # not an override; Hydra says what it is
-        if override.key_or_group in excluded and override.is_sweep_override():
+        key = override.key_or_group
+        if key.startswith("hydra") or override.is_delete():
+            continue
+        if not override.is_sweep_override():
+            fixed.append(key)
+        elif key in excluded:
             raise UserError(
-                f"{arg}: a sweep can't vary {override.key_or_group}, since its jobs' dirs are "
-                f"named without it and would be one dir; run one sweep per value"
+                f"{arg}: a sweep can't vary {key}, since its jobs' dirs are named without it "
+                f"and would be one dir; run one sweep per value"
             )
+        else:
+            swept.add(key)
+    fixed = [k for k in dict.fromkeys(fixed) if k not in swept and k not in excluded]
+    if not fixed:
+        return []
+    keys = ",".join(f"'{k}'" for k in excluded + fixed)
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
 
 
 def summary(args: list[str]) -> int:

@@ -12,8 +12,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-# The keys whose values make replicas of one setting rather than another setting.
-REPLICA_KEYS = ("seed", "data.draw")
+from regexp.config import REPLICA_KEYS
 
 # Student's t, two-sided 95% (the 0.975 quantile), by degrees of freedom; beyond the table,
 # interpolated in 1/df toward the normal's 1.95996.

@@ -3,7 +3,8 @@
 only in `seed` and/or `data.draw`), one more TensorBoard run per setting, under the sweep's
 `settings/`, holds at each epoch the mean over the setting's replicas of every scalar of their
 metrics.csv, under the runs' own tags, and the band around it (mean ± std, or min to max)
-under `band/<tag>/lower` and `.../upper`, which the custom-scalars margin charts draw. Ticking
+under `± band/<tag>/lower` and `.../upper`, which the custom-scalars margin charts draw (a
+group whose name TensorBoard sorts after every other, below the curves in Scalars). Ticking
 two setting runs shows "λ = 0 against λ = 1e-2, 5 seeds each" as two lines with bands.
 Replicas of different settings are never averaged together; a setting of one run gets a line
 and no band."""
@@ -21,6 +22,7 @@ from regexp.run import rundir
 
 SETTINGS = "settings"  # the sweep's dir of the setting runs
 BANDS = ("std", "range")  # mean ± std; min to max
+BAND = "± band"  # the group of the bands' tags
 
 
 def write_setting_runs(reps: Replicas, sweep: Path, band: str = "std") -> list[Path]:
@@ -38,8 +40,13 @@ def write_setting_runs(reps: Replicas, sweep: Path, band: str = "std") -> list[P
 
 
 def setting_name(group: Group) -> str:
-    """The setting's run name: the values that make it, as Hydra names a job's dir."""
-    return ",".join(f"{k}={v}" for k, v in group.setting.items()) or "all"
+    """The setting's run name: the values that make it, as its jobs' dir names write them."""
+    return ",".join(f"{k}={_text(v)}" for k, v in group.setting.items()) or "all"
+
+
+def _text(value) -> str:
+    """A value as Hydra's sweep writes it: 0 (not 0.0), 0.01, 1e-05."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def epochs_of(group: Group) -> dict[int, list]:
@@ -80,9 +87,10 @@ def write_setting_run(run_dir: Path, group: Group, band: str) -> None:
             mean, lower, upper = mean_and_band(found, band)
             values.append(tbx.Summary.Value(tag=tag, simple_value=mean))
             if lower is not None:
-                values.append(tbx.Summary.Value(tag=f"band/{tag}/lower", simple_value=lower))
-                values.append(tbx.Summary.Value(tag=f"band/{tag}/upper", simple_value=upper))
-                charts[tag] = ["Margin", [tag, f"band/{tag}/lower", f"band/{tag}/upper"]]
+                edges = [f"{BAND}/{tag}/lower", f"{BAND}/{tag}/upper"]
+                values.append(tbx.Summary.Value(tag=edges[0], simple_value=lower))
+                values.append(tbx.Summary.Value(tag=edges[1], simple_value=upper))
+                charts[tag] = ["Margin", [tag, *edges]]
         writer.write_event(tbx.Event(wall_time=now, step=epoch, summary=tbx.Summary(value=values)))
     if charts:
         title = "settings: mean ± std" if band == "std" else "settings: mean, min to max"

@@ -257,30 +257,48 @@ def parse_names(names: str) -> list[tuple[str, str | None]]:
     return [(override_key(entry), entry if "=" in entry else None) for entry in names.split("|")]
 
 
+# The keys whose values make replicas of one setting rather than another setting.
+REPLICA_KEYS = ("seed", "data.draw")
+
+
+def naming_overrides(overrides: list[str], naming: DictConfig) -> list[str]:
+    """The overrides (as given) that name a sweep job's dir: its overrides less
+    `naming.exclude_keys` (keys that never name a dir, and those the CLI found the same in
+    every job), or all of them where that leaves none (a sweep of one job); sorted as Hydra's
+    override_dirname sorts them, but with the replica keys last."""
+    excluded = set(naming.exclude_keys)
+    kept = [o for o in overrides if override_key(o) not in excluded] or list(overrides)
+    return sorted(kept, key=lambda o: (override_key(o) in REPLICA_KEYS, o))
+
+
+def job_dirname(overrides: list[str], naming: DictConfig) -> str:
+    """A sweep job's dir name, which TensorBoard shows as its run's name: what the sweep
+    varies, the seed last. What makes the setting leads, and TensorBoard's sidebar, which cuts
+    a long name at its end, keeps the settings apart."""
+    named = naming.item_sep.join(naming_overrides(overrides, naming))
+    return named.replace("=", naming.kv_sep)
+
+
+def dirname(*, _root_: DictConfig) -> str:
+    """conf/train.yaml's `hydra.sweep.subdir`: the job's dir name from its overrides."""
+    return job_dirname(list(_root_.hydra.overrides.task), _root_.hydra.job.config.override_dirname)
+
+
 def saved_dirname(names: str, *, _root_: DictConfig) -> str:
-    """A job's dir name in a resumed sweep (resume.resumed_sweep): Hydra's, from the job's
+    """A job's dir name in a resumed sweep (resume.resumed_sweep): `dirname`, from the job's
     overrides with the values the sweep started with for the keys its resumes gave again
     (`names`: parse_names), so that each job goes on in the dir it started in."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from regexp.adapters import hydra as hydra_adapter
-
     started = dict(parse_names(names))
-    parse = OverridesParser.create().parse_overrides
     lines = []
-    for override in parse(list(_root_.hydra.overrides.task)):
-        line = started.get(override.key_or_group, override.input_line)
+    for override in _root_.hydra.overrides.task:
+        line = started.get(override_key(override), override)
         if line is not None:
             lines.append(line)
-    naming = _root_.hydra.job.config.override_dirname
-    return hydra_adapter.overrides_dirname(
-        overrides=parse(lines),
-        exclude_keys=list(naming.exclude_keys),
-        item_sep=naming.item_sep,
-        kv_sep=naming.kv_sep,
-    )
+    return job_dirname(lines, _root_.hydra.job.config.override_dirname)
 
 
+if not OmegaConf.has_resolver("regexp_dirname"):
+    OmegaConf.register_new_resolver("regexp_dirname", dirname)
 if not OmegaConf.has_resolver("regexp_saved_dirname"):
     OmegaConf.register_new_resolver("regexp_saved_dirname", saved_dirname)
 
@@ -293,6 +311,8 @@ class Member:
     run_dir: Path
     overrides: list[str] = field(default_factory=list)
     start_epoch: int = 0  # a resumed member's checkpoint: a population's members start together
+    # A sweep job's overrides that name its dir (what the sweep varies); None: a lone run.
+    named: list[str] | None = None
     # Where its lines go, as its lone run's job logging writes them (Hydra's file handler:
     # train.log), when it trains beside others; None: the process's own logging, as alone.
     log_file: Path | None = None

@@ -53,6 +53,9 @@ def layout(classify: bool) -> dict:
     return {"train vs valid": {**LOSSES, **(ACCURACY if classify else {})}}
 
 
+# Metrics that HParams shows, from the run's scalars' tags, the first five in sorted order.
+GAP, BEST_VALID = "loss/gap", "loss/best_valid"
+
 HISTOGRAM_BINS = 30  # what TensorBoard's histogram view resamples to anyway
 FLUSH_SECONDS = 5  # how stale the files on disk may get while a run goes on
 
@@ -182,12 +185,19 @@ class Tracker:
                 self._last_flush = now
                 self.flush()
 
+    def _derived(self, metrics: dict[str, float]) -> list[tuple[str, float]]:
+        """TensorBoard's alone: the gap (valid minus train loss) and the best valid loss so
+        far, whose last values HParams shows as metrics beside the final losses."""
+        gap = metrics["valid_loss"] - metrics["train_loss"]
+        return [(GAP, gap), (BEST_VALID, self.best["valid_loss"])]
+
     def _write_pending(self) -> None:
         if self._animation is not None and self._log_images(self._animation.images()):
             self.flush()  # where TensorBoard sees the figure while the run trains
         for epoch, metrics in self._pending:
             self._remember(epoch, metrics)
             values = [Summary.Value(tag=rundir.tag(k), simple_value=v) for k, v in metrics.items()]
+            values += [Summary.Value(tag=t, simple_value=v) for t, v in self._derived(metrics)]
             self.write(Summary(value=values), epoch)
             if not self._columns:
                 self._columns = list(metrics)

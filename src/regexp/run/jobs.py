@@ -42,7 +42,7 @@ def train_job(cfg: DictConfig) -> Outcome:
         from regexp.run.population import execute
 
         process.use_threads(conf.threads)  # (one unless told, whatever the launcher)
-        summary = execute(conf, run_dir, overrides)
+        summary = execute(conf, run_dir, overrides, named(hydra, overrides))
     except Exception as exc:
         if sweep:
             log.error("job failed: %s (in %s)", one_line(exc), run_dir)
@@ -100,7 +100,7 @@ def member_of(cfg: DictConfig) -> Member | Outcome:
     if isinstance(ready, Outcome):
         return ready
     conf, start = ready
-    return Member(conf, run_dir, overrides, start, **job_log_file(hydra))
+    return Member(conf, run_dir, overrides, start, named(hydra, overrides), **job_log_file(hydra))
 
 
 def job_log_file(hydra: DictConfig) -> dict:
@@ -130,6 +130,14 @@ def prepared(
             rundir.write_summary(run_dir, failure(exc, overrides))
         raise
     return going_on(conf, run_dir, step)
+
+
+def named(hydra: DictConfig, overrides: list[str]) -> list[str] | None:
+    """A sweep job's overrides that its dir's name holds (what the sweep varies); None for a
+    lone run."""
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    return config.naming_overrides(overrides, hydra.job.config.override_dirname)
 
 
 def task_overrides(hydra: DictConfig) -> list[str]:

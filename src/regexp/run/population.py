@@ -155,14 +155,22 @@ def check_batches(model: torch.nn.Module, n: int, n_valid: int, batch_size: int 
         )
 
 
-def hparams(conf: config.Config, overrides: list[str]) -> dict:
-    """What TensorBoard's HParams tab shows for the run: the main choices and every override,
-    each key with one type in every run (TensorBoard makes text of a key whose type differs
-    between runs): a number as a float, a key that may be null as text ('null', '64'), a list
-    as text ('[200,200]'); a key outside the config (experiment, hydra.*) as its override's."""
+# A lone run's keys in HParams, beside its overrides.
+MAIN_CHOICES = ("data", "model", "norm", "init", "optim", "sched", "optim.lr", "optim.weight_decay")
+MAIN_CHOICES += ("loss", "reg.l1", "reg.l2", "model.dropout", "train.batch_size")
+
+
+def hparams(conf: config.Config, member: Member) -> dict:
+    """What TensorBoard's HParams tab shows for the run: a sweep job's, the keys the sweep
+    varies, which TensorBoard shows as its columns (it ticks the first five, those that differ
+    first); a lone run's, the main choices and every override. Each key has one type in every
+    run (TensorBoard makes text of a key whose type differs between runs): a number as a
+    float, a key that may be null as text ('null', '64'), a list as text ('[200,200]'); a key
+    outside the config (experiment, hydra.*) as its override's."""
+    overrides = member.overrides if member.named is None else member.named
     given = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
-    keys = ["data", "model", "norm", "init", "optim", "sched", "optim.lr", "optim.weight_decay"]
-    keys += ["loss", "reg.l1", "reg.l2", "model.dropout", "train.batch_size", "seed", *given]
+    keys = [] if member.named is not None else [*MAIN_CHOICES, "seed"]
+    keys += given
     values = {key: _hparam(conf, key) for key in keys}
     return {k: given.get(k, "") if v is None else v for k, v in values.items()}
 
@@ -188,14 +196,16 @@ def _hparam(conf: config.Config, key: str):
     return value
 
 
-def execute(conf: config.Config, run_dir: Path, overrides: list[str] = ()) -> dict:
+def execute(
+    conf: config.Config, run_dir: Path, overrides: list[str] = (), named: list[str] | None = None
+) -> dict:
     """Train the run `conf` describes, recording into `run_dir`; returns its summary. A lone
     run is a population of one.
 
     With `conf.resume`, `run_dir` is that run's dir: its checkpoint is loaded and its record
     goes on from the checkpoint's epoch.
     """
-    (summary,) = execute_population([Member(conf, run_dir, list(overrides))])
+    (summary,) = execute_population([Member(conf, run_dir, list(overrides), named=named)])
     if isinstance(summary, Exception):
         raise summary
     return summary
@@ -365,7 +375,7 @@ def _tracker(b: Built, progress: bool, held: ExitStack) -> Tracker:
     return Tracker(
         b.member.run_dir,
         epochs=conf.train.epochs,
-        hparams=hparams(conf, b.member.overrides),
+        hparams=hparams(conf, b.member),
         figure=plots.for_dataset(b.dataset) if conf.log.figure_every else None,
         classify=b.dataset.task == "classification",
         start_epoch=b.start_epoch,
