@@ -128,8 +128,12 @@ class Checkpoints(Hook):
     ends the fit after the epoch in progress: a checkpoint always holds whole epochs. A member's
     record is flushed before its checkpoint is written, so the record is never behind it."""
 
-    def __init__(self, run_dirs, trackers, schedule=None, stoppers=(), every=None, stop=None):
+    def __init__(
+        self, run_dirs, trackers, schedule=None, stoppers=(), every=None, stop=None, runs=()
+    ):
+        """`runs`: each member's run identity (config.identity), which its checkpoint carries."""
         self.run_dirs, self.trackers, self.schedule = run_dirs, trackers, schedule
+        self.runs = list(runs) or [""] * len(run_dirs)
         self.stoppers = list(stoppers) or [None] * len(run_dirs)
         self.every, self.stop = every, stop
         self.last_save = time.monotonic()
@@ -140,7 +144,9 @@ class Checkpoints(Hook):
         if self.trackers[i] is not None:
             self.trackers[i].flush()
         generator = fit.plan.generators[i] if fit.plan.generators else None
-        state = checkpoint.state_of(fit, i, epoch, self.schedule, generator, self.stoppers[i])
+        state = checkpoint.state_of(
+            fit, i, epoch, self.schedule, generator, self.stoppers[i], self.runs[i]
+        )
         checkpoint.store(self.run_dirs[i], state, self.stoppers[i])
 
     def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
