@@ -50,8 +50,17 @@ def train_job(cfg: DictConfig) -> Outcome:
         said = user_error(exc)  # (raised, Hydra would print its own line about the job first)
         if said is None:
             raise
+        if made_now(hydra):  # a refused run leaves no dir behind
+            rundir.remove_untrained(run_dir)
         return Outcome(math.nan, "failed", exc if isinstance(exc, UserError) else UserError(said))
     return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
+
+
+def made_now(hydra: DictConfig) -> bool:
+    """Whether this command made the run's dir: conf/train.yaml's default, a fresh dir
+    (rundir.fresh), rather than one the user named."""
+    given = OmegaConf.to_container(hydra.run, resolve=False).get("dir")
+    return str(given).startswith("${regexp_fresh:")
 
 
 # The keys whose values may differ between the members of one population: each member has its
