@@ -8,6 +8,10 @@ import copy
 import hashlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -338,3 +342,35 @@ def test_a_sweep_over_no_values_is_refused_before_its_dir_is_made(tmp_path, valu
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert f"seed={values}: a sweep over no values, which would run no job" in refused.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a second signal stops at once, keeping the last completed epoch --------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_stops_at_once_keeping_the_last_completed_epoch(tmp_path, signum):
+    # Epochs of a good part of a second, checkpoints every 1000: none but the one kept.
+    args = ["data=digits", "model=cnn", "model.channels=[64,64]", "train.batch_size=16"]
+    args += ["train.epochs=200", "train.checkpoint_every=1000", "log.figure_every=0"]
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "regexp", "train", *args, "hydra.run.dir=run"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.csv"
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    time.sleep(0.05)
+    asked = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    assert time.monotonic() - asked < 3  # (not after the epoch in progress, nor the figures)
+    summary = read_json(run / "summary.json")
+    rows = (run / "metrics.csv").read_text().splitlines()
+    kept = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
+    assert summary["status"] == "interrupted" and summary["epochs"] == kept
+    assert int(rows[-1].split(",")[0]) == kept
+    regexp("train", "resume=run", f"train.epochs={kept + 1}", cwd=tmp_path)
+    assert read_json(run / "summary.json")["epochs"] == kept + 1
