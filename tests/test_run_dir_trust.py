@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import read_json, regexp
+from conftest import jobs_of, read_json, regexp
 
 RUN = ["train.epochs=3", "model.hidden=[8]", "log.figure_every=0"]
 
@@ -374,3 +374,45 @@ def test_a_second_signal_stops_at_once_keeping_the_last_completed_epoch(tmp_path
     assert int(rows[-1].split(",")[0]) == kept
     regexp("train", "resume=run", f"train.epochs={kept + 1}", cwd=tmp_path)
     assert read_json(run / "summary.json")["epochs"] == kept + 1
+
+
+# --- a killed worker costs its population alone ----------------------------------------------
+
+
+def grandchildren(pid: int) -> list[int]:
+    """The children of process `pid`'s children: a stacked launcher's workers (its fork
+    server's children)."""
+
+    def children(of: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{of}/task/{of}/children").read_text().split()]
+        except OSError:
+            return []
+
+    return [g for c in children(pid) for g in children(c)]
+
+
+@pytest.mark.slow
+def test_a_killed_stacked_worker_ends_its_population_interrupted_and_the_rest_finish(tmp_path):
+    args = ["data=digits", "model=cnn", "model.channels=[16,16]", "train.batch_size=32"]
+    args += ["train.epochs=12", "log.figure_every=0", "seed=0,1,2,3,4,5"]
+    args += ["hydra/launcher=stacked", "hydra.launcher.max_members=2", "hydra.launcher.n_jobs=2"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "regexp", "train", "-m", *args, "hydra.sweep.dir=sweep"]
+    sweep = tmp_path / "sweep"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, **quiet)
+    while not any(len(m.read_text().splitlines()) > 2 for m in sweep.glob("*/metrics.csv")):
+        time.sleep(0.05)
+    workers = grandchildren(process.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and "Traceback" not in err and "BrokenProcessPool" not in err
+    statuses = [read_json(job / "summary.json")["status"] for job in jobs_of(sweep)]
+    assert sorted(statuses) == ["completed"] * 4 + ["interrupted"] * 2
+    regexp("train", "-m", "resume=sweep", cwd=tmp_path)
+    for job in jobs_of(sweep):
+        summary = read_json(job / "summary.json")
+        assert (summary["status"], summary["epochs"]) == ("completed", 12)
+        assert len((job / "metrics.csv").read_text().splitlines()) == 1 + 12

@@ -124,6 +124,19 @@ def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
     return "resume" if checkpoint_file(run_dir).is_file() else "start"
 
 
+def stamp(run_dir) -> tuple:
+    """When the run's summary.json and metrics.csv last changed (None: not there): a launcher
+    whose worker died tells by it what each member of its population left."""
+
+    def changed(path: Path):
+        try:
+            return path.stat().st_mtime_ns, path.stat().st_size
+        except OSError:
+            return None
+
+    return changed(summary_file(run_dir)), changed(metrics_file(run_dir))
+
+
 def clear_record(run_dir: Path) -> None:
     """Remove the event files and best weights a run left without a checkpoint, before it
     starts again in its dir (every other file it wrote is rewritten as it trains): a record
