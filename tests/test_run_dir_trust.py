@@ -33,9 +33,12 @@ def files(run: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """Three finished runs to copy from: `seed0`, `seed1` (the same net), `wider` (another)."""
+    """Finished runs to copy from: `seed0`, `seed1` (the same net), `wider` (another net),
+    `stopping` (with a schedule and early stopping, whose best weights are in best.pt)."""
     where = tmp_path_factory.mktemp("runs")
-    for name, extra in [("seed0", []), ("seed1", ["seed=1"]), ("wider", ["model.hidden=[5]"])]:
+    stopping = ["sched=step", "train.early_stop.patience=5"]
+    made = [("seed0", []), ("seed1", ["seed=1"]), ("wider", ["model.hidden=[5]"])]
+    for name, extra in [*made, ("stopping", stopping)]:
         regexp("train", *RUN, *extra, f"hydra.run.dir={name}", cwd=where)
     return where
 
@@ -90,7 +93,8 @@ REFUSED = {
     ),
     "weights of the wrong shape": (
         edit_checkpoint(lambda s: s["model"].update({k: v[:1] for k, v in s["model"].items()})),
-        "checkpoint.pt: refused, not a checkpoint of this run (Error(s) in loading state_dict",
+        "checkpoint.pt: refused, its weights do not fit this run's model: 0.bias of (1,) "
+        "torch.float32, not (8,) torch.float32",
     ),
     "optimizer state that broadcasts": (
         edit_checkpoint(optimizer_rows(1)),
@@ -148,11 +152,63 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("case", list(REFUSED))
-def test_a_refused_resume_changes_no_file_of_the_run(runs, tmp_path, case):
-    damage, message = REFUSED[case]
+def edit_best(change):
+    def damage(run: Path) -> None:
+        best = torch.load(run / "best.pt", weights_only=True)
+        torch.save(change(best), run / "best.pt")
+
+    return damage
+
+
+# (the same, to a copy of the run with a schedule and early stopping)
+REFUSED_STOPPING = {
+    "a schedule's state that is text": (
+        edit_checkpoint(lambda s: s["scheduler"].update(lr="fast")),
+        "checkpoint.pt: refused, not a checkpoint of this run: its scheduler is not what",
+    ),
+    "an early stop's state that is text": (
+        edit_checkpoint(lambda s: s["early_stop"].update(wait="3")),
+        "checkpoint.pt: refused, not a checkpoint of this run: its early_stop is not what",
+    ),
+    "a learning rate that is nan": (
+        edit_checkpoint(lambda s: s["optimizer"].update(lr=float("nan"))),
+        "checkpoint.pt: refused, not a checkpoint of this run: its optimizer is not what",
+    ),
+    "weights of another dtype": (
+        edit_checkpoint(lambda s: s.update(model={k: v.double() for k, v in s["model"].items()})),
+        "checkpoint.pt: refused, its weights do not fit this run's model: 0.bias of (8,) "
+        "torch.float64, not (8,) torch.float32",
+    ),
+    "a random stream cut short": (
+        edit_checkpoint(lambda s: s["rng"].update(dropout=s["rng"]["dropout"][:10])),
+        "checkpoint.pt: refused, not a checkpoint of this run (Expected a CPUGeneratorImplState",
+    ),
+    "best weights that are strings": (
+        edit_best(lambda best: {**best, "model": {k: "x" for k in best["model"]}}),
+        "best.pt: refused, its weights do not fit this run's model",
+    ),
+    "best weights of the wrong shape": (
+        edit_best(lambda best: {**best, "model": {k: v[:1] for k, v in best["model"].items()}}),
+        "best.pt: refused, its weights do not fit this run's model: 0.bias of (1,)",
+    ),
+    "best weights that are a list": (
+        edit_best(lambda best: [1, 2]),
+        "best.pt: refused, not this run's best weights",
+    ),
+    "best weights that are garbage": (
+        lambda run: (run / "best.pt").write_bytes(b"garbage"),
+        "best.pt: refused, not this run's best weights",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "base,case", [("seed0", c) for c in REFUSED] + [("stopping", c) for c in REFUSED_STOPPING]
+)
+def test_a_refused_resume_changes_no_file_of_the_run(runs, tmp_path, base, case):
+    damage, message = {**REFUSED, **REFUSED_STOPPING}[case]
     run = tmp_path / "run"
-    shutil.copytree(runs / "seed0", run)
+    shutil.copytree(runs / base, run)
     for other in ("seed1", "wider"):
         (tmp_path / other).symlink_to(runs / other)
     damage(run)
@@ -416,3 +472,14 @@ def test_a_killed_stacked_worker_ends_its_population_interrupted_and_the_rest_fi
         summary = read_json(job / "summary.json")
         assert (summary["status"], summary["epochs"]) == ("completed", 12)
         assert len((job / "metrics.csv").read_text().splitlines()) == 1 + 12
+
+
+def test_in_a_resumed_sweep_a_job_with_another_runs_checkpoint_fails_alone(tmp_path):
+    regexp("train", "-m", *RUN, "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    seed0, seed1 = jobs_of(tmp_path / "sweep")
+    shutil.copy(seed1 / "checkpoint.pt", seed0 / "checkpoint.pt")
+    done = regexp("train", "-m", "resume=sweep", "train.epochs=5", cwd=tmp_path, check=False)
+    said = "checkpoint.pt: refused, a checkpoint of another run (seed=1 there, 0 in this run's"
+    assert said in done.stdout + done.stderr
+    assert read_json(seed1 / "summary.json")["epochs"] == 5
+    assert read_json(seed0 / "summary.json")["epochs"] == 3

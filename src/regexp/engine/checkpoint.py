@@ -5,6 +5,7 @@ run it belongs to, and the checks that refuse a file this regexp did not write f
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -100,19 +101,43 @@ def _wrong_field(state: dict) -> str | None:
     def stream(t) -> bool:  # a generator's state
         return isinstance(t, torch.Tensor) and t.dtype == torch.uint8
 
+    def count(n) -> bool:
+        return type(n) is int and n >= 0
+
+    def number(x) -> bool:
+        return type(x) in (int, float) and not math.isnan(x)
+
+    def numbers(d: dict) -> bool:  # a schedule's state: numbers, lists of them, and its name
+        return all(
+            number(v) or (isinstance(v, list) and all(map(number, v))) or k == "name"
+            for k, v in d.items()
+        )
+
     optimizer, rng = state.get("optimizer"), state.get("rng")
+    scheduler, early = state.get("scheduler"), state.get("early_stop", {})
     checks = {
         "run": isinstance(state.get("run"), str),
         "model": tensors(state.get("model")),
         "optimizer": isinstance(optimizer, dict)
-        and type(optimizer.get("step")) is int
-        and isinstance(optimizer.get("lr"), float)
+        and count(optimizer.get("step"))
+        and number(optimizer.get("lr"))
+        and math.isfinite(optimizer["lr"])
+        and optimizer["lr"] >= 0
         and tensors(optimizer.get("state")),
-        "scheduler": state.get("scheduler") is None or isinstance(state.get("scheduler"), dict),
+        "scheduler": scheduler is None
+        or (isinstance(scheduler, dict) and isinstance(scheduler.get("name"), str))
+        and numbers(scheduler),
         "rng": isinstance(rng, dict)
         and stream(rng.get("dropout"))
         and (rng.get("batches") is None or stream(rng.get("batches"))),
-        "early_stop": isinstance(state.get("early_stop", {}), dict),
+        "early_stop": isinstance(early, dict)
+        and (
+            not early
+            or number(early.get("best"))
+            and count(early.get("best_epoch"))
+            and count(early.get("wait"))
+            and isinstance(early.get("stopped"), bool)
+        ),
     }
     wrong = [name for name, ok in checks.items() if not ok]
     return f"its {wrong[0]} is not what regexp writes there" if wrong else None
@@ -144,8 +169,12 @@ def restore(
     the epoch it was saved at."""
     state = read_checked(path, stack.flat.device, run)
     epoch = state["epoch"]
+    model = stack.models[i]
+    misfit = _misfit(state["model"], model.state_dict())
+    if misfit:
+        raise UserError(f"{path}: refused, its weights do not fit this run's model: {misfit}")
     with torch.no_grad():
-        stack.models[i].load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
     update.load_state_dict(i, state["optimizer"])
     if schedule is not None and state["scheduler"] is not None:
         schedule.load_state_dict(i, state["scheduler"])
@@ -155,5 +184,30 @@ def restore(
     if generator is not None and rng["batches"] is not None:
         generator.set_state(rng["batches"].cpu())
     if stopper is not None and "early_stop" in state:
-        stopper.load(state["early_stop"], Path(path).parent, stack.flat.device)
+        best = rundir.best_file(Path(path).parent)
+        try:
+            stopper.load(state["early_stop"], Path(path).parent, stack.flat.device)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, LookupError, TypeError) as exc:
+            why = first_line(exc)
+            raise UserError(f"{best}: refused, not this run's best weights ({why})") from None
+        misfit = stopper.best_state is not None and _misfit(stopper.best_state, model.state_dict())
+        if misfit:
+            raise UserError(f"{best}: refused, its weights do not fit this run's model: {misfit}")
     return epoch
+
+
+def _misfit(weights, mine: dict) -> str | None:
+    """How `weights` (a state dict read back) differ from the model's `mine` in their keys,
+    shapes or types (load_state_dict would cast another dtype), or None."""
+    if not isinstance(weights, dict):
+        return f"a {type(weights).__name__}, not a state dict"
+    for key in sorted({*weights, *mine}):
+        theirs, ours = weights.get(key), mine.get(key)
+        if ours is None or not isinstance(theirs, torch.Tensor):
+            return f"{key} is {'missing' if theirs is None else 'not expected'}"
+        if (theirs.shape, theirs.dtype) != (ours.shape, ours.dtype):
+            return (
+                f"{key} of {tuple(theirs.shape)} {theirs.dtype}, "
+                f"not {tuple(ours.shape)} {ours.dtype}"
+            )
+    return None

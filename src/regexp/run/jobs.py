@@ -176,8 +176,13 @@ def going_on(conf: config.Config, run_dir: Path, step: str | None) -> tuple[conf
         return conf, 0
     from regexp.engine import checkpoint  # (torch: only where a sweep is resumed)
 
-    done = checkpoint.read_checked(rundir.checkpoint_file(run_dir))["epoch"]
+    # Refused here, a job of another run's checkpoint or a damaged record fails alone, before
+    # the jobs are grouped into populations.
+    saved = rundir.checkpoint_file(run_dir)
+    done = checkpoint.read_checked(saved, run=config.identity(conf))["epoch"]
     rundir.check_more_epochs(conf.train.epochs, done, run_dir)
+    rundir.read_metrics(run_dir, done)
+    rundir.seconds_spent(run_dir)
     log.info("resumed from epoch %d: %s", done, run_dir)
     return dataclasses.replace(conf, resume=str(run_dir)), done
 
