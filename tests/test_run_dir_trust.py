@@ -241,6 +241,7 @@ def test_the_run_resumes_with_its_own_checkpoint(runs, tmp_path):
     "overrides",
     [
         ["optim.lr=-1"],  # refused by the config's checks
+        ["optim.lr=-1", "hydra.job.chdir=true"],  # (from inside the dir it removes)
         ["data=digits", "data.n_train=2000"],  # refused once the data is loaded
         ["norm=bn", "data.n_train=1"],  # refused once the model is built
     ],

@@ -51,7 +51,7 @@ def train_job(cfg: DictConfig) -> Outcome:
         if said is None:
             raise
         if made_now(hydra):  # a refused run leaves no dir behind
-            rundir.remove_untrained(run_dir)
+            rundir.remove_untrained(run_dir, Path(hydra.runtime.cwd))
         return Outcome(math.nan, "failed", exc if isinstance(exc, UserError) else UserError(said))
     return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
 

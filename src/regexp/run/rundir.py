@@ -145,17 +145,16 @@ def clear_record(run_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def remove_untrained(run_dir: Path) -> None:
+def remove_untrained(run_dir: Path, here: Path) -> None:
     """Remove the dir this command made for a run that was refused before it trained, where
     it holds nothing but Hydra's record of the command and the refusal's summary, and the
-    dirs above it that it leaves empty (outputs/<date>), up to the current dir."""
+    dirs above it that it leaves empty (outputs/<date>), up to `here`, the command's dir."""
     import shutil
 
-    run_dir = Path(run_dir).resolve()
+    run_dir, here = Path(run_dir).resolve(), Path(here).resolve()
     if not {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", SUMMARY}:
         return
     shutil.rmtree(run_dir, ignore_errors=True)
-    here = Path.cwd().resolve()
     for parent in run_dir.parents:
         if here not in parent.parents:
             break
