@@ -288,6 +288,7 @@ CODE = [
     "hydra.job_logging.root.handlers=[spy]",
     "+hydra.job.env_set.PYTHONSTARTUP=spy.py",
     "hydra/launcher=../../spy",
+    "+experiment=../../../../../spy",  # (a config file anywhere, which may name callbacks)
     "+hydra.launcher.setup=[touch RAN]",
 ]
 
@@ -338,6 +339,13 @@ def test_a_sweep_whose_multirun_yaml_names_code_is_not_resumed(tmp_path):
     # One case as a process of its own, where the callback could import.
     refused = regexp("train", "-m", "resume=sweep", cwd=tmp_path, env=env, check=False)
     assert refused.returncode == 2 and not (tmp_path / "RAN").exists()
+
+
+def test_a_sweep_over_a_group_and_a_launcher_goes_on(tmp_path):
+    launcher = ["hydra/launcher=stacked", "hydra.launcher.n_jobs=1"]
+    regexp("train", "-m", *RUN, "norm=none,ln", *launcher, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    regexp("train", "-m", "resume=sweep", "train.epochs=4", cwd=tmp_path)
+    assert [read_json(j / "summary.json")["epochs"] for j in jobs_of(tmp_path / "sweep")] == [4, 4]
 
 
 @pytest.mark.parametrize(

@@ -155,12 +155,15 @@ def read_back(path: Path, part: str | None = None) -> list[str]:
 
 def names_code(key: str, value: str) -> bool:
     """Whether the override `key=value`, read back from a dir, would have Hydra import or run
-    code: a _target_ anywhere, a Hydra setting outside READ_BACK, a group's choice that is not
-    a plain name."""
+    code: a _target_ anywhere, a Hydra setting outside READ_BACK, a group's choice that is a
+    path (`+experiment=../../x` reaches a config file anywhere, which may set any of these)."""
+    from regexp import config
+
+    group = key.split("@")[0]
     if "_target_" in re.split(r"[./]", key):
         return True
-    if key.startswith("hydra/"):
-        return not value.isidentifier()
+    if "/" in group or (config.conf_dir() / group).is_dir():
+        return re.search(r"[/\\]", value) is not None  # (names, a sweep's or choice()'s)
     if key.startswith("hydra"):
         return not key.startswith(READ_BACK) or key.startswith(NOT_READ_BACK)
     return False
