@@ -181,8 +181,7 @@ def going_on(conf: config.Config, run_dir: Path, step: str | None) -> tuple[conf
     saved = rundir.checkpoint_file(run_dir)
     done = checkpoint.read_checked(saved, run=config.identity(conf))["epoch"]
     rundir.check_more_epochs(conf.train.epochs, done, run_dir)
-    rundir.read_metrics(run_dir, done)
-    rundir.seconds_spent(run_dir)
+    rundir.check_record(run_dir, done)
     log.info("resumed from epoch %d: %s", done, run_dir)
     return dataclasses.replace(conf, resume=str(run_dir)), done
 

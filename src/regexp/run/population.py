@@ -510,6 +510,5 @@ def resume(
             f"{path}: refused, not a checkpoint of this run ({first_line(exc)})"
         ) from exc
     rundir.check_more_epochs(conf.train.epochs, epoch, path.parent)
-    rundir.read_metrics(path.parent, epoch)  # (refuses a record that is not whole up to it)
-    rundir.seconds_spent(path.parent)  # (and a summary that cannot be read)
+    rundir.check_record(path.parent, epoch)
     return epoch

@@ -99,7 +99,7 @@ def resumed_sweep(args: list[str]):
 
 # Hydra's settings that a run's or sweep's dir may bring back: none that names code to import
 # or run (callbacks, a _target_, a config search path, logging handlers, environment
-# variables, a Slurm job's shell lines). A group's choice must be a plain name: a path could
+# variables, a Slurm job's shell lines). A group's choice may not be a path, which could
 # reach a config file anywhere, naming any class.
 READ_BACK = (
     "hydra.mode",
@@ -138,12 +138,11 @@ def read_back(path: Path, part: str | None = None) -> list[str]:
             f"{path}: refused, {where} is {kinds.get(type(overrides), type(overrides).__name__)}; "
             "Hydra records the overrides that made a run as a list of KEY=VALUE strings"
         )
-    for entry in overrides:
-        if not isinstance(entry, str):
-            raise UserError(
-                f"{path}: refused, {where} lists {str(entry)[:60]!r}, not a KEY=VALUE string"
-            )
     for override in overrides:
+        if not isinstance(override, str):
+            raise UserError(
+                f"{path}: refused, {where} lists {str(override)[:60]!r}, not a KEY=VALUE string"
+            )
         key = override.lstrip("+~").split("=", 1)[0]
         if names_code(key, override.split("=", 1)[1] if "=" in override else ""):
             raise UserError(
@@ -159,10 +158,10 @@ def names_code(key: str, value: str) -> bool:
     path (`+experiment=../../x` reaches a config file anywhere, which may set any of these)."""
     from regexp import config
 
-    group = key.split("@")[0]
+    groups = {p.name for p in config.conf_dir().iterdir() if p.is_dir()}
     if "_target_" in re.split(r"[./]", key):
         return True
-    if "/" in group or (config.conf_dir() / group).is_dir():
+    if "/" in key or key.split("@")[0] in groups:
         return re.search(r"[/\\]", value) is not None  # (names, a sweep's or choice()'s)
     if key.startswith("hydra"):
         return not key.startswith(READ_BACK) or key.startswith(NOT_READ_BACK)
