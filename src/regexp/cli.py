@@ -75,6 +75,7 @@ def train(args: list[str]) -> int:
             )
     sweep = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args))
     if sweep:
+        refuse_empty_sweeps(args)
         args = [*args, *job_naming(args)]
         if stacked_in_workers(args):
             from regexp.sweep import stacked
@@ -132,6 +133,26 @@ def hydra_task(cfg):
     from regexp.run import jobs
 
     return jobs.train_job(cfg)
+
+
+def refuse_empty_sweeps(args: list[str]) -> None:
+    """A sweep over no values (`seed='range(0)'`) would run no job and end as if it had run
+    them all: refused before the sweep's dir is made."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from regexp.errors import UserError
+
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            override = parser.parse_override(arg)
+            empty = override.is_sweep_override() and not list(override.sweep_string_iterator())
+        except Exception:  # (not an override, or glob(), which needs the config: Hydra says)
+            continue
+        if empty:
+            raise UserError(
+                f"{arg}: a sweep over no values, which would run no job; give it one at least"
+            )
 
 
 def job_naming(args: list[str]) -> list[str]:

@@ -78,6 +78,13 @@ def user_error(exc: BaseException) -> str | None:
         ("Only one of --run, --multirun", "Config group override must be")
     ):
         return str(exc)  # Hydra's usage errors (`data=null`: a group needs an option)
+    if isinstance(exc, (RuntimeError, ImportError)) and str(exc).startswith(
+        ("Invalid plugin", "Unknown plugin class", "Could not instantiate plugin")
+    ):  # (hydra.launcher._target_=os.system: Hydra instantiates its plugins' classes alone)
+        return (
+            f"{first_line(exc)}: a launcher's or sweeper's _target_ must be the class of a Hydra "
+            "plugin; pick one with hydra/launcher=NAME or hydra/sweeper=NAME"
+        )
     if isinstance(exc, MissingConfigException) and exc.options:
         group, _, name = (exc.missing_cfg_file or "").rpartition("/")
         close = difflib.get_close_matches(name, exc.options, n=1)

@@ -219,6 +219,24 @@ def check(conf: Config) -> None:
         rundir.checkpoint_of(conf.resume)
 
 
+# What may change when a run goes on (`resume=`); anything else would make it another run.
+RESUME_MAY_CHANGE = ("train.epochs", "train.checkpoint_every", "device", "threads", "log.")
+
+
+def identity(conf: Config) -> str:
+    """What makes the run `conf` describes the run it is, whatever a resume may change: its
+    config less RESUME_MAY_CHANGE, as JSON. A checkpoint carries its run's, to prove it
+    belongs to the run it is resumed in."""
+    import json
+
+    kept = {
+        k: v
+        for k, v in flat(asdict(conf)).items()
+        if not k.startswith(RESUME_MAY_CHANGE) and k != "resume"
+    }
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
 def flat(tree, prefix: str = "") -> dict:
     """A nested config as {dotted key: leaf value}."""
     if not isinstance(tree, dict):

@@ -19,6 +19,9 @@ from regexp.engine.stopping import Stopper
 # With no checkpoint_every, a checkpoint whenever this many seconds of training have passed:
 # a hard kill loses at most that much, and a short run pays for one checkpoint, at its end.
 CHECKPOINT_SECONDS = 60.0
+# An epoch longer than this keeps each member's state at its end in memory, for a second
+# signal that stops the next one at once (a copy costs a small part of such an epoch).
+HOLD_SECONDS = 0.1
 
 
 class Hook:
@@ -32,6 +35,9 @@ class Hook:
 
     def end(self, fit: Fit) -> None:
         pass
+
+    def interrupted(self, fit: Fit) -> None:
+        """The fit stops at once, in the middle of an epoch (a second SIGINT or SIGTERM)."""
 
 
 class Records(Hook):
@@ -126,25 +132,45 @@ class Checkpoints(Hook):
     """Each running member's checkpoint (checkpoint.py) every `every` epochs (None: every
     CHECKPOINT_SECONDS of training), at the last epoch, and when `stop()` turns true, which
     ends the fit after the epoch in progress: a checkpoint always holds whole epochs. A member's
-    record is flushed before its checkpoint is written, so the record is never behind it."""
+    record is flushed before its checkpoint is written, so the record is never behind it. A fit
+    stopped at once (a second signal) keeps the last completed epoch, where it was long: its
+    state, held since that epoch ended, is written then."""
 
-    def __init__(self, run_dirs, trackers, schedule=None, stoppers=(), every=None, stop=None):
+    def __init__(
+        self, run_dirs, trackers, schedule=None, stoppers=(), every=None, stop=None, runs=()
+    ):
+        """`runs`: each member's run identity (config.identity), which its checkpoint carries."""
         self.run_dirs, self.trackers, self.schedule = run_dirs, trackers, schedule
+        self.runs = list(runs) or [""] * len(run_dirs)
         self.stoppers = list(stoppers) or [None] * len(run_dirs)
         self.every, self.stop = every, stop
-        self.last_save = time.monotonic()
+        self.last_save = self.last_epoch = time.monotonic()
+        self.held: dict[int, dict] = {}  # member -> its state at the last epoch's end
 
-    def save(self, fit: Fit, i: int, epoch: int) -> None:
+    def state(self, fit: Fit, i: int, epoch: int) -> dict:
+        generator = fit.plan.generators[i] if fit.plan.generators else None
+        return checkpoint.state_of(
+            fit, i, epoch, self.schedule, generator, self.stoppers[i], self.runs[i]
+        )
+
+    def save(self, fit: Fit, i: int, epoch: int, state: dict | None = None) -> None:
         if self.run_dirs[i] is None:
             return
         if self.trackers[i] is not None:
             self.trackers[i].flush()
-        generator = fit.plan.generators[i] if fit.plan.generators else None
-        state = checkpoint.state_of(fit, i, epoch, self.schedule, generator, self.stoppers[i])
+        state = state or self.state(fit, i, epoch)
         checkpoint.store(self.run_dirs[i], state, self.stoppers[i])
+
+    def interrupted(self, fit: Fit) -> None:
+        for i, state in self.held.items():
+            self.save(fit, i, state["epoch"], state)
 
     def epoch_end(self, fit: Fit, epoch: int, metrics: list[dict]) -> None:
         running = fit.running()
+        now, took = time.monotonic(), time.monotonic() - self.last_epoch
+        self.last_epoch, self.held = now, {}
+        if took > HOLD_SECONDS:
+            self.held = {i: self.state(fit, i, epoch) for i in running if self.run_dirs[i]}
         if not running:
             return
         if self.stop is not None and self.stop():
@@ -158,7 +184,7 @@ class Checkpoints(Hook):
             else time.monotonic() - self.last_save >= CHECKPOINT_SECONDS
         ):
             for i in running:
-                self.save(fit, i, epoch)
+                self.save(fit, i, epoch, self.held.get(i))
             self.last_save = time.monotonic()
 
 

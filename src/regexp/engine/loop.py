@@ -164,6 +164,26 @@ def fit(
     state = Fit(stack, update, plan, lrs, [None] * k, [True] * k, Outputs(k, plan.best_valid))
     for hook in hooks:
         hook.start(state)
+    try:
+        _epochs(state, loss_fn, data, hooks)
+    except KeyboardInterrupt:  # (a second signal: at once, mid-epoch)
+        for hook in hooks:
+            hook.interrupted(state)
+        raise
+    if state.outputs.last is None:  # a resumed run with no epoch left: it only ends its record
+        classify = data.task == "classification"
+        state.outputs.last = evaluate(stack, loss_fn, data, classify, keep=True)[1]
+    for hook in hooks:
+        hook.end(state)
+    results = [r or Result("completed", plan.epochs) for r in state.results]
+    for i, result in enumerate(results):
+        result.last, result.best, result.best_epoch = state.outputs.of(i)
+    return results
+
+
+def _epochs(state: Fit, loss_fn: nn.Module, data: PopulationData, hooks) -> None:
+    """`fit`'s epochs, each followed by the `hooks`, until none is left to train."""
+    stack, plan = state.stack, state.plan
     classify = data.task == "classification"
     size = data.n if plan.batch_size is None else min(plan.batch_size, data.n)
     every = plan.weight_stats_every
@@ -193,14 +213,6 @@ def fit(
         state.outputs.last = state.valid_out
         if not state.running() or state.interrupted:
             break
-    if state.outputs.last is None:  # a resumed run with no epoch left: it only ends its record
-        state.outputs.last = evaluate(stack, loss_fn, data, classify, keep=True)[1]
-    for hook in hooks:
-        hook.end(state)
-    results = [r or Result("completed", plan.epochs) for r in state.results]
-    for i, result in enumerate(results):
-        result.last, result.best, result.best_epoch = state.outputs.of(i)
-    return results
 
 
 def _metrics(row, classify, data, lr, penalty, i, stats) -> dict[str, float]:

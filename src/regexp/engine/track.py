@@ -17,7 +17,6 @@ population's progress line), so that what goes into which file, and when, is in 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from pathlib import Path
@@ -93,7 +92,6 @@ class Tracker:
         # in the same second, which would otherwise share its name.
         suffix = f".{start_epoch}" if start_epoch else ""
         self._events = EventsWriter(rundir.events_prefix(self.run_dir), suffix)
-        csv_path = rundir.metrics_file(self.run_dir)
         self._columns: list[str] = []  # metrics.csv's, fixed by its header
         if start_epoch == 0:
             self.write(tb.custom_scalars(layout(classify)))
@@ -103,7 +101,7 @@ class Tracker:
             self.write(tb.hparams(hparams, {})[1])
             self._csv_file = rundir.open_metrics(self.run_dir, "w")
         else:
-            self._resume(csv_path, start_epoch)
+            self._resume(start_epoch)
         self._csv = csv.writer(self._csv_file)
 
         self.console = Console()
@@ -124,16 +122,10 @@ class Tracker:
         if self.figure is not None:
             self._animation = _animate(self.figure, self.run_dir, start_epoch)
 
-    def _resume(self, csv_path: Path, start_epoch: int) -> None:
+    def _resume(self, start_epoch: int) -> None:
         """Go on from `start_epoch`: the epochs after it are dropped from metrics.csv, and from
         TensorBoard by a session-start event there, since the resumed run trains them again."""
-        rows, header = [], None
-        if csv_path.exists():
-            with open(csv_path, newline="") as f:
-                reader = csv.reader(f)
-                header = next(reader, None)
-                # (a row cut short by a kill or a full disk is no record: it is trained again)
-                rows = [r for r in reader if len(r) == len(header) and int(r[0]) <= start_epoch]
+        header, rows = rundir.read_metrics(self.run_dir, start_epoch)
         if header:
             # The kept rows replace the file at once (a temp file, then a rename): a kill or a
             # full disk mid-write leaves the old record whole, for the next resume to cut.
@@ -147,9 +139,7 @@ class Tracker:
         restart = Event(wall_time=time.time(), step=start_epoch + 1)
         restart.session_log.status = SessionLog.START
         self._events.write_event(restart)
-        summary = rundir.summary_file(self.run_dir)
-        if summary.exists():  # the time already spent counts
-            self.started -= json.loads(summary.read_text()).get("seconds") or 0
+        self.started -= rundir.seconds_spent(self.run_dir)  # the time already spent counts
 
     def _remember(self, epoch: int, metrics: dict[str, float]) -> None:
         self.history.append(metrics)

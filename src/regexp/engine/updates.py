@@ -164,6 +164,13 @@ class Update:
             theirs = sorted(state["state"])
             raise ValueError(f"an optimizer state of {theirs} does not fit one of {ours}")
         for name, row in state["state"].items():
+            mine = self.state[name][k]
+            if row.shape != mine.shape or row.dtype != mine.dtype:  # (copy_ would broadcast)
+                raise ValueError(
+                    f"an optimizer state {name} of {tuple(row.shape)} {row.dtype} does not fit "
+                    f"one of {tuple(mine.shape)} {mine.dtype}"
+                )
+        for name, row in state["state"].items():
             self.state[name][k].copy_(row)
         self.steps[k] = int(state["step"])
         self.lr[k, 0] = float(state["lr"])

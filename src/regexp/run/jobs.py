@@ -50,8 +50,17 @@ def train_job(cfg: DictConfig) -> Outcome:
         said = user_error(exc)  # (raised, Hydra would print its own line about the job first)
         if said is None:
             raise
+        if made_now(hydra):  # a refused run leaves no dir behind
+            rundir.remove_untrained(run_dir, Path(hydra.runtime.cwd))
         return Outcome(math.nan, "failed", exc if isinstance(exc, UserError) else UserError(said))
     return Outcome(summary["best"].get("valid_loss", math.nan), summary["status"])
+
+
+def made_now(hydra: DictConfig) -> bool:
+    """Whether this command made the run's dir: conf/train.yaml's default, a fresh dir
+    (rundir.fresh), rather than one the user named."""
+    given = OmegaConf.to_container(hydra.run, resolve=False).get("dir")
+    return str(given).startswith("${regexp_fresh:")
 
 
 # The keys whose values may differ between the members of one population: each member has its
@@ -175,8 +184,12 @@ def going_on(conf: config.Config, run_dir: Path, step: str | None) -> tuple[conf
         return conf, 0
     from regexp.engine import checkpoint  # (torch: only where a sweep is resumed)
 
-    done = checkpoint.read_checked(rundir.checkpoint_file(run_dir))["epoch"]
+    # Refused here, a job of another run's checkpoint or a damaged record fails alone, before
+    # the jobs are grouped into populations.
+    saved = rundir.checkpoint_file(run_dir)
+    done = checkpoint.read_checked(saved, run=config.identity(conf))["epoch"]
     rundir.check_more_epochs(conf.train.epochs, done, run_dir)
+    rundir.check_record(run_dir, done)
     log.info("resumed from epoch %d: %s", done, run_dir)
     return dataclasses.replace(conf, resume=str(run_dir)), done
 

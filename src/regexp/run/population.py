@@ -287,12 +287,9 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     """Train the set-up members as one stack; returns their summaries in order."""
     first = built[0].member.conf
     dataset = built[0].dataset
-    stack = Stack([b.model for b in built], [b.dropout for b in built])
+    stack, update, schedule = _stacked(built)
     confs = [b.member.conf for b in built]
-    decayed = None if first.optim.decay_norm_and_bias else weight_mask(stack)
-    update = updates.build_update([c.optim for c in confs], stack.flat, decayed)
     lrs = update.lr[:, 0].tolist()  # each member's lr as its option configures it
-    schedule = schedules.build_schedule([c.sched for c in confs], first.train.epochs, lrs)
     loss_fn = optim.build_loss(first.loss, dataset.task, dataset.n_outputs, reduction="none")
     status, errors = ["failed"] * len(built), [None] * len(built)
     stopped: list[int | None] = [None] * len(built)
@@ -351,6 +348,28 @@ def _train(built: list[Built], progress: Callable | None) -> list[dict]:
     return summaries
 
 
+def _stacked(built: list[Built]) -> tuple[Stack, updates.Update, schedules.Schedule]:
+    """The members' models as one stack, with its update and schedule, as they start."""
+    first = built[0].member.conf
+    stack = Stack([b.model for b in built], [b.dropout for b in built])
+    decayed = None if first.optim.decay_norm_and_bias else weight_mask(stack)
+    update = updates.build_update([b.member.conf.optim for b in built], stack.flat, decayed)
+    lrs = update.lr[:, 0].tolist()  # each member's lr as its option configures it
+    scheds = [b.member.conf.sched for b in built]
+    return stack, update, schedules.build_schedule(scheds, first.train.epochs, lrs)
+
+
+def check_resume(conf: config.Config, run_dir: Path) -> int:
+    """Go through the start of the run in `run_dir` resumed with `conf` and write nothing:
+    its model built, its checkpoint restored into it, its record read back. Whatever would
+    refuse the resume refuses it here, before Hydra writes in the dir. Returns the epoch it
+    would go on from."""
+    built = setup(Member(conf, run_dir))
+    stack, update, schedule = _stacked([built])
+    saved = rundir.checkpoint_file(run_dir)
+    return resume(saved, conf, stack, 0, update, schedule, built.batches, built.stopper)
+
+
 def _start(built: list[Built], stack: Stack, update, schedule) -> None:
     """Where each member starts: a resumed one from its checkpoint, a new one with its layer
     table (model.txt). A population resumes from one epoch."""
@@ -390,8 +409,9 @@ def _hooks(built: list[Built], schedule, progress, stop) -> list[hooks.Hook]:
     trackers = [b.tracker for b in built]
     dirs = [b.member.run_dir for b in built]
     stoppers = [b.stopper for b in built]
+    runs = [config.identity(b.member.conf) for b in built]
     checkpoints = hooks.Checkpoints(
-        dirs, trackers, schedule, stoppers, first.train.checkpoint_every, stop
+        dirs, trackers, schedule, stoppers, first.train.checkpoint_every, stop, runs
     )
     chosen = [hooks.Records(trackers)]
     if first.log.hist_every:
@@ -490,12 +510,15 @@ def _best_valid(tracker: Tracker) -> float:
 def resume(
     path: Path, conf: config.Config, stack, i: int, update, schedule, batches, stopper=None
 ) -> int:
-    """Load the checkpoint at `path` into member `i` of the population; returns its epoch."""
+    """Load the checkpoint at `path` into member `i` of the population; returns its epoch.
+    It must be of the run `conf` describes, and of an epoch its metrics.csv reached."""
+    run = config.identity(conf)
     try:
-        epoch = checkpoint.restore(path, stack, i, update, schedule, batches, stopper)
+        epoch = checkpoint.restore(path, run, stack, i, update, schedule, batches, stopper)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # the fields of another run
         raise UserError(
             f"{path}: refused, not a checkpoint of this run ({first_line(exc)})"
         ) from exc
     rundir.check_more_epochs(conf.train.epochs, epoch, path.parent)
+    rundir.check_record(path.parent, epoch)
     return epoch

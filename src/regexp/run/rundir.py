@@ -124,12 +124,44 @@ def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
     return "resume" if checkpoint_file(run_dir).is_file() else "start"
 
 
+def stamp(run_dir) -> tuple:
+    """When the run's summary.json and metrics.csv last changed (None: not there): a launcher
+    whose worker died tells by it what each member of its population left."""
+
+    def changed(path: Path):
+        try:
+            return path.stat().st_mtime_ns, path.stat().st_size
+        except OSError:
+            return None
+
+    return changed(summary_file(run_dir)), changed(metrics_file(run_dir))
+
+
 def clear_record(run_dir: Path) -> None:
     """Remove the event files and best weights a run left without a checkpoint, before it
     starts again in its dir (every other file it wrote is rewritten as it trains): a record
     that no checkpoint continues, which TensorBoard would show beside the new one."""
     for stale in [*Path(run_dir).glob(f"{EVENTS}.out.tfevents.*"), best_file(run_dir)]:
         stale.unlink(missing_ok=True)
+
+
+def remove_untrained(run_dir: Path, here: Path) -> None:
+    """Remove the dir this command made for a run that was refused before it trained, where
+    it holds nothing but Hydra's record of the command and the refusal's summary, and the
+    dirs above it that it leaves empty (outputs/<date>), up to `here`, the command's dir."""
+    import shutil
+
+    run_dir, here = Path(run_dir).resolve(), Path(here).resolve()
+    if not {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", SUMMARY}:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if here not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # (only if empty)
+        except OSError:
+            break
 
 
 # --- the files of a run dir: named here alone, written here alone -----------------------------
@@ -221,6 +253,80 @@ def write_predictions(run_dir, arrays: dict) -> Path:
     with atomic(path, ".tmp.npz") as tmp:  # (np.savez adds .npz to a name without it)
         np.savez(tmp, **arrays)
     return path
+
+
+def check_record(run_dir, epoch: int) -> None:
+    """Refuse, in one line, a record that a resume from `epoch` could not go on with: its
+    metrics.csv (read_metrics) or its summary.json (seconds_spent)."""
+    read_metrics(run_dir, epoch)
+    seconds_spent(run_dir)
+
+
+def read_metrics(run_dir, epoch: int) -> tuple[list[str] | None, list[list[str]]]:
+    """metrics.csv's header (None where there is none: a bare checkpoint's dir) and its rows up
+    to `epoch`, that of the checkpoint a resume goes on from, which they must reach (one of
+    another run is refused) whole: any damage there is refused in one line naming the line.
+    What comes after is trained again (rows a kill left past the checkpoint, one cut short)."""
+    path = metrics_file(run_dir)
+    if not path.exists():
+        return None, []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header, rows = next(reader, None), []
+            if not header:
+                return None, []
+            if header[0] != "epoch":
+                raise UserError(f"{path}: refused, its header starts with {header[0]!r}, not epoch")
+            while not rows or int(rows[-1][0]) < epoch:
+                row = next(reader, None)
+                if row is None:
+                    reached = rows[-1][0] if rows else 0
+                    raise UserError(
+                        f"{checkpoint_file(run_dir)}: refused, it is of epoch {epoch} and {path} "
+                        f"reached epoch {reached}: not a checkpoint of this run"
+                    )
+                _check_row(f"{path} line {reader.line_num}", header, row, rows)
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: refused, not a record regexp wrote ({exc})") from None
+    return header, rows
+
+
+def _check_row(where: str, header: list[str], row: list[str], before: list[list[str]]) -> None:
+    """Refuse a row of metrics.csv that is not one regexp wrote after the rows `before` it."""
+    if len(row) != len(header):
+        raise UserError(f"{where}: refused, {len(row)} cells; its header has {len(header)}")
+    last = int(before[-1][0]) if before else 0
+    if not (row[0].isdigit() and row[0].isascii()) or int(row[0]) <= last:
+        raise UserError(f"{where}: refused, its epoch {row[0]!r} does not follow {last}")
+    for name, cell in zip(header[1:], row[1:], strict=True):
+        if cell and not _number(cell):
+            raise UserError(f"{where}: refused, its {name} {cell[:40]!r} is not a number")
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def seconds_spent(run_dir) -> float:
+    """The seconds the run in `run_dir` trained before a resume (its summary.json's; none
+    without one); a summary.json regexp did not write is refused."""
+    path = summary_file(run_dir)
+    if not path.exists():
+        return 0.0
+    try:
+        summary = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: refused, not a summary regexp wrote ({exc})") from None
+    seconds = summary.get("seconds") if isinstance(summary, dict) else None
+    if not isinstance(summary, dict) or not isinstance(seconds, (int, float, type(None))):
+        raise UserError(f"{path}: refused, not a summary regexp wrote (its seconds: {seconds!r})")
+    return float(seconds or 0)
 
 
 def open_metrics(run_dir, mode: str):

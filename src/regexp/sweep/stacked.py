@@ -219,6 +219,7 @@ class StackedLauncher(Launcher):
         is raised here once the workers are done."""
         from regexp.console import PopulationProgress
         from regexp.errors import Interrupted
+        from regexp.run import rundir
 
         updates = self._updates
         received: list[int] = []
@@ -240,6 +241,7 @@ class StackedLauncher(Launcher):
 
         progress = PopulationProgress([(len(p), p[0].conf.train.epochs, 0) for p in populations])
         pending: set = set()
+        before = [[rundir.stamp(m.run_dir) for m in p] for p in populations]
         with process.handling(forward):
             try:
                 done = [pool.submit(_train, i, p) for i, p in enumerate(populations)]
@@ -254,9 +256,54 @@ class StackedLauncher(Launcher):
         stopped = [f.exception() for f in done if not f.cancelled() and f.exception()]
         if received or any(isinstance(e, Interrupted) for e in stopped):
             raise Interrupted(received[0] if received else stopped[0].signum)
-        if stopped:
+        broken = [isinstance(f.exception(), futures.BrokenExecutor) for f in done]
+        if not any(broken) and stopped:
             raise stopped[0]
-        return [f.result() for f in done]
+        trained = [None if b else f.result() for f, b in zip(done, broken, strict=True)]
+        return self._after_a_worker_died(populations, trained, before) if any(broken) else trained
+
+    def _after_a_worker_died(self, populations, trained, before) -> "list[list]":
+        """A worker process that dies (SIGKILL, the kernel's out-of-memory killer) breaks the
+        pool, which stops the other workers (a SIGTERM: each population saves its checkpoints
+        after its epoch). Its population ends interrupted, for `-m resume=`; the populations
+        stopped go on from their checkpoints and those not started start, in a new pool.
+        `trained`: each population's summaries, None where the pool broke; `before`: each
+        member's rundir.stamp before they were handed to the pool, which tells what it did."""
+        from dataclasses import replace
+
+        from regexp.run import rundir
+
+        again = []  # (population, member, as it trains again) of each member that does
+        for p, members in enumerate(populations):
+            if trained[p] is not None:
+                continue
+            now = [rundir.stamp(m.run_dir) for m in members]
+            closed = [n[0] != b[0] for n, b in zip(now, before[p], strict=True)]  # a summary
+            killed = any(n != b for n, b in zip(now, before[p], strict=True)) and not any(closed)
+            trained[p] = [rundir.summary_of(m.run_dir) for m in members]
+            for i, m in enumerate(members):
+                if killed:
+                    trained[p][i] = _killed(m)
+                elif not closed[i]:  # not started: it starts
+                    again.append((p, i, m))
+                elif trained[p][i].get("status") == "interrupted":  # stopped: it goes on
+                    conf = replace(m.conf, resume=str(m.run_dir))
+                    again.append((p, i, replace(m, conf=conf, start_epoch=trained[p][i]["epochs"])))
+        groups: dict[tuple, list] = {}
+        for p, i, m in again:
+            groups.setdefault((p, m.start_epoch), []).append((p, i, m))
+        rerun = [[m for _, _, m in g] for g in groups.values()]
+        if rerun:
+            workers = min(self.n_jobs, len(rerun))
+            results = (
+                self._in_workers(rerun, self._pool(workers))
+                if workers > 1
+                else [_population(r, threads=self.threads or 1) for r in rerun]
+            )
+            for group, summaries in zip(groups.values(), results, strict=True):
+                for (p, i, _), summary in zip(group, summaries, strict=True):
+                    trained[p][i] = summary
+        return trained
 
 
 # A worker process's channel to the launcher's progress display, and the launcher's torch
@@ -383,6 +430,27 @@ def _throttled(report, epochs: int, every: float = 0.1):
             report(epoch, list(best), running)
 
     return call
+
+
+def _killed(member) -> dict:
+    """The summary of `member` when its worker died: interrupted, to go on with `-m resume=`."""
+    from regexp.run import rundir
+
+    log.error(
+        "a worker process died (killed?) while it trained %s: it ends interrupted; "
+        "regexp train -m resume=SWEEP_DIR goes on with it",
+        member.run_dir,
+    )
+    summary = {
+        "status": "interrupted",
+        "epochs": 0,
+        "final": {},
+        "best": {},
+        "overrides": member.overrides,
+        "error": "its worker process died while it trained",
+    }
+    rundir.write_summary(member.run_dir, summary)
+    return summary
 
 
 def _drain(updates, progress) -> None:
