@@ -1,0 +1,143 @@
+"""Damaged data and config inputs: each refused before anything is allocated, trained or
+written, in one line that names the key or the file (issue 33)."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import regexp
+from test_files import cifar_batches, idx_set, load
+
+from regexp import errors
+
+
+def refused(*args: str, cwd: Path, writes: bool = False) -> str:
+    """The one line `regexp ARGS` exits 2 with, having written nothing in `cwd` (unless
+    `writes`: a run refused by its job leaves its failure in its run dir)."""
+    before = sorted(cwd.rglob("*"))
+    done = regexp(*args, cwd=cwd, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert writes or sorted(cwd.rglob("*")) == before
+    return lines[0]
+
+
+def refusal(compose, name: str, root: Path) -> str:
+    with pytest.raises(errors.UserError) as info:
+        load(compose, name, root)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# --- damaged data files ----------------------------------------------------------------------
+
+
+def test_a_gzipped_idx_file_whose_deflate_stream_is_corrupt_is_refused(compose, tmp_path):
+    idx_set(tmp_path)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    damaged = bytearray(path.read_bytes())
+    damaged[10] = 0x07  # the first deflate block: final, of the type that does not exist
+    path.write_bytes(bytes(damaged))
+    message = refusal(compose, "mnist", tmp_path)
+    assert message.startswith(f"{path}: truncated or corrupt (")
+    assert "invalid block type" in message
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_an_idx_header_announcing_more_than_its_file_holds_is_refused_unallocated(
+    compose, tmp_path, gz
+):
+    idx_set(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    payload = struct.pack(">IIII", 0x803, 2**32 - 1, 28, 28) + bytes(784)
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    if gz:
+        path = path.rename(path.with_name(path.name + ".gz"))
+    message = refusal(compose, "mnist", tmp_path)  # (3 TB: allocated, it would fail or thrash)
+    assert message.startswith(
+        f"{path}: truncated or corrupt: its header announces 4294967295x28x28 "
+        "(3,367,254,359,280 bytes of data), more than a file of"
+    )
+
+
+@pytest.mark.parametrize("part", ["train", "t10k"])
+def test_mnist_with_no_training_or_no_test_images_is_refused(compose, tmp_path, part):
+    idx_set(tmp_path, n=(0, 10) if part == "train" else (30, 0), gz=False)
+    what = "training" if part == "train" else "test"
+    assert refusal(compose, "mnist", tmp_path) == (
+        f"{tmp_path / f'{part}-images-idx3-ubyte'}: no images; expected MNIST's {what} "
+        "images, at least one"
+    )
+
+
+@pytest.mark.parametrize("n", [(0, 4), (6, 0)])
+def test_cifar_with_no_training_or_no_test_images_is_refused(compose, tmp_path, n):
+    folder = tmp_path / "cifar-10-batches-py"
+    cifar_batches(folder, n=n)
+    where = "data_batch_1 to data_batch_5" if n[0] == 0 else "test_batch"
+    assert refusal(compose, "cifar10", tmp_path).startswith(f"{folder / where}: no images;")
+
+
+def write_batch(folder: Path, name: str, labels) -> Path:
+    batch = {b"data": np.zeros((6, 3072), np.uint8), b"labels": labels}
+    raw = pickle.dumps(batch, protocol=3).replace(b"numpy._core.", b"numpy.core.")
+    (folder / name).write_bytes(raw)
+    return folder / name
+
+
+@pytest.mark.parametrize(
+    ("labels", "held"),
+    [
+        ([-1, 0, 1, 2, 3, 4], "the label -1"),
+        ([2**70, 0, 1, 2, 3, 4], f"the label {2**70}"),
+        ([10, 0, 1, 2, 3, 4], "the label 10"),
+        ([b"\x01", 0, 1, 2, 3, 4], "the label b'\\x01'"),
+        ([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "the label 0.0"),
+        ([0.5, 0, 1, 2, 3, 4], "the label 0.5"),
+        ([True, 0, 1, 2, 3, 4], "the label True"),
+        ([None, 0, 1, 2, 3, 4], "the label None"),
+        ([[0, 1]] * 6, "the label [0, 1]"),
+        (np.zeros((6, 2), np.int64), "a 2-D array of int64"),
+        (np.arange(6, dtype=np.float32), "a 1-D array of float32"),
+        (np.array([0, 1, 2, 3, 4, -1]), "the label -1"),
+    ],
+)
+def test_cifar_labels_that_are_not_class_numbers_are_refused(compose, tmp_path, labels, held):
+    folder = tmp_path / "cifar-10-batches-py"
+    cifar_batches(folder)
+    path = write_batch(folder, "data_batch_2", labels)
+    assert refusal(compose, "cifar10", tmp_path) == (
+        f"{path}: its b'labels' hold {held}; expected one class number from 0 to 9 per image"
+    )
+
+
+@pytest.mark.parametrize("labels", [b"\x00\x01\x02\x03\x04\x05", "abcdef", {0: 0}])
+def test_cifar_labels_that_are_no_list_are_refused(compose, tmp_path, labels):
+    folder = tmp_path / "cifar-10-batches-py"
+    cifar_batches(folder)
+    path = write_batch(folder, "test_batch", labels)
+    assert refusal(compose, "cifar10", tmp_path).startswith(
+        f"{path}: has not the keys, shapes or types of a CIFAR-10 python batch"
+    )
+
+
+def test_cifar_labels_as_a_numpy_array_of_class_numbers_load(compose, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    cifar_batches(folder)
+    write_batch(folder, "data_batch_2", np.arange(6, dtype=np.uint8))
+    assert load(compose, "cifar10", tmp_path).y_train[6:12].tolist() == list(range(6))
+
+
+def test_a_damaged_data_file_ends_the_command_in_one_line(tmp_path):
+    idx_set(tmp_path / "data", n=(30, 0), gz=False)
+    line = refused("train", "data=mnist", "hydra.run.dir=run", cwd=tmp_path, writes=True)
+    assert line == (
+        f"regexp train: error: {Path('data', 't10k-images-idx3-ubyte')}: no images; expected "
+        "MNIST's test images, at least one"
+    )
