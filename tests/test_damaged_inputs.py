@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import regexp
 from test_files import cifar_batches, idx_set, load
 
 from regexp import errors
+from regexp.components import models
 
 
 def refused(*args: str, cwd: Path, writes: bool = False) -> str:
@@ -141,3 +143,48 @@ def test_a_damaged_data_file_ends_the_command_in_one_line(tmp_path):
         f"regexp train: error: {Path('data', 't10k-images-idx3-ubyte')}: no images; expected "
         "MNIST's test images, at least one"
     )
+
+
+# --- a CNN that does not fit its input --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (
+            ["model.kernel=1000"],
+            "model.kernel=1000 is not allowed: at most 16 with model.padding=null on the 8x8 "
+            "maps of conv block 1",
+        ),
+        (
+            ["model.kernel=16"],  # fits the 8x8 input, not the 4x4 maps of the next block
+            "model.kernel=16 is not allowed: at most 8 with model.padding=null on the 4x4 maps "
+            "of conv block 2",
+        ),
+        (
+            ["model.kernel=12", "model.padding=3", "model.channels=[4]"],
+            "model.kernel=12 is not allowed: at most 11 with model.padding=3",
+        ),
+        (["model.padding=100"], "model.padding=100 is not allowed: null or 0 to 4"),
+        (["model.pool=1000"], "model.pool=1000 is not allowed: at most 8,"),
+        (["model.channels=[4,4,4,4]"], "model.channels=[4,4,4,4] is not allowed: at most 3"),
+    ],
+)
+def test_a_cnn_too_large_for_its_input_is_refused_before_it_is_built(tmp_path, overrides, says):
+    line = refused("summary", "model=cnn", "data=digits", *overrides, cwd=tmp_path)
+    assert line.startswith(f"regexp summary: error: {says}")
+
+
+def test_a_cnn_whose_kernel_only_sees_padding_never_trains(tmp_path):
+    line = refused(
+        "train", "model=cnn", "data=digits", "model.kernel=1000", "hydra.run.dir=run",
+        cwd=tmp_path, writes=True,
+    )  # fmt: skip
+    assert line.startswith("regexp train: error: model.kernel=1000 is not allowed: at most 16")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_largest_kernel_allowed_builds_and_runs(compose):
+    conf = compose("model=cnn", "model.kernel=8", "model.channels=[2,2]")  # 8x8 -> 9 -> 4 -> 5
+    net = models.build(conf.model, conf.norm, (1, 8, 8), 10)
+    assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

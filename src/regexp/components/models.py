@@ -11,7 +11,7 @@ from omegaconf import MISSING
 
 from regexp.components.lazy import lazy
 from regexp.components.options import known, need, option
-from regexp.errors import ConfigError
+from regexp.errors import ConfigError, show
 
 nn = lazy("torch.nn")
 
@@ -210,7 +210,13 @@ class CNN(Model):
         need(self.kernel >= 1, "model.kernel", self.kernel, "a kernel size >= 1")
         need(self.pool >= 1, "model.pool", self.pool, "a pool size >= 1 (1: no pooling)")
         p = self.padding
-        need(p is None or p >= 0, "model.padding", p, "null or >= 0")
+        need(
+            p is None or 0 <= p < self.kernel,
+            "model.padding",
+            p,
+            f"null or 0 to {self.kernel - 1} (model.kernel - 1): a wider padding only adds "
+            "outputs that see nothing but padding",
+        )
         p = self.dropout2d
         need(0 <= p < 1, "model.dropout2d", p, "a probability 0 <= p < 1")
         n = self.head_norm_layers
@@ -278,17 +284,45 @@ def _padding(cfg: CNN, h: int, w: int) -> int:
                 cfg.padding,
                 f"a padding that keeps every map at least 1x1 on {h}x{w} inputs (null picks one)",
             )
+        _check_kernel(cfg, cfg.padding, h, w)
         return cfg.padding
     for padding in (0, cfg.kernel // 2):
         fits = len(_map_sizes(cfg, padding, h, w))
         if fits == n:
+            _check_kernel(cfg, padding, h, w)
             return padding
+    if fits == 0:  # (kernel // 2 keeps the first conv's maps at about the input's size)
+        most = min(h, w) + 2 * padding - cfg.kernel + 1
+        raise ConfigError(
+            "model.pool",
+            cfg.pool,
+            f"at most {most}, the size of the first conv block's maps on {h}x{w} inputs with "
+            f"model.kernel={cfg.kernel}: a larger pool leaves nothing",
+        )
     raise ConfigError(
         "model.channels",
         cfg.channels,
         f"at most {fits} conv blocks on {h}x{w} inputs with model.kernel={cfg.kernel} and "
         f"model.pool={cfg.pool}: the maps shrink to nothing after that",
     )
+
+
+def _check_kernel(cfg: CNN, padding: int, h: int, w: int) -> None:
+    """Refuse a kernel wider than a conv block's input maps and their padding: its outer rows
+    and columns would only ever cover padding, at the cost of all its weights (model.kernel=
+    1000 on 8x8 digits: an epoch of hours, for what a 16x16 kernel computes)."""
+    for block in range(1, len(cfg.channels) + 1):
+        auto = cfg.padding is None  # (then the padding grows with the kernel: kernel // 2)
+        most = 2 * min(h, w) if auto else min(h, w) + padding
+        if cfg.kernel > most:
+            raise ConfigError(
+                "model.kernel",
+                cfg.kernel,
+                f"at most {most} with model.padding={show(cfg.padding)} on the {h}x{w} maps of "
+                f"conv block {block}: a larger kernel only ever covers padding at its edges",
+            )
+        h = (h + 2 * padding - cfg.kernel + 1) // cfg.pool
+        w = (w + 2 * padding - cfg.kernel + 1) // cfg.pool
 
 
 def cnn(cfg: CNN, norm: Norm, in_shape: tuple[int, ...], n_outputs: int):
