@@ -188,3 +188,73 @@ def test_the_largest_kernel_allowed_builds_and_runs(compose):
     conf = compose("model=cnn", "model.kernel=8", "model.channels=[2,2]")  # 8x8 -> 9 -> 4 -> 5
     net = models.build(conf.model, conf.norm, (1, 8, 8), 10)
     assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+# --- config groups and dirs -------------------------------------------------------------------
+
+DATA_OPTIONS = (
+    "cifar10, circles, digits, fashion_mnist, gauss, mnist, moons, spiral, toy_regression, xor"
+)
+
+
+@pytest.mark.parametrize("command", ["train", "summary"])
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [
+        ("data=null", "data=null"),
+        ("data=../train", "data=../train"),
+        ("data=/etc/passwd", "data=/etc/passwd"),
+        ("data=5", "data=5"),
+        ("data=[moons,circles]", "data=[moons,circles]"),
+    ],
+)
+def test_a_group_override_that_names_no_option_says_the_groups_options(
+    tmp_path, command, override, shown
+):
+    line = refused(command, override, cwd=tmp_path)
+    assert line.startswith(f"regexp {command}: error: {shown}: no such option (options: ")
+    assert DATA_OPTIONS in line
+
+
+def test_a_sweep_over_a_group_with_a_null_names_it(tmp_path):
+    line = refused("train", "-m", "data=moons,null", cwd=tmp_path)
+    assert line == f"regexp train: error: data=null: no such option (options: {DATA_OPTIONS})"
+
+
+def test_an_experiment_that_is_null_lists_the_experiments(tmp_path):
+    line = refused("summary", "+experiment=null", cwd=tmp_path)
+    assert line.startswith("regexp summary: error: experiment=null: no such option (options: ")
+    assert "bias_variance, " in line
+
+
+@pytest.mark.parametrize(
+    "override", ["hydra.run.dir={file}/run", "hydra.run.dir={file}", "+hydra.run.dir={file}/a/b"]
+)
+def test_a_run_dir_under_a_file_is_refused_naming_the_key(tmp_path, override):
+    (tmp_path / "somefile").write_text("mine")
+    override = override.format(file=tmp_path / "somefile")
+    key, _, path = override.lstrip("+").partition("=")
+    line = refused("train", override, "train.epochs=1", cwd=tmp_path)
+    assert line == (
+        f"regexp train: error: {key}={path} is not allowed: a dir that can be made there: "
+        f"{tmp_path / 'somefile'} is a file"
+    )
+    assert (tmp_path / "somefile").read_text() == "mine"
+
+
+def test_a_sweep_dir_under_a_file_is_refused_naming_the_key(tmp_path):
+    (tmp_path / "somefile").write_text("mine")
+    sweep = tmp_path / "somefile" / "sweep"
+    line = refused("train", "-m", f"hydra.sweep.dir={sweep}", "seed=0,1", cwd=tmp_path)
+    assert line == (
+        f"regexp train: error: hydra.sweep.dir={sweep} is not allowed: a dir that can be made "
+        f"there: {tmp_path / 'somefile'} is a file"
+    )
+
+
+def test_the_default_run_dir_under_a_file_ends_in_one_line_naming_it(tmp_path):
+    (tmp_path / "outputs").write_text("mine")  # conf/train.yaml's runs go to outputs/<date>/
+    done = regexp("train", "train.epochs=1", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("regexp train: error: cannot use outputs/")
+    assert done.stderr.strip().endswith(": Not a directory")

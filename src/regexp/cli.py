@@ -81,10 +81,15 @@ def train(args: list[str]) -> int:
 
             # The workers' fork server imports torch (3 s) while Hydra starts and composes.
             stacked.worker_context()
-    for given in (a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")):
-        from regexp.run import rundir
+    config.check_group_choices(args)
+    from regexp.run import rundir
 
-        rundir.check_free(Path(given))  # before Hydra writes its .hydra/ files there
+    for arg in args:  # before Hydra makes the dir and writes its .hydra/ files there
+        key, _, given = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            rundir.check_makeable(key, Path(given))
+        if key == "hydra.run.dir":
+            rundir.check_free(Path(given))
     from regexp.adapters import hydra as hydra_adapter
     from regexp.run import resume
 
