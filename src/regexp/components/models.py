@@ -1,5 +1,9 @@
 """The models: MLP and CNN, the norm-layer factory, dropout and activations; the schemas of
-the model and norm groups beside them."""
+the model and norm groups beside them.
+
+Why it is long: a builder checks every size it is given against the data before it builds
+(the CNN's kernel, padding and pool against its maps, block by block), so that a net that
+cannot work is refused in one line that names the key, not met mid-training."""
 
 from __future__ import annotations
 
@@ -293,12 +297,8 @@ def _padding(cfg: CNN, h: int, w: int) -> int:
             return padding
     if fits == 0:  # (kernel // 2 keeps the first conv's maps at about the input's size)
         most = min(h, w) + 2 * padding - cfg.kernel + 1
-        raise ConfigError(
-            "model.pool",
-            cfg.pool,
-            f"at most {most}, the size of the first conv block's maps on {h}x{w} inputs with "
-            f"model.kernel={cfg.kernel}: a larger pool leaves nothing",
-        )
+        why = f"the size of the first conv's maps on {h}x{w} inputs: a larger pool leaves nothing"
+        raise ConfigError("model.pool", cfg.pool, f"at most {most}, {why}")
     raise ConfigError(
         "model.channels",
         cfg.channels,
@@ -311,9 +311,10 @@ def _check_kernel(cfg: CNN, padding: int, h: int, w: int) -> None:
     """Refuse a kernel wider than a conv block's input maps and their padding: its outer rows
     and columns would only ever cover padding, at the cost of all its weights (model.kernel=
     1000 on 8x8 digits: an epoch of hours, for what a 16x16 kernel computes)."""
-    for block in range(1, len(cfg.channels) + 1):
-        auto = cfg.padding is None  # (then the padding grows with the kernel: kernel // 2)
-        most = 2 * min(h, w) if auto else min(h, w) + padding
+    pooled = [(h // cfg.pool, w // cfg.pool) for h, w in _map_sizes(cfg, padding, h, w)]
+    for block, (h, w) in enumerate([(h, w), *pooled][: len(cfg.channels)], 1):
+        # (with model.padding null, the padding grows with the kernel: kernel // 2)
+        most = 2 * min(h, w) if cfg.padding is None else min(h, w) + padding
         if cfg.kernel > most:
             raise ConfigError(
                 "model.kernel",
@@ -321,8 +322,6 @@ def _check_kernel(cfg: CNN, padding: int, h: int, w: int) -> None:
                 f"at most {most} with model.padding={show(cfg.padding)} on the {h}x{w} maps of "
                 f"conv block {block}: a larger kernel only ever covers padding at its edges",
             )
-        h = (h + 2 * padding - cfg.kernel + 1) // cfg.pool
-        w = (w + 2 * padding - cfg.kernel + 1) // cfg.pool
 
 
 def cnn(cfg: CNN, norm: Norm, in_shape: tuple[int, ...], n_outputs: int):
