@@ -4,6 +4,7 @@ written, in one line that names the key or the file (issue 33)."""
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 from pathlib import Path
@@ -16,6 +17,7 @@ from test_files import cifar_batches, idx_set, load
 
 from regexp import errors
 from regexp.components import models
+from regexp.run import memory
 
 
 def refused(*args: str, cwd: Path, writes: bool = False) -> str:
@@ -258,3 +260,138 @@ def test_the_default_run_dir_under_a_file_ends_in_one_line_naming_it(tmp_path):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("regexp train: error: cannot use outputs/")
     assert done.stderr.strip().endswith(": Not a directory")
+
+
+# --- memory: refused before allocating, naming the key and the size ---------------------------
+
+
+@pytest.fixture
+def free_16_gb(monkeypatch):
+    """A machine with 16 GB free, whatever this one has: the sizes below need more."""
+    monkeypatch.setattr(memory, "free_memory", lambda device: 16 * 2**30)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (
+            ["data.n_train=2000000000"],
+            "data.n_train=2000000000 is not allowed: a size that fits: making data=toy_regression "
+            "with 2,000,000,000 training and 10 valid examples needs about 44.7 GB, and the "
+            "machine has 16 GB free",
+        ),
+        (
+            ["data=moons", "data.n_train=1000000000"],
+            "data.n_train=1000000000 is not allowed: a size that fits: making data=moons with "
+            "1,000,000,000 training and 1,000 valid examples needs about 44.7 GB",
+        ),
+        (
+            ["data=spiral", "data.n_valid=1000000000"],
+            "data.n_valid=1000000000 is not allowed: a size that fits: making data=spiral",
+        ),
+        (
+            ["model.hidden=[100000,100000]"],
+            "model.hidden=[100000,100000] is not allowed: a size that fits: the run needs about "
+            "149 GB (10,000,400,001 parameters), and cpu has 16 GB free",
+        ),
+        (
+            ["data=digits", "model=cnn", "model.channels=[200000]"],
+            "model.channels=[200000] is not allowed: a size that fits: the run needs about 87.2 GB "
+            "(the activations of a batch of 1,438 through a model of 101,211,134 parameters)",
+        ),
+        (
+            ["data=digits", "model=cnn", "model.head=[10000000000]"],
+            "model.head=[10000000000] is not allowed: a size that fits: the run needs about",
+        ),
+        (
+            ["data.n_train=10000000"],
+            "data.n_train=10000000 is not allowed: a size that fits: the run needs about 89.5 GB "
+            "(the activations of a batch of 10,000,000 through a model of 81,001 parameters), and "
+            "cpu has 16 GB free; a train.batch_size of at most 1,787,944 fits",
+        ),
+        (
+            ["data.n_train=10000000", "train.batch_size=5000000"],
+            "train.batch_size=5000000 is not allowed: a size that fits: the run needs about "
+            "44.7 GB",
+        ),
+    ],
+)
+def test_a_run_too_large_for_memory_is_refused_before_allocating(
+    free_16_gb, tmp_path, overrides, says
+):
+    line = refused("train", *overrides, "hydra.run.dir=run", cwd=tmp_path, writes=True)
+    assert line.startswith(f"regexp train: error: {says}")
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["data.n_train=2000000000"], "data.n_train=2000000000 is not allowed: a size that fits"),
+        (["model.hidden=[10000000000]"], "model.hidden=[10000000000] is not allowed: a size that"),
+        (
+            ["data=digits", "model=cnn", "model.channels=[20000000]"],
+            "model.channels=[20000000] is not allowed: a size that fits: the model needs about",
+        ),
+    ],
+)
+def test_summary_of_a_model_too_large_to_build_is_refused(free_16_gb, tmp_path, overrides, says):
+    line = refused("summary", *overrides, cwd=tmp_path)
+    assert line.startswith(f"regexp summary: error: {says}")
+
+
+def test_summary_shows_a_model_that_trains_nowhere_here_but_builds(free_16_gb, tmp_path):
+    done = regexp("summary", "data=digits", "model=cnn", "model.channels=[200000]", cwd=tmp_path)
+    assert "Total params: 101,211,134" in done.stdout  # (two examples' activations fit)
+
+
+def test_a_float_where_a_count_goes_is_refused_naming_the_key(tmp_path):
+    line = refused("train", "data.n_train=2e9", cwd=tmp_path)
+    assert line.startswith("regexp train: error: data.n_train=2000000000.0: Value ")
+
+
+@pytest.mark.parametrize(
+    ("files", "room"),
+    [
+        ({"0::/job": "", "job/memory.max": "max"}, math.inf),
+        (
+            {
+                "0::/job": "",
+                "job/memory.max": "4000",
+                "job/memory.current": "3000",
+                "job/memory.stat": "anon 2500\ninactive_file 500\n",
+            },
+            1500,
+        ),
+        (
+            {
+                "4:memory:/slurm/job_1": "",
+                "memory/slurm/job_1/memory.limit_in_bytes": "4000",
+                "memory/slurm/job_1/memory.usage_in_bytes": "3000",
+                "memory/slurm/job_1/memory.stat": "total_inactive_file 1000\n",
+            },
+            2000,
+        ),
+        (  # a container: its own cgroup is the root of the mount
+            {
+                "4:memory:/docker/abc": "",
+                "memory/memory.limit_in_bytes": "9223372036854771712",
+                "memory/memory.usage_in_bytes": "3000",
+                "memory/memory.stat": "",
+            },
+            math.inf,
+        ),
+        ({"1:cpu:/": ""}, math.inf),
+    ],
+)
+def test_the_memory_free_is_within_the_cgroups_limit(monkeypatch, tmp_path, files, room):
+    own = [line for line in files if ":" in line]
+    (tmp_path / "cgroup").write_text("\n".join(own) + "\n")
+    for name, text in files.items():
+        if name not in own:
+            (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "fs" / name).write_text(text)
+    monkeypatch.setattr(memory, "OWN_CGROUPS", tmp_path / "cgroup")
+    monkeypatch.setattr(memory, "CGROUPS", tmp_path / "fs")
+    assert memory._cgroup_room() == room
+    assert memory.free_memory(torch.device("cpu")) <= room

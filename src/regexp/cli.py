@@ -179,10 +179,12 @@ def summary(args: list[str]) -> int:
         return 0
     from regexp import config
     from regexp.components import data, models
-    from regexp.run import population
+    from regexp.run import memory, population
 
     conf = config.validate(config.compose(args))
+    memory.check_data(conf.data)
     dataset = data.load(conf.data, conf.seed)
+    memory.check_model(conf, dataset, dataset.x_train.device, training=False)
     model = population.build_model(conf, dataset)
     print(models.describe(model, dataset.in_shape))
     return 0
