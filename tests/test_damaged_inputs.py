@@ -395,3 +395,85 @@ def test_the_memory_free_is_within_the_cgroups_limit(monkeypatch, tmp_path, file
     monkeypatch.setattr(memory, "CGROUPS", tmp_path / "fs")
     assert memory._cgroup_room() == room
     assert memory.free_memory(torch.device("cpu")) <= room
+
+
+# --- an Optuna search: checked before its first trial -----------------------------------------
+
+SEARCH = ["train", "hparams_search=optuna", "hydra.sweep.dir=sweep", "train.epochs=2"]
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        (
+            "optim.lr=interval(0.1,0.001)",
+            "optim.lr=interval(0.1,0.001) is not allowed: a range from low to high: 0.1 > 0.001",
+        ),
+        (
+            "optim.lr=tag(log,interval(0,0.1))",
+            "optim.lr=tag(log,interval(0,0.1)) is not allowed: a log interval from a value > 0",
+        ),
+        (
+            "model.dropout=interval(0.5,1.5)",
+            "model.dropout=interval(0.5,1.5) is not allowed: a search space of allowed values; "
+            "at 1.5: model.dropout=1.5 is not allowed: a probability p with 0 <= p < 1",
+        ),
+        (
+            'hydra.sweeper.params={model.dropout:"interval(0,1.2)"}',
+            "hydra.sweeper.params.model.dropout=interval(0,1.2) is not allowed: a search space "
+            "of allowed values; at 1.2: model.dropout=1.2 is not allowed",
+        ),
+        (
+            "model.dropout=choice(0.1,1.5)",
+            "model.dropout=choice(0.1,1.5) is not allowed: a search space of allowed values; at "
+            "1.5: model.dropout=1.5",
+        ),
+        (
+            "train.batch_size=range(8,2)",
+            "train.batch_size=range(8,2) is not allowed: a range from low to high: 8 > 2",
+        ),
+        (
+            "train.batch_size=choice(0,8)",
+            "train.batch_size=choice(0,8) is not allowed: a search space of allowed values; at "
+            "0: train.batch_size=0 is not allowed",
+        ),
+        (  # (Hydra's interval is of floats: every trial would fail)
+            "train.batch_size=interval(1,8)",
+            "train.batch_size=interval(1,8) is not allowed: a search space of allowed values; at "
+            "1.0: train.batch_size=1.0: Value '1.0' of type 'float' could not be converted",
+        ),
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is not allowed: an integer >= 1"),
+        ("hydra.sweeper.n_trials=-3", "hydra.sweeper.n_trials=-3 is not allowed: an integer >= 1"),
+        ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 is not allowed: an integer >= 1"),
+        (
+            "hydra.sweeper.max_failure_rate=2",
+            "hydra.sweeper.max_failure_rate=2.0 is not allowed: a share from 0 to 1",
+        ),
+        (
+            "hydra.sweeper.direction=sideways",
+            "hydra.sweeper.direction=sideways is not allowed: minimize or maximize (each run "
+            "returns one value: its best valid loss)",
+        ),
+        (
+            "hydra.sweeper.direction=[minimize,maximize]",
+            "hydra.sweeper.direction=[minimize,maximize] is not allowed: minimize or maximize",
+        ),
+    ],
+)
+def test_an_optuna_search_that_cannot_work_is_refused_before_its_first_trial(
+    tmp_path, override, says
+):
+    line = refused(*SEARCH, override, cwd=tmp_path)  # (nothing written: no sweep dir)
+    assert line.startswith(f"regexp train: error: {says}")
+
+
+def test_an_optuna_search_of_allowed_spaces_runs(tmp_path):
+    regexp(
+        *SEARCH,
+        "hydra.sweeper.n_trials=2",
+        "model.dropout=interval(0,0.9)",
+        "train.batch_size=choice(4,8)",
+        "log.figure_every=0",
+        cwd=tmp_path,
+    )
+    assert len([p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]) == 2

@@ -311,15 +311,15 @@ def _check_kernel(cfg: CNN, padding: int, h: int, w: int) -> None:
     """Refuse a kernel wider than a conv block's input maps and their padding: its outer rows
     and columns would only ever cover padding, at the cost of all its weights (model.kernel=
     1000 on 8x8 digits: an epoch of hours, for what a 16x16 kernel computes)."""
-    pooled = [(h // cfg.pool, w // cfg.pool) for h, w in _map_sizes(cfg, padding, h, w)]
-    for block, (h, w) in enumerate([(h, w), *pooled][: len(cfg.channels)], 1):
+    pooled = [(y // cfg.pool, x // cfg.pool) for y, x in _map_sizes(cfg, padding, h, w)]
+    for block, (y, x) in enumerate([(h, w), *pooled][: len(cfg.channels)], 1):
         # (with model.padding null, the padding grows with the kernel: kernel // 2)
-        most = 2 * min(h, w) if cfg.padding is None else min(h, w) + padding
+        most = 2 * min(y, x) if cfg.padding is None else min(y, x) + padding
         if cfg.kernel > most:
             raise ConfigError(
                 "model.kernel",
                 cfg.kernel,
-                f"at most {most} with model.padding={show(cfg.padding)} on the {h}x{w} maps of "
+                f"at most {most} with model.padding={show(cfg.padding)} on the {y}x{x} maps of "
                 f"conv block {block}: a larger kernel only ever covers padding at its edges",
             )
 
