@@ -135,7 +135,7 @@ BAD_INPUT = [
     ),
     ("resume=no/such/run", "resume=no/such/run is not allowed: the dir of a run to continue"),
     ("hydra.run.dir=/proc/x", "cannot use /proc/x: No such file or directory"),
-    ("data=null", "Config group override must be a string or a list. Got NoneType"),
+    ("data=null", "data=null: no such option (options: cifar10, circles, digits, fashion_mnist"),
     ("optim.lr=${optim.lr}", "optim.lr: Recursive interpolation detected"),
     ("optim.lr=${oc.env:USER,me}", "optim.lr="),  # a string where a number goes: one line
     (

@@ -82,10 +82,15 @@ def train(args: list[str]) -> int:
 
             # The workers' fork server imports torch (3 s) while Hydra starts and composes.
             stacked.worker_context()
-    for given in (a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")):
-        from regexp.run import rundir
+    config.check_group_choices(args)
+    from regexp.run import rundir
 
-        rundir.check_free(Path(given))  # before Hydra writes its .hydra/ files there
+    for arg in args:  # before Hydra makes the dir and writes its .hydra/ files there
+        key, _, given = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            rundir.check_makeable(key, Path(given))
+        if key == "hydra.run.dir":
+            rundir.check_free(Path(given))
     from regexp.adapters import hydra as hydra_adapter
     from regexp.run import resume
 
@@ -211,10 +216,12 @@ def summary(args: list[str]) -> int:
         return 0
     from regexp import config
     from regexp.components import data, models
-    from regexp.run import population
+    from regexp.run import memory, population
 
     conf = config.validate(config.compose(args))
+    memory.check_data(conf.data)
     dataset = data.load(conf.data, conf.seed)
+    memory.check_model(conf, dataset, dataset.x_train.device, training=False)
     model = population.build_model(conf, dataset)
     print(models.describe(model, dataset.in_shape))
     return 0

@@ -77,7 +77,7 @@ def user_error(exc: BaseException) -> str | None:
     if isinstance(exc, ValueError) and str(exc).startswith(
         ("Only one of --run, --multirun", "Config group override must be")
     ):
-        return str(exc)  # Hydra's usage errors (`data=null`: a group needs an option)
+        return str(exc)  # Hydra's usage errors (`hydra/launcher=null`: a group needs an option)
     if isinstance(exc, (RuntimeError, ImportError)) and str(exc).startswith(
         ("Invalid plugin", "Unknown plugin class", "Could not instantiate plugin")
     ):  # (hydra.launcher._target_=os.system: Hydra instantiates its plugins' classes alone)
@@ -87,9 +87,7 @@ def user_error(exc: BaseException) -> str | None:
         )
     if isinstance(exc, MissingConfigException) and exc.options:
         group, _, name = (exc.missing_cfg_file or "").rpartition("/")
-        close = difflib.get_close_matches(name, exc.options, n=1)
-        hint = f"; did you mean {group}={close[0]}?" if close else ""
-        return f"{group}={name}: no such option (options: {', '.join(exc.options)}){hint}"
+        return no_such_option(group, name, exc.options)
     if isinstance(exc, OverrideParseException):
         reason = exc.message.split(" See https://")[0].splitlines()[0]
         return (
@@ -104,9 +102,19 @@ def user_error(exc: BaseException) -> str | None:
     return _first_lines(str(exc))
 
 
+def no_such_option(group: str, name: str, options) -> str:
+    """The line that says `name` is none of a config group's `options`, with the closest."""
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"; did you mean {group}={close[0]}?" if close else ""
+    return f"{group}={name}: no such option (options: {', '.join(options)}){hint}"
+
+
 # What stops a write that the user can fix: a dir that cannot be made or written (a path
-# under /proc, a read-only filesystem, no permission), a full disk or quota.
-UNWRITABLE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+# under /proc or under a file, a read-only filesystem, no permission), a full disk or quota.
+UNWRITABLE = {
+    *(errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS),
+    *(errno.ENOSPC, errno.EDQUOT),
+}
 
 
 def unwritable_path(exc: BaseException) -> str | None:

@@ -1,5 +1,9 @@
 """The models: MLP and CNN, the norm-layer factory, dropout and activations; the schemas of
-the model and norm groups beside them."""
+the model and norm groups beside them.
+
+Why it is long: a builder checks every size it is given against the data before it builds
+(the CNN's kernel, padding and pool against its maps, block by block), so that a net that
+cannot work is refused in one line that names the key, not met mid-training."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from omegaconf import MISSING
 
 from regexp.components.lazy import lazy
 from regexp.components.options import known, need, option
-from regexp.errors import ConfigError
+from regexp.errors import ConfigError, show
 
 nn = lazy("torch.nn")
 
@@ -210,7 +214,13 @@ class CNN(Model):
         need(self.kernel >= 1, "model.kernel", self.kernel, "a kernel size >= 1")
         need(self.pool >= 1, "model.pool", self.pool, "a pool size >= 1 (1: no pooling)")
         p = self.padding
-        need(p is None or p >= 0, "model.padding", p, "null or >= 0")
+        need(
+            p is None or 0 <= p < self.kernel,
+            "model.padding",
+            p,
+            f"null or 0 to {self.kernel - 1} (model.kernel - 1): a wider padding only adds "
+            "outputs that see nothing but padding",
+        )
         p = self.dropout2d
         need(0 <= p < 1, "model.dropout2d", p, "a probability 0 <= p < 1")
         n = self.head_norm_layers
@@ -278,17 +288,40 @@ def _padding(cfg: CNN, h: int, w: int) -> int:
                 cfg.padding,
                 f"a padding that keeps every map at least 1x1 on {h}x{w} inputs (null picks one)",
             )
+        _check_kernel(cfg, cfg.padding, h, w)
         return cfg.padding
     for padding in (0, cfg.kernel // 2):
         fits = len(_map_sizes(cfg, padding, h, w))
         if fits == n:
+            _check_kernel(cfg, padding, h, w)
             return padding
+    if fits == 0:  # (kernel // 2 keeps the first conv's maps at about the input's size)
+        most = min(h, w) + 2 * padding - cfg.kernel + 1
+        why = f"the size of the first conv's maps on {h}x{w} inputs: a larger pool leaves nothing"
+        raise ConfigError("model.pool", cfg.pool, f"at most {most}, {why}")
     raise ConfigError(
         "model.channels",
         cfg.channels,
         f"at most {fits} conv blocks on {h}x{w} inputs with model.kernel={cfg.kernel} and "
         f"model.pool={cfg.pool}: the maps shrink to nothing after that",
     )
+
+
+def _check_kernel(cfg: CNN, padding: int, h: int, w: int) -> None:
+    """Refuse a kernel wider than a conv block's input maps and their padding: its outer rows
+    and columns would only ever cover padding, at the cost of all its weights (model.kernel=
+    1000 on 8x8 digits: an epoch of hours, for what a 16x16 kernel computes)."""
+    pooled = [(y // cfg.pool, x // cfg.pool) for y, x in _map_sizes(cfg, padding, h, w)]
+    for block, (y, x) in enumerate([(h, w), *pooled][: len(cfg.channels)], 1):
+        # (with model.padding null, the padding grows with the kernel: kernel // 2)
+        most = 2 * min(y, x) if cfg.padding is None else min(y, x) + padding
+        if cfg.kernel > most:
+            raise ConfigError(
+                "model.kernel",
+                cfg.kernel,
+                f"at most {most} with model.padding={show(cfg.padding)} on the {y}x{x} maps of "
+                f"conv block {block}: a larger kernel only ever covers padding at its edges",
+            )
 
 
 def cnn(cfg: CNN, norm: Norm, in_shape: tuple[int, ...], n_outputs: int):

@@ -25,7 +25,7 @@ from regexp.components.models import MLP, Model, Norm
 from regexp.components.optim import LOSSES, Optim, Reg
 from regexp.components.options import known, names, need
 from regexp.components.schedules import Sched
-from regexp.errors import ConfigError, UserError, no_such_key
+from regexp.errors import ConfigError, UserError, no_such_key, no_such_option, show
 from regexp.run import rundir
 
 
@@ -250,8 +250,34 @@ def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    check_group_choices(overrides)
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
         return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """An override of one of regexp's config groups names one of its options: `data=null`,
+    `data=5` or `data=../train` (a path Hydra would follow out of the group) is refused with
+    the group's options. A name that no file has is Hydra's to refuse (a --config-dir may
+    add options)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in overrides:
+        try:
+            override = parser.parse_override(arg)
+            group = override.key_or_group
+            if group.startswith("hydra") or not (conf_dir() / group).is_dir():
+                continue
+            sweep = override.is_sweep_override()
+            values = list(override.sweep_iterator()) if sweep else [override.value()]
+        except HydraException:
+            continue  # not an override, or a sweep of a kind with no list: Hydra says why
+        for value in values:
+            if not isinstance(value, str) or "/" in value:
+                options = sorted(f.stem for f in (conf_dir() / group).glob("*.yaml"))
+                raise UserError(no_such_option(group, show(value), options))
 
 
 # conf/train.yaml's run and sweep dirs: `_NAME` for +experiment=NAME, nothing without one; and

@@ -14,7 +14,6 @@ being the same code.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
@@ -33,7 +32,7 @@ from regexp.engine.stack import Stack, weight_mask
 from regexp.engine.track import Tracker
 from regexp.errors import ConfigError, Interrupted, UserError, first_line, show
 from regexp.figures import plots
-from regexp.run import predictions, rundir
+from regexp.run import memory, predictions, rundir
 from regexp.run.outcomes import failure, one_line
 
 log = logging.getLogger("regexp")
@@ -59,73 +58,6 @@ def build_model(conf: config.Config, dataset: data.Dataset) -> torch.nn.Module:
     outputs = optim.model_outputs(conf.loss, dataset.task, dataset.n_outputs)  # bce: one logit
     model = models.build(conf.model, conf.norm, dataset.in_shape, outputs)
     return init.apply(model, conf.init)
-
-
-def check_memory(
-    conf: config.Config, dataset: data.Dataset, device: torch.device, model=None
-) -> None:
-    """Refuse a run that cannot fit in the memory free on its device before it allocates it
-    (the kernel would kill it without a word). Before the model is built, its parameters,
-    counted on the meta device, which allocates nothing; once built, a batch's activations,
-    sized by two examples passed through it. The estimate: 4 copies of the parameters
-    (weights, gradients, two optimizer buffers) and twice the activations (kept for the
-    backward pass, and their gradients)."""
-    if model is None:
-        outputs = optim.model_outputs(conf.loss, dataset.task, dataset.n_outputs)
-        with torch.device("meta"):
-            model = models.build(conf.model, conf.norm, dataset.in_shape, outputs)
-        activations = 0
-    else:
-        sizes: list[int] = []
-        hooks = [
-            m.register_forward_hook(
-                lambda m, i, out: sizes.append(out.numel() * out.element_size())
-            )
-            for m in model.modules()
-            if not list(m.children())
-        ]
-        training, examples = model.training, dataset.x_train[:2]  # (bn without running
-        with torch.no_grad():  # statistics normalizes by the batch: one example is not one)
-            model.eval()(examples)  # (eval mode: no running statistics or masks change)
-        model.train(training)
-        for hook in hooks:
-            hook.remove()
-        n = len(dataset.x_train)
-        activations = sum(sizes) * min(conf.train.batch_size or n, n) // len(examples)
-    count = sum(p.numel() for p in model.parameters())
-    need = 4 * sum(p.numel() * p.element_size() for p in model.parameters()) + 2 * activations
-    free = free_memory(device)
-    if free is None or need <= free:
-        return
-    gb = lambda b: f"{b / 2**30:.3g} GB"  # noqa: E731
-    if not activations:
-        key = "model.channels" if conf.model.name == "cnn" else "model.hidden"
-        value, what = getattr(conf.model, key.split(".")[1]), f"{count:,} parameters"
-    else:
-        key = "train.batch_size" if conf.train.batch_size else "data.n_train"
-        value = min(conf.train.batch_size or len(dataset.x_train), len(dataset.x_train))
-        what = f"the activations of a batch of {value:,} through a model of {count:,} parameters"
-    raise ConfigError(
-        key,
-        value,
-        f"a size that fits: the run needs about {gb(need)} ({what}), and {device} has "
-        f"{gb(free)} free",
-    )
-
-
-def free_memory(device: torch.device) -> int | None:
-    """The bytes free on `device` (the memory the OS can still give, on the CPU), or None
-    where it cannot be known."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_batches(model: torch.nn.Module, n: int, n_valid: int, batch_size: int | None) -> None:
@@ -232,11 +164,11 @@ def setup(member: Member) -> Built:
     member.run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(conf.seed)
     device = device_of(conf.device)
+    memory.check_data(conf.data)
     dataset = data.load(conf.data, conf.seed, device)
-    check_memory(conf, dataset, device)  # the parameters, before they exist
+    memory.check_model(conf, dataset, device)
     model = build_model(conf, dataset).to(device)
     check_batches(model, len(dataset.x_train), len(dataset.x_valid), conf.train.batch_size)
-    check_memory(conf, dataset, device, model)  # and a batch's activations through them
     if device.type == "cpu":  # the masks come after the initial weights in torch's stream
         dropout = torch.Generator().set_state(torch.get_rng_state())
     else:  # on a GPU, from the device's own stream, which the weights (made on the CPU) left

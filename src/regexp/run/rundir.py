@@ -69,6 +69,16 @@ def check_free(run_dir: Path) -> None:
             pass
 
 
+def check_makeable(key: str, path: Path) -> None:
+    """Refuse a dir under a file (or a file in its place), which no mkdir can make."""
+    for where in (path, *path.parents):
+        if where.is_dir():
+            return
+        if where.exists() or where.is_symlink():
+            what = "a file" if where.is_file() else "not a dir"
+            raise ConfigError(key, path, f"a dir that can be made there: {where} is {what}")
+
+
 def checkpoint_of(run_dir: str) -> Path:
     """The checkpoint of the run in `run_dir`, which `resume=` continues."""
     if not str(run_dir).strip():  # (not the current dir, whatever it holds)

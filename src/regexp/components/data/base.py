@@ -35,6 +35,11 @@ class Data:
     def load(self, seed: int, device) -> Dataset:
         raise NotImplementedError
 
+    def nbytes(self) -> int | None:
+        """About the most memory making this dataset takes, from its config alone; None where
+        its files say (they are checked as they are read)."""
+        return None
+
     def seeds(self, seed: int) -> tuple[int, int]:
         """The seeds (train, valid) that the run's training and valid sets are the ones of:
         `seed` for both, or with data.draw=d, d for the training set and 0 for the valid set."""
@@ -45,6 +50,11 @@ class Data:
         need(n is None or n >= 1, "data.n_train", n, "null or an integer >= 1")
         d = self.draw
         need(d is None or 0 <= d < 2**32, "data.draw", d, "null or an integer from 0 to 2**32 - 1")
+
+
+# Making a generated dataset takes about this many times the bytes of what it returns (its
+# float64 and other intermediates, measured at the peak on toy_regression and moons).
+MAKING = 3
 
 
 @dataclass

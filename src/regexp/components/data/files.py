@@ -9,7 +9,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import pickle
+import reprlib
+import zlib
 from pathlib import Path
 
 from regexp.components.lazy import lazy
@@ -20,6 +23,9 @@ np = lazy("numpy")
 log = logging.getLogger("regexp")
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Deflate's densest output: 1032 bytes out per byte in (zlib's documentation). A header that
+# announces more data than its file could hold at that rate is damaged, whatever it says.
+DEFLATE_MOST = 1032
 
 
 def find(root: Path, folders: list[str], name: str) -> Path | None:
@@ -32,11 +38,15 @@ def find(root: Path, folders: list[str], name: str) -> Path | None:
     return None
 
 
-def _open(path: Path):
-    """The file's bytes as a stream, through gzip when it is gzipped (whatever its name)."""
+def _gzipped(path: Path) -> bool:
+    """Whether the file is gzipped (whatever its name)."""
     with open(path, "rb") as f:
-        gzipped = f.read(2) == GZIP_MAGIC
-    return gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115
+        return f.read(2) == GZIP_MAGIC
+
+
+def _open(path: Path):
+    """The file's bytes as a stream, through gzip when it is gzipped."""
+    return gzip.open(path, "rb") if _gzipped(path) else open(path, "rb")  # noqa: SIM115
 
 
 # --- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------
@@ -59,6 +69,7 @@ def read_idx(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
             dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4"))
             if any(e and d != e for d, e in zip(dims[1:], shape[1:], strict=True)):
                 raise UserError(f"{path}: holds shape {_dims(dims)}; expected {expected}")
+            _check_capacity(path, dims, f.tell(), expected)
             array = np.empty(dims, dtype=np.uint8)
             got = _read_into(f, memoryview(array.reshape(-1)))
             if got < array.size:
@@ -68,9 +79,24 @@ def read_idx(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
                 )
             if f.read(1):
                 raise UserError(f"{path}: longer than its header says; expected {expected}")
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
         raise UserError(f"{path}: truncated or corrupt ({exc}); expected {expected}") from None
     return array
+
+
+def _check_capacity(path: Path, dims: tuple[int, ...], header: int, expected: str) -> None:
+    """Refuse, before anything is allocated for it, data that the header of `path` announces
+    and the file cannot hold: more bytes than follow the header, or, gzipped, than deflate
+    could pack into its size."""
+    size = path.stat().st_size
+    room = size * DEFLATE_MOST if _gzipped(path) else size - header
+    announced = math.prod(dims)
+    if announced > room:
+        raise UserError(
+            f"{path}: truncated or corrupt: its header announces {_dims(dims)} "
+            f"({announced:,} bytes of data), more than a file of {size:,} bytes can hold; "
+            f"expected {expected}"
+        )
 
 
 def _read_into(f, buffer: memoryview) -> int:
@@ -115,7 +141,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    """One CIFAR-10 python batch: images (N, 3, 32, 32) uint8 and labels (N,) int64, each a
+    class number."""
     expected = (
         "a CIFAR-10 python batch (a pickled dict with b'data', N x 3072 uint8, and b'labels')"
     )
@@ -135,11 +162,34 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         and data.dtype == np.uint8
         and data.ndim == 2
         and data.shape[1] == 3072
-        and labels is not None
+        and isinstance(labels, (list, np.ndarray))
         and len(labels) == len(data)
     ):
         raise UserError(f"{path}: has not the keys, shapes or types of {expected}")
+    wrong = _not_classes(labels, CIFAR_CLASSES)
+    if wrong:
+        raise UserError(
+            f"{path}: its b'labels' hold {wrong}; expected one class number from 0 to "
+            f"{CIFAR_CLASSES - 1} per image"
+        )
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+CIFAR_CLASSES = 10
+
+
+def _not_classes(labels: list | np.ndarray, n: int) -> str:
+    """What in `labels` is not a class number from 0 to n - 1 (a float, bytes, -1, a nested
+    list...), or "" where they all are."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            return f"a {labels.ndim}-D array of {labels.dtype}"
+        wrong = labels[(labels < 0) | (labels >= n)]
+        return f"the label {wrong[0]}" if len(wrong) else ""
+    for label in labels:
+        if type(label) is not int or not 0 <= label < n:  # (not a bool, float or numpy scalar)
+            return f"the label {reprlib.repr(label)}"
+    return ""
 
 
 # --- fetching -------------------------------------------------------------------------------

@@ -174,6 +174,7 @@ def idx_set(cfg: FileData, seed: int, device) -> Dataset:
         )
         labels = files.read_idx(paths[LABELS.format(part)], (0,), f"{spec.title}'s {title} labels")
         _check_labels(paths[LABELS.format(part)], labels, len(images))
+        _check_some(paths[IMAGES.format(part)], len(images), f"{spec.title}'s {title} images")
         split[part] = images[:, None], labels
     rng = np.random.default_rng(cfg.seeds(seed)[0])  # the test set is the valid set
     x_train, y_train = subsample(*split["train"], cfg, rng)
@@ -203,8 +204,11 @@ def cifar10(cfg: FileData, seed: int, device) -> Dataset:
     for name, (images, labels) in batches.items():
         _check_labels(paths[name], labels, len(images))
     test = batches.pop("test_batch")
+    _check_some(paths["test_batch"], len(test[0]), "CIFAR-10's test images")
     x_train = np.concatenate([images for images, _ in batches.values()])
     y_train = np.concatenate([labels for _, labels in batches.values()])
+    where = f"{paths['data_batch_1']} to data_batch_5"
+    _check_some(where, len(x_train), "CIFAR-10's training images")
     rng = np.random.default_rng(cfg.seeds(seed)[0])  # the test set is the valid set
     x_train, y_train = subsample(x_train, y_train, cfg, rng)
     return classification(x_train, y_train, *test, cfg, rng, device, n_classes=10, scale=255.0)
@@ -230,6 +234,12 @@ def _locate(cfg: FileData, root: Path, folders: list[str], title: str, names, fe
             "fetch them"
         )
     return paths
+
+
+def _check_some(where, n: int, what: str) -> None:
+    """A split with no images has nothing to train or test on: refused, naming its file."""
+    if n == 0:
+        raise UserError(f"{where}: no images; expected {what}, at least one")
 
 
 def _check_labels(path: Path, labels: np.ndarray, n_images: int) -> None:

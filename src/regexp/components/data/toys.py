@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from regexp.components.data.base import (
+    MAKING,
     ClassificationData,
     Data,
     Dataset,
@@ -51,6 +52,9 @@ class ToyRegression(Data):
 
     def load(self, seed: int, device) -> Dataset:
         return toy_regression(self, seed, device)
+
+    def nbytes(self) -> int:
+        return MAKING * (self.n_train + self.n_valid) * (4 + 4)  # float32 x and y
 
     def check(self) -> None:
         super().check()
@@ -158,6 +162,9 @@ class Toy2D(ClassificationData):
 
     def load(self, seed: int, device) -> Dataset:
         return toy_2d(self, seed, device)
+
+    def nbytes(self) -> int:
+        return MAKING * (self.n_train + self.n_valid) * (2 * 4 + 8)  # float32 (x, y), int64 class
 
     def check(self) -> None:
         super().check()
