@@ -126,8 +126,8 @@ def until(what: str, ready) -> None:
 
 
 def check_bands(view, base: str, sweep: Path) -> None:
-    """Custom Scalars: each setting's run listed and ticked, and its valid loss drawn with its
-    band."""
+    """Custom Scalars: each setting's run listed and ticked, its valid loss drawn with its
+    band, and train and valid loss told apart."""
     view.goto(f"{base}/#custom_scalars")
     for name in settings_of(sweep):
         box = view.locator(f'paper-checkbox[id="checkbox-settings/{name}"]')
@@ -148,6 +148,26 @@ def check_bands(view, base: str, sweep: Path) -> None:
         return all(drawn.get(f"settings/{n}", 0) > 0 for n in settings_of(sweep))
 
     until("the valid loss of each setting with its band (points with a band)", all_drawn)
+    check_train_and_valid(view)
+
+
+def check_train_and_valid(view) -> None:
+    """Custom Scalars' chart of train and valid loss draws them apart: TensorBoard colours a
+    series by its run, so each tag must have a marker of its own."""
+    card = view.locator("tf-custom-scalar-multi-line-chart-card").first
+    card.scroll_into_view_if_needed()
+    symbols = """card => Object.values(card._nameToDataSeries || {})
+        .map(series => [series.run, series.tag, series.symbol.character])"""
+    seen: list = []
+
+    def drawn() -> bool:
+        seen[:] = card.evaluate(symbols)
+        return {tag for _, tag, _ in seen} == {"loss/train", "loss/valid"}
+
+    until("train and valid loss in one chart", drawn)
+    for run in {run for run, _, _ in seen}:
+        marks = {tag: mark for r, tag, mark in seen if r == run}
+        assert marks["loss/train"] != marks["loss/valid"], f"{run}: one marker, {marks}"
 
 
 def check_hparams(view, base: str, sweep: Path) -> None:
