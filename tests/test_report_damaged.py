@@ -1,0 +1,337 @@
+"""`regexp report` on run dirs that are damaged, given twice, or written where it cannot: each
+damaged run named in one line (which file, what is wrong) and the rest reported; each run
+counted once; an --out that cannot be made refused in one line. Never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import regexp
+
+from regexp.run import predictions, readers, rundir
+
+N, G = 10, 16  # valid points, figure grid points
+SEEDS = (0, 1, 2)
+DAMAGED = "optim.weight_decay=0,seed=1"  # the run each case damages
+
+
+def write_run(run_dir: Path, weight_decay: float, seed: int) -> None:
+    """A finished toy_regression run's files, as regexp writes them, every one the report
+    reads among them."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    rundir.overrides_file(run_dir).write_text(
+        f"- optim.weight_decay={weight_decay}\n- seed={seed}\n"
+    )
+    valid = 0.2 + 0.01 * seed + weight_decay
+    rundir.write_summary(
+        run_dir,
+        {
+            "status": "completed",
+            "epochs": 2,
+            "final": {"train_loss": 0.1, "valid_loss": valid},
+            "best": {"valid_loss": valid, "epoch": 2},
+            "weight_norm": 3.0 - seed,
+        },
+    )
+    rundir.metrics_file(run_dir).write_text(
+        f"epoch,train_loss,valid_loss,lr\n1,0.3,0.4,0.1\n2,0.1,{valid},0.1\n"
+    )
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1, 1, N)[:, None]
+    grid_x = np.linspace(-1.2, 1.2, G)[:, None]
+    fit = lambda at: 1.5 * at + rng.normal(0, 0.1, at.shape)  # noqa: E731
+    predictions.write(
+        run_dir,
+        predictions.Predictions(
+            last=fit(x), best=fit(x), epochs=(2, 2), y=1.5 * x + 0.3, target=1.5 * x,
+            noise=0.3, grid_x=grid_x, grid=fit(grid_x), x=x, grid_target=1.5 * grid_x,
+        ),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """A sweep of 2 settings x 3 seeds, whose runs the report reads as replicas: it reads every
+    file of every run (the predictions too, for the bias-variance decomposition)."""
+    root = tmp_path / "sweep"
+    for weight_decay in (0, 0.01):
+        for seed in SEEDS:
+            write_run(root / f"optim.weight_decay={weight_decay},seed={seed}", weight_decay, seed)
+    return root
+
+
+def report(sweep: Path, *args: str, check_code: int = 0):
+    done = regexp("report", str(sweep), *args, cwd=sweep.parent, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == check_code and "Traceback" not in output, output
+    return done
+
+
+def npz(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def arrays_of(run_dir: Path, **changed) -> bytes:
+    """The run's predictions.npz with some arrays `changed` (None: left out)."""
+    with np.load(rundir.predictions_file(run_dir)) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update(changed)
+    return npz({k: v for k, v in arrays.items() if v is not None})
+
+
+def claiming(values: int) -> bytes:
+    """An .npz whose `last` header claims `values` float64s, of which it holds 80 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (values,)}
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("last.npy", header.getvalue() + bytes(80))
+    return buffer.getvalue()
+
+
+def replace(path: Path, content) -> None:
+    """Put `content` where `path` was: bytes, a "dir", a "loop" (a symlink to itself), or a
+    function of the old bytes."""
+    old = path.read_bytes()
+    path.unlink()
+    if content == "dir":
+        path.mkdir()
+    elif content == "loop":
+        os.symlink(path.name, path)
+    else:
+        path.write_bytes(content(old) if callable(content) else content)
+
+
+GARBAGE = random.Random(0).randbytes(3000)
+HALF = lambda old: old[: len(old) // 2]  # noqa: E731
+
+FILES = {
+    "summary": rundir.SUMMARY,
+    "metrics": rundir.METRICS,
+    "overrides": rundir.OVERRIDES,
+    "predictions": rundir.PREDICTIONS,
+}
+# What may replace any file, and what the line then says of it after the file's name.
+ANY_FILE = {
+    "a dir": ("dir", "Is a directory"),
+    "a symlink loop": ("loop", "Too many levels of symbolic links"),
+    "random bytes": (GARBAGE, ""),
+}
+# (file, what replaces it, what the line says of it): each file cut short, empty, and
+# well-formed content of the wrong shape; None where what is left is a record to read.
+CASES = {
+    **{
+        f"{name} {damage}": (file, content, f"{file}: {said}")
+        for name, file in FILES.items()
+        for damage, (content, said) in ANY_FILE.items()
+    },
+    "summary cut short": (rundir.SUMMARY, HALF, "summary.json: Expecting ',' delimiter"),
+    "summary empty": (rundir.SUMMARY, b"", "summary.json: empty"),
+    "summary a list": (rundir.SUMMARY, b"[1, 2]", "summary.json: a JSON list, not an object"),
+    "summary epochs a string": (
+        rundir.SUMMARY,
+        b'{"status": "completed", "epochs": "two"}',
+        'summary.json: epochs is "two", not a count of epochs',
+    ),
+    "summary a loss a string": (
+        rundir.SUMMARY,
+        b'{"final": {"valid_loss": "low"}}',
+        'summary.json: final is {"valid_loss": "low"}, not a table of numbers',
+    ),
+    "summary status a list": (rundir.SUMMARY, b'{"status": [1]}', "status is [1], not a string"),
+    "summary weight norm past floats": (
+        rundir.SUMMARY,
+        b'{"weight_norm": 1' + b"0" * 400 + b"}",
+        "summary.json: weight_norm is 1000",
+    ),
+    "summary nested deeper than the stack": (
+        rundir.SUMMARY,
+        b"[" * 100_000,
+        "summary.json: nested too deeply",
+    ),
+    "metrics empty": (rundir.METRICS, b"", None),  # a run that has logged nothing yet
+    "metrics cut short": (rundir.METRICS, HALF, None),  # a record a kill cut: what it holds
+    "metrics a 200 kB field": (
+        rundir.METRICS,
+        b"epoch,valid_loss\n1," + b"9" * 200_000 + b"\n",
+        "metrics.csv: line 2: field larger than field limit",
+    ),
+    "metrics a word for a loss": (
+        rundir.METRICS,
+        b"epoch,valid_loss\n1,low\n",
+        'metrics.csv: line 2: valid_loss is "low", not a number',
+    ),
+    "metrics an epoch past any step": (
+        rundir.METRICS,
+        b"epoch,valid_loss\n1e300,0.2\n",
+        "metrics.csv: line 2: epoch is 1e300, not an epoch's number",
+    ),
+    "overrides cut short": (
+        rundir.OVERRIDES,
+        HALF,
+        '.hydra/overrides.yaml: "optim.weight_d" is not an override (KEY=VALUE, ~KEY)',
+    ),
+    "overrides empty": (rundir.OVERRIDES, b"", ".hydra/overrides.yaml: empty"),
+    "overrides a mapping": (
+        rundir.OVERRIDES,
+        b"seed: 1\n",
+        '.hydra/overrides.yaml: {"seed": 1}, not a list of overrides',
+    ),
+    "overrides not YAML": (rundir.OVERRIDES, b"- [seed=1\n", ".hydra/overrides.yaml: not YAML"),
+    "overrides a number": (rundir.OVERRIDES, b"- 1\n", ".hydra/overrides.yaml: [1], not a list"),
+    "predictions cut short": (rundir.PREDICTIONS, HALF, "predictions.npz: "),
+    "predictions empty": (rundir.PREDICTIONS, b"", "predictions.npz: not an .npz archive"),
+    "predictions a lone .npy": (
+        rundir.PREDICTIONS,
+        npy(np.zeros((N, 1))),
+        "predictions.npz: not an .npz archive",
+    ),
+    "predictions header claims 10^12 values": (
+        rundir.PREDICTIONS,
+        claiming(10**12),
+        "predictions.npz: last's header claims 1,000,000,000,000 values of float64",
+    ),
+    "predictions header claims 10^7 values": (
+        rundir.PREDICTIONS,
+        claiming(10**7),
+        "predictions.npz: last's header claims 10,000,000 values",
+    ),
+}
+# Well-formed arrays of the wrong shape or kind: a function of the run dir, since they keep
+# the run's other arrays.
+ARRAYS = {
+    "predictions lack a key": (dict(y=None), "predictions.npz: no y array"),
+    "predictions a scalar for an array": (
+        dict(last=np.float32(1)),
+        "predictions.npz: last has shape (), not (n, C)",
+    ),
+    "predictions strings for numbers": (
+        dict(best=np.array(["a"] * N)),
+        "predictions.npz: best holds <U1, not numbers",
+    ),
+    "predictions another grid": (
+        dict(grid=np.zeros((G + 1, 1), np.float32)),
+        "predictions.npz: grid has shape (17, 1), not (16, 1)",
+    ),
+    "predictions labels past the classes": (
+        dict(y=np.full(N, 2**62, np.int64)),
+        "predictions.npz: y holds integers of shape (10,): not (10,) labels from 0 to 1",
+    ),
+    "predictions objects": (
+        dict(y=np.array([{}] * N, object)),
+        "predictions.npz: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", [*CASES, *ARRAYS])
+def test_a_damaged_file_is_named_in_one_line_and_the_rest_report(sweep, case):
+    run_dir = sweep / DAMAGED
+    if case in CASES:
+        file, content, said = CASES[case]
+    else:
+        changed, said = ARRAYS[case]
+        file, content = rundir.PREDICTIONS, arrays_of(run_dir, **changed)
+    replace(run_dir / file, content)
+    done = report(sweep)
+    lines = [line for line in done.stdout.splitlines() if DAMAGED in line]
+    if said is None:  # (what the file holds is a record, if a short one: read as it is)
+        assert lines == [] and "6 runs" in done.stdout, done.stdout
+        return
+    assert len(lines) == 1 and said in lines[0], done.stdout
+    assert lines[0].startswith(f"left out {'of bias and variance ' * (file == rundir.PREDICTIONS)}")
+    counts = [line.split(",")[1] for line in (sweep / "report.csv").read_text().splitlines()[1:]]
+    # A run with a damaged record is left out of the table; one with damaged predictions, out
+    # of the decomposition (its setting's then has 2 runs).
+    assert sorted(counts) == (["3", "3"] if file == rundir.PREDICTIONS else ["2", "3"])
+    assert (sweep / "bias_variance.csv").is_file()
+
+
+def test_a_header_that_claims_more_than_memory_is_refused_before_anything_is_allocated(sweep):
+    import resource
+
+    replace(sweep / DAMAGED / rundir.PREDICTIONS, claiming(10**12))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(readers.Damaged, match="claims 1,000,000,000,000 values"):
+        predictions.read(sweep / DAMAGED)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # kB
+
+
+def test_with_every_run_damaged_the_report_says_so_in_one_line(sweep):
+    for run_dir in sweep.iterdir():
+        replace(run_dir / rundir.SUMMARY, b"[]")
+    done = report(sweep, check_code=2)
+    assert done.stdout.count("left out ") == 6
+    assert done.stderr.count("\n") == 1 and "none of the 6 runs there can be read" in done.stderr
+    assert not (sweep / "report.md").exists()
+
+
+@pytest.mark.parametrize("again", ["the sweep", "a run inside it", "a symlink to it"])
+def test_a_run_reached_twice_is_counted_once(sweep, again):
+    other = {
+        "the sweep": sweep,
+        "a run inside it": sweep / DAMAGED,
+        "a symlink to it": sweep.parent / "link",
+    }[again]
+    if again == "a symlink to it":
+        os.symlink(sweep, other)
+    done = report(sweep, str(other), "--out", str(sweep.parent / "out"))
+    assert "6 runs: 2 settings over seed" in done.stdout
+    twice = 6 if again != "a run inside it" else 1
+    assert f"counted once: {twice} run dirs reached twice" in done.stdout
+    counts = [
+        line.split(",")[1] for line in (sweep.parent / "out/report.csv").read_text().splitlines()
+    ]
+    assert counts[1:] == ["3", "3"]
+
+
+def test_a_sweep_given_once_says_nothing_of_counting(sweep):
+    assert "counted once" not in report(sweep).stdout
+
+
+@pytest.mark.parametrize(
+    ("out", "why"),
+    [
+        ("/proc/self/nope", "cannot make that dir (No such file or directory)"),
+        ("afile/report", "cannot make that dir (Not a directory)"),
+    ],
+)
+def test_an_out_dir_that_cannot_be_made_is_named_in_one_line(sweep, out, why):
+    (sweep.parent / "afile").write_text("mine\n")
+    before = sorted(p.name for p in sweep.rglob("*"))
+    done = report(sweep, "--out", out, check_code=2)
+    assert done.stderr.count("\n") == 1 and f"--out {out}: {why}" in done.stderr, done.stderr
+    assert sorted(p.name for p in sweep.rglob("*")) == before
+    assert (sweep.parent / "afile").read_text() == "mine\n"
+
+
+def test_an_unreadable_sweep_is_not_changed_by_reading_it(sweep):
+    """Reading a damaged run changes none of its files."""
+    replace(sweep / DAMAGED / rundir.SUMMARY, GARBAGE)
+    files = {p: p.read_bytes() for p in (sweep / DAMAGED).rglob("*") if p.is_file()}
+    report(sweep, "--out", str(sweep.parent / "out"))
+    assert {p: p.read_bytes() for p in files} == files
+
+
+def test_a_summary_written_by_a_run_reads_back_whole(sweep):
+    summary = json.loads(rundir.summary_file(sweep / DAMAGED).read_text())
+    assert readers.read_summary(sweep / DAMAGED) == summary
+    assert readers.read_overrides(sweep / DAMAGED) == ["optim.weight_decay=0", "seed=1"]
+    assert predictions.read(sweep / DAMAGED).grid.shape == (G, 1)
