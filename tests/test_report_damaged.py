@@ -335,3 +335,36 @@ def test_a_summary_written_by_a_run_reads_back_whole(sweep):
     assert readers.read_summary(sweep / DAMAGED) == summary
     assert readers.read_overrides(sweep / DAMAGED) == ["optim.weight_decay=0", "seed=1"]
     assert predictions.read(sweep / DAMAGED).grid.shape == (G, 1)
+
+
+@pytest.mark.parametrize(
+    ("blocked", "why"),
+    [
+        ("report.md", "cannot write {out}/report.md (Is a directory)"),
+        ("curves.png", "cannot write {out}/curves.png (Is a directory)"),
+        ("settings", "cannot write {out}/settings/optim.weight_decay=0.0 (Not a directory)"),
+    ],
+)
+def test_a_report_file_that_cannot_be_written_is_named_in_one_line(sweep, blocked, why):
+    out = sweep.parent / "out"
+    out.mkdir()
+    if blocked == "settings":
+        (out / blocked).write_text("mine\n")
+    else:
+        (out / blocked).mkdir()
+    done = report(sweep, "--out", str(out), check_code=2)
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"--out {out}: {why.format(out=out)}" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["[/]", "[bold]x", "$\\notacommand$", "a_b^c$"])
+def test_a_swept_value_is_shown_as_it_is_not_as_markup(tmp_path, value):
+    """Rich's markup and matplotlib's math in a run dir's values are text, not commands."""
+    sweep = tmp_path / "sweep"
+    for i, name in enumerate([value, "plain"]):
+        write_run(sweep / f"run{i}", 0, 0)
+        rundir.overrides_file(sweep / f"run{i}").write_text(
+            json.dumps([f"optim.name={name}", "seed=0"])
+        )
+    done = report(sweep)
+    assert f"name={value} " in done.stdout and (sweep / "curves.png").is_file()

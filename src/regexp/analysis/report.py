@@ -18,11 +18,13 @@ import csv
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from regexp.analysis import settings
@@ -395,47 +397,52 @@ def write_report(
     else:
         header, table = group_rows(reps)
         line = group_verdict(reps)
+    given = out is not None
     out = _out_dir(out, dirs)
-    write_markdown(out / "report.md", header, table, line, left_out)
-    write_csv(out / "report.csv", header, table)
-    if reps is None:
-        figures = plots.report_figures(runs, keys, out)
-    else:
-        figures = plots.report_figures(runs, reps.keys, out, reps.groups)
+    with _writing(out, given):
+        write_markdown(out / "report.md", header, table, line, left_out)
+        write_csv(out / "report.csv", header, table)
+        if reps is None:
+            figures = plots.report_figures(runs, keys, out)
+        else:
+            figures = plots.report_figures(runs, reps.keys, out, reps.groups)
+        # (rich markup in what the run dirs say, a dir named `lr=[/]`, is shown as it is)
+        console.print(_view(runs, keys, reps, header, table, out))
+        console.print(f"[bold]verdict[/]: {escape(line)}", soft_wrap=True)
+        written = ["report.md", "report.csv", *(f.name for f in figures)]
+        if reps is not None:
+            lines = settings.write_setting_runs(reps, out, band)
+            written.append(
+                f"{settings.SETTINGS}/ ({len(lines)} TensorBoard runs: a line and a band each)"
+            )
+            decomposed, claim, damaged = bias_variance_tables(reps, out)
+            for note in damaged:
+                console.print(f"left out of bias and variance {note}", soft_wrap=True, markup=False)
+            written += [f.name for f in decomposed]
+            if decomposed:
+                console.print(f"[bold]bias and variance[/]: {escape(claim)}", soft_wrap=True)
+        console.print(escape(f"wrote {', '.join(written)} in {out}"), soft_wrap=True)
+    return out
 
-    # On the console, the swept values name each run (the dir name says the same at length).
+
+def _view(runs, keys, reps, header, table, out: Path) -> Table:
+    """The report's table on the console, where the swept values name each run (the dir name
+    says the same at length)."""
     skip = 1 if keys and reps is None else 0
-    what = (
-        f"{len(runs)} runs"
-        if reps is None
-        else f"{len(runs)} runs: {len(reps.groups)} settings over {' x '.join(reps.replica_keys)}"
-    )
+    what = f"{len(runs)} runs"
+    if reps is not None:
+        what += f": {len(reps.groups)} settings over {' x '.join(reps.replica_keys)}"
     view = Table(
-        title=f"{what} in {out}, sorted by valid loss",
+        title=escape(f"{what} in {out}, sorted by valid loss"),
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
     for name in header[skip:]:
         short = name.rsplit(".", 1)[-1]
-        view.add_column(short, justify="left" if name in ("run", "status") else "right")
+        view.add_column(escape(short), justify="left" if name in ("run", "status") else "right")
     for row in table:
-        view.add_row(*(fmt(v) for v in row[skip:]))
-    console.print(view)
-    console.print(f"[bold]verdict[/]: {line}", soft_wrap=True)
-    written = ["report.md", "report.csv", *(f.name for f in figures)]
-    if reps is not None:
-        lines = settings.write_setting_runs(reps, out, band)
-        written.append(
-            f"{settings.SETTINGS}/ ({len(lines)} TensorBoard runs: a line and a band each)"
-        )
-        decomposed, claim, damaged = bias_variance_tables(reps, out)
-        for note in damaged:
-            console.print(f"left out of bias and variance {note}", soft_wrap=True, markup=False)
-        written += [f.name for f in decomposed]
-        if decomposed:
-            console.print(f"[bold]bias and variance[/]: {claim}", soft_wrap=True)
-    console.print(f"wrote {', '.join(written)} in {out}", soft_wrap=True)
-    return out
+        view.add_row(*(escape(fmt(v)) for v in row[skip:]))
+    return view
 
 
 def bias_variance_tables(reps: Replicas, out: Path) -> tuple[list[Path], str, list[str]]:
@@ -456,6 +463,17 @@ def bias_variance_tables(reps: Replicas, out: Path) -> tuple[list[Path], str, li
     valid = bias_variance.curves(done, reps.keys, on="valid") if done[0].on_range else {}
     written += plots.bias_variance_figures(curves, done, reps.keys, out, valid)
     return written, bias_variance.claims(done, reps.keys), damaged
+
+
+@contextmanager
+def _writing(out: Path, given: bool):
+    """An error writing the report into `out` (a file of it that is a dir, a full disk), as
+    one line that names the file and the option."""
+    try:
+        yield
+    except OSError as exc:
+        what = f"--out {out}" if given else str(out)
+        raise UserError(f"{what}: cannot write {exc.filename} ({exc.strerror})") from None
 
 
 def _out_dir(out: Path | None, dirs: list[Path]) -> Path:

@@ -317,9 +317,11 @@ def _label(overrides: dict, keys: list[str]) -> str:
 
 
 def _short(value) -> str:
+    """A swept value in a figure's text; a `$` in it (a value from a run dir) as itself, not
+    the start of matplotlib's math."""
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    return str(value).replace("$", r"\$")
 
 
 def _finite(values) -> bool:
