@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 import zipfile
@@ -368,3 +369,24 @@ def test_a_swept_value_is_shown_as_it_is_not_as_markup(tmp_path, value):
         )
     done = report(sweep)
     assert f"name={value} " in done.stdout and (sweep / "curves.png").is_file()
+
+
+def test_values_near_the_float_limit_are_reported_and_what_cannot_be_drawn_is_said(sweep):
+    """A loss of 1e308 is a number (a diverged run may log one): the table holds it, and a
+    figure matplotlib cannot draw is named in a line, not a traceback."""
+    from regexp.analysis.replicas import stat
+
+    s = stat([1e308, -1e308, 1e308])
+    assert s.mean == pytest.approx(1e308 / 3) and s.std == pytest.approx(2 / math.sqrt(3) * 1e308)
+    assert stat([0.1, 0.2, 0.3]).std == pytest.approx(0.1, rel=1e-12)
+    run_dir = sweep / DAMAGED
+    rundir.metrics_file(run_dir).write_text(
+        "epoch,train_loss,valid_loss,lr\n1,-1e308,1e308,0.1\n2,1e308,-1e308,0.1\n"
+    )
+    done = report(sweep)
+    assert "verdict" in done.stdout and (sweep / "report.csv").is_file()
+    not_drawn = [line for line in done.stdout.splitlines() if "not drawn" in line]
+    assert [line.partition(" (")[0] for line in not_drawn] == [
+        "curves.png: not drawn, matplotlib cannot"
+    ]
+    assert not (sweep / "curves.png").exists() and (sweep / "bias_variance.png").is_file()

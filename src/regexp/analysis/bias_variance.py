@@ -207,7 +207,7 @@ def decompose(group, replica_keys: list[str]) -> SettingDecomposition:
         try:
             preds.append((run, read_predictions(run.path)))
         except Damaged as exc:
-            damaged.append(f"{run.path}: {exc}")
+            damaged.append(f"left out of bias and variance {run.path}: {exc}")
             preds.append((run, None))
     kept = [(r, p) for r, p in preds if p is not None and np.isfinite(p.last).all()]
     if len(kept) < 2:

@@ -409,15 +409,17 @@ def write_report(
         # (rich markup in what the run dirs say, a dir named `lr=[/]`, is shown as it is)
         console.print(_view(runs, keys, reps, header, table, out))
         console.print(f"[bold]verdict[/]: {escape(line)}", soft_wrap=True)
+        for note in figures.not_drawn:
+            console.print(note, soft_wrap=True, markup=False)
         written = ["report.md", "report.csv", *(f.name for f in figures)]
         if reps is not None:
             lines = settings.write_setting_runs(reps, out, band)
             written.append(
                 f"{settings.SETTINGS}/ ({len(lines)} TensorBoard runs: a line and a band each)"
             )
-            decomposed, claim, damaged = bias_variance_tables(reps, out)
-            for note in damaged:
-                console.print(f"left out of bias and variance {note}", soft_wrap=True, markup=False)
+            decomposed, claim, notes = bias_variance_tables(reps, out)
+            for note in notes:
+                console.print(note, soft_wrap=True, markup=False)
             written += [f.name for f in decomposed]
             if decomposed:
                 console.print(f"[bold]bias and variance[/]: {escape(claim)}", soft_wrap=True)
@@ -448,7 +450,7 @@ def _view(runs, keys, reps, header, table, out: Path) -> Table:
 def bias_variance_tables(reps: Replicas, out: Path) -> tuple[list[Path], str, list[str]]:
     """The bias-variance decomposition of each setting with two runs or more on one valid set:
     bias_variance.csv, .md, .png and fits.png in `out`; returns them, what they show, and a
-    line for each run left out for a damaged predictions.npz."""
+    line for each run left out for a damaged predictions.npz and each figure not drawn."""
     from regexp.analysis import bias_variance
     from regexp.figures import plots
 
@@ -461,8 +463,9 @@ def bias_variance_tables(reps: Replicas, out: Path) -> tuple[list[Path], str, li
     written = bias_variance.write_tables(out, results, reps.keys)
     curves = bias_variance.curves(done, reps.keys)
     valid = bias_variance.curves(done, reps.keys, on="valid") if done[0].on_range else {}
-    written += plots.bias_variance_figures(curves, done, reps.keys, out, valid)
-    return written, bias_variance.claims(done, reps.keys), damaged
+    figures = plots.bias_variance_figures(curves, done, reps.keys, out, valid)
+    written += figures
+    return written, bias_variance.claims(done, reps.keys), damaged + figures.not_drawn
 
 
 @contextmanager
