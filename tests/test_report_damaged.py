@@ -162,6 +162,11 @@ CASES = {
         b'{"weight_norm": 1' + b"0" * 400 + b"}",
         "summary.json: weight_norm is 1000",
     ),
+    "summary params a string": (
+        rundir.SUMMARY,
+        b'{"status": "completed", "params": "many"}',
+        'summary.json: params is "many", not a count of parameters',
+    ),
     "summary nested deeper than the stack": (
         rundir.SUMMARY,
         b"[" * 100_000,
@@ -390,3 +395,11 @@ def test_values_near_the_float_limit_are_reported_and_what_cannot_be_drawn_is_sa
         "curves.png: not drawn, matplotlib cannot"
     ]
     assert not (sweep / "curves.png").exists() and (sweep / "bias_variance.png").is_file()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_swept_value_that_is_no_finite_number_reads_as_text(sweep, value):
+    """NaN equals nothing: as a number, its setting would match none of its own runs."""
+    rundir.overrides_file(sweep / DAMAGED).write_text(f"- optim.weight_decay={value}\n- seed=1\n")
+    done = report(sweep)
+    assert f"weight_decay={value} 0.21" in done.stdout and "3 settings" in done.stdout

@@ -115,10 +115,13 @@ def _parse(overrides: list[str]) -> dict[str, object]:
 
 
 def _value(text: str):
+    """An override's value: a number where it is a finite one (NaN equals nothing, so a
+    setting of it would match none of its runs), else the text."""
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return text
+    return number if math.isfinite(number) else text
 
 
 def swept_keys(runs: list[Run]) -> list[str]:

@@ -86,6 +86,7 @@ SUMMARY_FIELDS = [  # (key, what it must be, the check): those that readers of a
     ("final", "a table of numbers", lambda v: _table_of_numbers(v)),
     ("best", "a table of numbers", lambda v: _table_of_numbers(v)),
     ("weight_norm", "a number", lambda v: v is None or _number(v)),
+    ("params", "a count of parameters", lambda v: type(v) is int and v >= 0),
     ("overrides", "a list of strings", lambda v: _strings(v)),
 ]
 
