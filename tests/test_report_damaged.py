@@ -184,6 +184,16 @@ CASES = {
         b"epoch,valid_loss\n1,low\n",
         'metrics.csv: line 2: valid_loss is "low", not a number',
     ),
+    "metrics without epochs": (
+        rundir.METRICS,
+        b"valid_loss\n0.2\n",
+        'metrics.csv: no epoch column (its header: "valid_loss")',
+    ),
+    "metrics a row without its epoch": (
+        rundir.METRICS,
+        b"epoch,valid_loss\n1,0.3\n,0.2\n",
+        "metrics.csv: line 3: no epoch",
+    ),
     "metrics an epoch past any step": (
         rundir.METRICS,
         b"epoch,valid_loss\n1e300,0.2\n",

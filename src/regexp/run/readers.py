@@ -113,7 +113,8 @@ def _shown(value) -> str:
 
 def read_metrics(run_dir) -> dict[str, list[float]]:
     """The run's metrics.csv by column, aligned by row (NaN where a cell is empty); {} where
-    there is none. Damaged where a cell is not a number, or an epoch not a whole one."""
+    there is none. Damaged where a cell is not a number, or a row has no epoch or one that is
+    not a whole number."""
     path = metrics_file(run_dir)
     curves: dict[str, list[float]] = {}
     with reading(METRICS):
@@ -129,10 +130,15 @@ def read_metrics(run_dir) -> dict[str, list[float]]:
                             curves.setdefault(key, []).append(value)
             except csv.Error as exc:  # (raised before the reader counts the line it is on)
                 raise Damaged(METRICS, f"line {rows.line_num + 1}: {exc}") from None
+            header = rows.fieldnames  # (None in an empty file)
+    if header and "epoch" not in header:
+        raise Damaged(METRICS, f"no epoch column (its header: {_shown(','.join(header))})")
     return curves
 
 
 def _cell(text: str | None, key: str, line: int) -> float:
+    if not text and key == "epoch":
+        raise Damaged(METRICS, f"line {line}: no epoch")
     if not text:
         return math.nan
     try:
