@@ -89,6 +89,29 @@ def find_runs(dirs: list[Path]) -> tuple[list[Path], int]:
     return list(found.values()), reached - len(found)
 
 
+def read_runs(dirs: list[Path], console: Console) -> tuple[list[Run], list[str]]:
+    """The runs in `dirs`, each once, but those with a damaged file: left out of the report's
+    numbers, each named in a line on `console`, which is also returned. Refused where no run
+    can be read."""
+    paths, twice = find_runs(dirs)
+    if twice:
+        console.print(
+            f"counted once: {twice} run dirs reached twice (a dir given again, a run inside a "
+            "sweep given, or a symlink)",
+            soft_wrap=True,
+        )
+    runs = [read_run(p) for p in paths]
+    left_out = [f"left out {r.path}: {r.damaged}" for r in runs if r.damaged]
+    for note in left_out:
+        console.print(note, soft_wrap=True, markup=False)
+    runs = [r for r in runs if not r.damaged]
+    if not runs:
+        raise UserError(
+            f"{', '.join(map(str, dirs))}: none of the {len(paths)} runs there can be read"
+        )
+    return runs, left_out
+
+
 def read_run(path: Path) -> Run:
     """The run in `path`; one with a damaged file (readers.Damaged) is `unreadable`, with which
     file and why, and the report names it and goes on with the others."""
@@ -375,23 +398,7 @@ def write_report(
     if out is not None and out.exists() and not out.is_dir():  # (before any run is read)
         raise UserError(f"--out {out}: a file, not a dir; give the dir to write the report into")
     console = console or default_console()
-    paths, twice = find_runs(dirs)
-    if twice:
-        console.print(
-            f"counted once: {twice} run dirs reached twice (a dir given again, a run inside a "
-            "sweep given, or a symlink)",
-            soft_wrap=True,
-        )
-    runs = [read_run(p) for p in paths]
-    # A run with a damaged file is named in one line and left out of the numbers.
-    left_out = [f"left out {r.path}: {r.damaged}" for r in runs if r.damaged]
-    for note in left_out:
-        console.print(note, soft_wrap=True, markup=False, highlight=False)
-    runs = [r for r in runs if not r.damaged]
-    if not runs:
-        raise UserError(
-            f"{', '.join(map(str, dirs))}: none of the {len(paths)} runs there can be read"
-        )
+    runs, left_out = read_runs(dirs, console)
     keys = swept_keys(runs)
     reps = replicas(runs, keys)
     if reps is None:
