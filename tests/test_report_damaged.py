@@ -108,14 +108,16 @@ def claiming(values: int) -> bytes:
 
 
 def replace(path: Path, content) -> None:
-    """Put `content` where `path` was: bytes, a "dir", a "loop" (a symlink to itself), or a
-    function of the old bytes."""
+    """Put `content` where `path` was: bytes, a "dir", a "fifo", a symlink to itself ("loop"),
+    to "nowhere" or to "/dev/zero", or a function of the old bytes."""
     old = path.read_bytes()
     path.unlink()
     if content == "dir":
         path.mkdir()
-    elif content == "loop":
-        os.symlink(path.name, path)
+    elif content == "fifo":
+        os.mkfifo(path)
+    elif content in ("loop", "nowhere", "/dev/zero"):
+        os.symlink(path.name if content == "loop" else content, path)
     else:
         path.write_bytes(content(old) if callable(content) else content)
 
@@ -131,7 +133,10 @@ FILES = {
 }
 # What may replace any file, and what the line then says of it after the file's name.
 ANY_FILE = {
-    "a dir": ("dir", "Is a directory"),
+    "a dir": ("dir", "a directory, not a file"),
+    "a pipe": ("fifo", "not a regular file (a pipe, a socket or a device)"),
+    "a symlink to a device": ("/dev/zero", "not a regular file (a pipe, a socket or a device)"),
+    "a symlink to nothing": ("nowhere", "a symlink to nothing"),
     "a symlink loop": ("loop", "Too many levels of symbolic links"),
     "random bytes": (GARBAGE, ""),
 }
@@ -166,6 +171,11 @@ CASES = {
         rundir.SUMMARY,
         b'{"status": "completed", "params": "many"}',
         'summary.json: params is "many", not a count of parameters',
+    ),
+    "summary past a megabyte": (
+        rundir.SUMMARY,
+        b'{"error": "' + b"x" * 2**20 + b'"}',
+        "summary.json: 1,048,589 bytes, more than any summary.json regexp writes",
     ),
     "summary nested deeper than the stack": (
         rundir.SUMMARY,

@@ -9,7 +9,9 @@ import csv
 import json
 import math
 import re
+import stat
 from contextlib import contextmanager
+from pathlib import Path
 
 from regexp.run.rundir import (
     METRICS,
@@ -54,12 +56,35 @@ def reading(file: str):
         raise Damaged(file, "nested too deeply") from None
 
 
+# The most bytes a summary.json or an overrides.yaml of regexp's holds, by far: read whole.
+SMALL = 2**20
+
+
+def _there(path: Path, file: str, most: int | None = None) -> bool:
+    """Whether the run dir has its `file` at `path` (False: not yet). Damaged where it is not a
+    regular file (a dir; a pipe or a device, whose reading would block or never end), or is
+    more than `most` bytes."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise Damaged(file, "a symlink to nothing") from None
+        return False
+    if stat.S_ISDIR(status.st_mode):
+        raise Damaged(file, "a directory, not a file")
+    if not stat.S_ISREG(status.st_mode):
+        raise Damaged(file, "not a regular file (a pipe, a socket or a device)")
+    if most is not None and status.st_size > most:
+        raise Damaged(file, f"{status.st_size:,} bytes, more than any {file} regexp writes")
+    return True
+
+
 def read_summary(run_dir) -> dict:
     """The run's summary.json, each field the report reads of its type; {} where there is none
     (a run that has not ended). Damaged where it is not a summary."""
     path = summary_file(run_dir)
     with reading(SUMMARY):
-        if not path.exists() and not path.is_symlink():
+        if not _there(path, SUMMARY, SMALL):
             return {}
         data = path.read_bytes()
         if not data.strip():
@@ -118,7 +143,7 @@ def read_metrics(run_dir) -> dict[str, list[float]]:
     path = metrics_file(run_dir)
     curves: dict[str, list[float]] = {}
     with reading(METRICS):
-        if not path.exists() and not path.is_symlink():
+        if not _there(path, METRICS):
             return {}
         with open(path, newline="", encoding="utf-8") as f:
             rows = csv.DictReader(f)
@@ -157,7 +182,7 @@ def read_overrides(run_dir) -> list[str]:
 
     path = overrides_file(run_dir)
     with reading(OVERRIDES):
-        if not path.exists() and not path.is_symlink():
+        if not _there(path, OVERRIDES, SMALL):
             return []
         text = path.read_bytes().decode()
     try:
@@ -189,7 +214,7 @@ def read_arrays(run_dir) -> dict | None:
 
     path = predictions_file(run_dir)
     with reading(PREDICTIONS):
-        if not path.exists() and not path.is_symlink():
+        if not _there(path, PREDICTIONS):
             return None
         arrays = {}
         with open(path, "rb") as f, _npz(f) as archive:
