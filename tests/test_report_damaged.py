@@ -107,6 +107,18 @@ def claiming(values: int) -> bytes:
     return buffer.getvalue()
 
 
+def compressed_by_an_unknown_method(old: bytes) -> bytes:
+    """The .npz `old` with each member marked as compressed by method 99 (AES encryption),
+    which zipfile cannot read."""
+    data = bytearray(old)
+    for signature, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local, central headers
+        start = data.find(signature)
+        while start != -1:
+            data[start + at : start + at + 2] = (99).to_bytes(2, "little")
+            start = data.find(signature, start + 1)
+    return bytes(data)
+
+
 def replace(path: Path, content) -> None:
     """Put `content` where `path` was: bytes, a "dir", a "fifo", a symlink to itself ("loop"),
     to "nowhere" or to "/dev/zero", or a function of the old bytes."""
@@ -228,6 +240,11 @@ CASES = {
         rundir.PREDICTIONS,
         npy(np.zeros((N, 1))),
         "predictions.npz: not an .npz archive",
+    ),
+    "predictions compressed by a method zipfile lacks": (
+        rundir.PREDICTIONS,
+        compressed_by_an_unknown_method,
+        "predictions.npz: That compression method is not supported",
     ),
     "predictions header claims 10^12 values": (
         rundir.PREDICTIONS,
@@ -423,3 +440,17 @@ def test_a_swept_value_that_is_no_finite_number_reads_as_text(sweep, value):
     rundir.overrides_file(sweep / DAMAGED).write_text(f"- optim.weight_decay={value}\n- seed=1\n")
     done = report(sweep)
     assert f"weight_decay={value} 0.21" in done.stdout and "3 settings" in done.stdout
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("name", FILES)
+def test_a_file_with_bytes_flipped_at_random_is_read_or_named_never_a_traceback(sweep, name, seed):
+    file, rng = FILES[name], random.Random(seed)
+    path = sweep / DAMAGED / file
+    data = bytearray(path.read_bytes())
+    for at in rng.sample(range(len(data)), 8):  # (text, to reach past the decoding)
+        data[at] = rng.choice(b'0123456789.,-+e:"{}[]\n =a~')
+    path.write_bytes(bytes(data))
+    done = report(sweep)
+    lines = [line for line in done.stdout.splitlines() if DAMAGED in line]
+    assert len(lines) <= 1 and all(f": {file}: " in line for line in lines), done.stdout

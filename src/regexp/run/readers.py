@@ -37,7 +37,9 @@ class Damaged(ValueError):
 @contextmanager
 def reading(file: str):
     """Whatever goes wrong reading `file` of a run dir, raised as Damaged, naming it."""
+    import lzma
     import zipfile
+    import zlib
 
     from regexp.errors import first_line
 
@@ -45,15 +47,17 @@ def reading(file: str):
         yield
     except Damaged:
         raise
-    except OSError as exc:  # (a dir, a symlink loop, no permission, ...)
+    except OSError as exc:  # (a symlink loop, no permission, ...)
         raise Damaged(file, exc.strerror or first_line(exc)) from None
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start : exc.start + 1].hex()
         raise Damaged(file, f"not text (byte 0x{byte} at {exc.start} is not UTF-8)") from None
-    except (ValueError, csv.Error, EOFError, zipfile.BadZipFile) as exc:
-        raise Damaged(file, first_line(exc)) from None
     except RecursionError:  # (JSON or YAML nested deeper than Python's stack)
         raise Damaged(file, "nested too deeply") from None
+    # (an archive's: one zipfile cannot read, NotImplementedError, encrypted, RuntimeError)
+    except (ValueError, csv.Error, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+            NotImplementedError, RuntimeError) as exc:  # fmt: skip
+        raise Damaged(file, first_line(exc)) from None
 
 
 # The most bytes a summary.json or an overrides.yaml of regexp's holds, by far: read whole.
