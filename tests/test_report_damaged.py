@@ -454,3 +454,19 @@ def test_a_file_with_bytes_flipped_at_random_is_read_or_named_never_a_traceback(
     done = report(sweep)
     lines = [line for line in done.stdout.splitlines() if DAMAGED in line]
     assert len(lines) <= 1 and all(f": {file}: " in line for line in lines), done.stdout
+
+
+def test_a_symlink_where_the_report_writes_is_replaced_not_followed(sweep):
+    """A sweep dir from elsewhere may hold report.md -> ~/.bashrc or settings -> ~/: the
+    report replaces each link with its own file, and what they point to stays as it was."""
+    elsewhere = sweep.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mine").write_text("mine\n")
+    for name in ("report.md", "report.csv", "curves.png", "bias_variance.csv", "bias_variance.md"):
+        os.symlink(elsewhere / "mine", sweep / name)
+    os.symlink(elsewhere, sweep / "settings")
+    report(sweep)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mine"]
+    assert (elsewhere / "mine").read_text() == "mine\n"
+    assert not any((sweep / name).is_symlink() for name in ("report.md", "settings", "curves.png"))
+    assert (sweep / "report.md").read_text().startswith("weight_decay 0 -> 0.01")

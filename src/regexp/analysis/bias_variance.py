@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from regexp.analysis.replicas import fmt as _fmt
+from regexp.run import rundir
 from regexp.run.predictions import Predictions
 from regexp.run.predictions import read as read_predictions
 from regexp.run.readers import Damaged
@@ -296,7 +297,7 @@ def write_tables(out: Path, results: list[SettingDecomposition], keys: list[str]
         for on, d in (("range", r.on_range), ("valid", r.decomposition))
         if d is not None
     ]
-    with open(csv_path, "w", newline="") as f:
+    with rundir.atomic(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*keys, "on", *COLUMNS])
         for setting, on, row in rows:
@@ -313,7 +314,7 @@ def write_tables(out: Path, results: list[SettingDecomposition], keys: list[str]
     notes = [f"- {_name(r.setting, keys)}: {r.note}" for r in results if r.note]
     if notes:
         lines += ["", *notes]
-    md_path.write_text("\n".join(lines) + "\n")
+    rundir.write_bytes(md_path, ("\n".join(lines) + "\n").encode())
     return [csv_path, md_path]
 
 

@@ -361,7 +361,7 @@ def write_markdown(
     lines = [summary, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v, interval=True) for v in row) + " |" for row in table]
     lines += ["", *(f"- {note}" for note in notes)] if notes else []
-    path.write_text("\n".join(lines) + "\n")
+    rundir.write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def write_csv(path: Path, header: list[str], table: list[list]) -> None:
@@ -381,7 +381,7 @@ def write_csv(path: Path, header: list[str], table: list[list]) -> None:
                 out.append("" if value is None else value)
         return out
 
-    with open(path, "w", newline="") as f:
+    with rundir.atomic(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(head)
         writer.writerows([cells(row) for row in table])
@@ -486,7 +486,8 @@ def _writing(out: Path, given: bool):
         yield
     except OSError as exc:
         what = f"--out {out}" if given else str(out)
-        raise UserError(f"{what}: cannot write {exc.filename} ({exc.strerror})") from None
+        where = exc.filename2 or exc.filename  # (a rename's: where it was to go)
+        raise UserError(f"{what}: cannot write {where} ({exc.strerror})") from None
 
 
 def _out_dir(out: Path | None, dirs: list[Path]) -> Path:

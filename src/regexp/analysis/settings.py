@@ -27,6 +27,8 @@ def write_setting_runs(reps: Replicas, sweep: Path, band: str = "std") -> list[P
     """One TensorBoard run per setting of `reps` under `sweep`/settings/, written anew;
     returns their dirs."""
     root = Path(sweep) / SETTINGS
+    if root.is_symlink():  # (not followed: a sweep dir from elsewhere may point it anywhere)
+        root.unlink()
     shutil.rmtree(root, ignore_errors=True)  # (the runs of an earlier report: written again)
     dirs = []
     for group in reps.groups:

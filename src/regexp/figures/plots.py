@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regexp.errors import first_line
+from regexp.run import rundir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -757,7 +758,8 @@ def _save(fig, path: Path, saved: Saved | None = None) -> Path:
     try:
         if fig.get_layout_engine() is None:
             fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with rundir.atomic(path, ".tmp.png") as tmp:  # (replaces a symlink, never follows it)
+            fig.savefig(tmp, dpi=100)
     except (ValueError, OverflowError) as exc:
         if saved is None:
             raise
