@@ -232,6 +232,14 @@ CASES = {
         b"seed: 1\n",
         '.hydra/overrides.yaml: {"seed": 1}, not a list of overrides',
     ),
+    "overrides a billion laughs": (  # (nine aliases a level, 9**12 strings written out)
+        rundir.OVERRIDES,
+        "".join(
+            f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "lol"] * 9) + "]\n"
+            for i in range(12)
+        ).encode(),
+        '.hydra/overrides.yaml: {"l0": ["lol", "lol", "lol", "lol", "..., not a list',
+    ),
     "overrides not YAML": (rundir.OVERRIDES, b"- [seed=1\n", ".hydra/overrides.yaml: not YAML"),
     "overrides a number": (rundir.OVERRIDES, b"- 1\n", ".hydra/overrides.yaml: [1], not a list"),
     "predictions cut short": (rundir.PREDICTIONS, HALF, "predictions.npz: "),

@@ -6,6 +6,7 @@ the report names the run in one line and goes on with the others."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -136,8 +137,20 @@ def _json_type(value) -> str:
 
 def _shown(value) -> str:
     """`value` in a message: as JSON, cut short."""
-    text = json.dumps(value, default=str)
+    text = json.dumps(_pruned(value), default=str)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _pruned(value, depth: int = 3):
+    """`value` cut to a few items a level, a few levels deep: YAML's aliases can make a small
+    file a structure too large to write out whole."""
+    if isinstance(value, (list, dict)) and not depth:
+        return "..."
+    if isinstance(value, list):
+        return [_pruned(v, depth - 1) for v in value[:5]]
+    if isinstance(value, dict):
+        return {str(k): _pruned(v, depth - 1) for k, v in itertools.islice(value.items(), 5)}
+    return value
 
 
 def read_metrics(run_dir) -> dict[str, list[float]]:
