@@ -3,11 +3,13 @@ setting, with mean ± std, a 95% interval and counts over the replicas."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pytest
 from conftest import regexp
+from rich.console import Console
 
 from regexp.analysis import report
 from regexp.analysis.replicas import replicas, stat, t95
@@ -101,7 +103,7 @@ def test_the_weights_figure_of_replicas_draws_each_settings_mean_and_band(tmp_pa
     assert (tmp_path / "weights.png").is_file()
 
 
-def test_a_run_with_corrupt_files_reads_as_unreadable_with_why_and_the_rest_report(tmp_path):
+def test_a_run_with_corrupt_files_is_named_with_why_and_the_rest_report(tmp_path):
     import json
 
     sweep = tmp_path / "sweep"
@@ -121,21 +123,23 @@ def test_a_run_with_corrupt_files_reads_as_unreadable_with_why_and_the_rest_repo
         (run_dir / "summary.json").write_text(text)
         if metrics:
             (run_dir / "metrics.csv").write_text(metrics)
-    statuses = {p.name: report.read_run(p).status for p in sorted(sweep.iterdir())}
-    assert statuses == {
-        "optim.lr=0.1": "completed",
-        "optim.lr=0.2": "unreadable (summary.json is a list, not an object)",
-        "optim.lr=0.3": "unreadable (summary.json: final is not a table of numbers)",
-        "optim.lr=0.4": "unreadable (metrics.csv line 2: valid_loss is 'abc', not a number)",
-        "optim.lr=0.5": "unreadable (summary.json: Unterminated string starting at: line 1 "
-        "column 12 (char 11))",
+    damaged = {p.name: report.read_run(p).damaged for p in sorted(sweep.iterdir())}
+    assert damaged == {
+        "optim.lr=0.1": None,
+        "optim.lr=0.2": "summary.json: a JSON list, not an object",
+        "optim.lr=0.3": "summary.json: final is null, not a table of numbers",
+        "optim.lr=0.4": 'metrics.csv: line 2: valid_loss is "abc", not a number',
+        "optim.lr=0.5": "summary.json: Unterminated string starting at: line 1 column 12 (char 11)",
     }
-    report.write_report([sweep])
+    out = io.StringIO()
+    report.write_report([sweep], console=Console(file=out, width=200))
+    for name, why in damaged.items():
+        if why:  # named in one line, and left out of the table
+            assert f"left out {sweep / name}: {why}\n" in out.getvalue()
     table = (sweep / "report.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| optim.lr=")]
-    assert [("| completed |" in r, "| unreadable (" in r) for r in rows] == [(True, False)] + [
-        (False, True)
-    ] * 4
+    rows = [line[:14] for line in table.splitlines() if line.startswith("| optim")]
+    assert rows == ["| optim.lr=0.1"]
+    assert f"- left out {sweep / 'optim.lr=0.2'}: summary.json: a JSON list" in table
 
 
 def test_an_out_that_is_a_file_is_refused_in_one_line_before_anything_is_read(tmp_path):

@@ -42,14 +42,16 @@ Pure numpy on the files; it never imports the training code.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from regexp.analysis.replicas import fmt as _fmt
+from regexp.run import rundir
 from regexp.run.predictions import Predictions
 from regexp.run.predictions import read as read_predictions
+from regexp.run.readers import Damaged
 
 # Where the cross term is more than this share of the expected error, the report says so.
 CROSS_TERM_SHARE = 0.1
@@ -191,6 +193,7 @@ class SettingDecomposition:
     runs: list[Predictions]
     note: str = ""
     on_range: Decomposition | None = None  # over the input range, where the data knows f
+    damaged: list[str] = field(default_factory=list)  # a line per run with a damaged file
 
     @property
     def lead(self) -> Decomposition | None:
@@ -200,19 +203,36 @@ class SettingDecomposition:
 
 def decompose(group, replica_keys: list[str]) -> SettingDecomposition:
     """The decomposition of a replicas.Group from its runs' predictions.npz."""
-    preds = [(r, read_predictions(r.path)) for r in group.runs]
+    preds, damaged = [], []
+    for run in group.runs:
+        try:
+            preds.append((run, read_predictions(run.path)))
+        except Damaged as exc:
+            damaged.append(f"left out of bias and variance {run.path}: {exc}")
+            preds.append((run, None))
     kept = [(r, p) for r, p in preds if p is not None and np.isfinite(p.last).all()]
     if len(kept) < 2:
         return SettingDecomposition(
-            group.setting, None, [p for _, p in kept], "fewer than 2 runs with predictions"
+            group.setting,
+            None,
+            [p for _, p in kept],
+            "fewer than 2 runs with predictions",
+            damaged=damaged,
         )
     y = kept[0][1].y
     if any(p.y.shape != y.shape or not np.array_equal(p.y, y) for _, p in kept):
         note = "the runs' valid sets differ (set data.draw: a draw keeps the valid set of seed 0)"
-        return SettingDecomposition(group.setting, None, [p for _, p in kept], note)
+        return SettingDecomposition(
+            group.setting, None, [p for _, p in kept], note, damaged=damaged
+        )
+    if len({_layout(p) for _, p in kept}) > 1:
+        note = "the runs' predictions.npz differ in shape (made by different versions or data)"
+        return SettingDecomposition(
+            group.setting, None, [p for _, p in kept], note, damaged=damaged
+        )
     ps = [p for _, p in kept]
     left = len(preds) - len(kept)
-    note = f"{left} runs left out (no predictions, or not finite)" if left else ""
+    note = f"{left} runs left out (no predictions, damaged, or not finite)" if left else ""
     if np.issubdtype(y.dtype, np.integer):
         d = decompose_classification(np.stack([classes(p.last) for p in ps]), y)
     else:
@@ -225,7 +245,11 @@ def decompose(group, replica_keys: list[str]) -> SettingDecomposition:
                 draws = values
         d = regression(np.stack([p.last for p in ps]), y, ps[0].target, draws, ps[0].noise)
         on_range = None
-        if all(p.grid_target is not None and np.isfinite(p.grid).all() for p in ps):
+        if (
+            ps[0].x is not None
+            and ps[0].noise is not None
+            and all(p.grid_target is not None and np.isfinite(p.grid).all() for p in ps)
+        ):
             # The figure's grid within the inputs' range (it runs a little past both ends).
             x, inside = ps[0].x, ps[0].grid_x
             inside = ((inside >= x.min(0)) & (inside <= x.max(0))).all(1)
@@ -239,8 +263,13 @@ def decompose(group, replica_keys: list[str]) -> SettingDecomposition:
                 f"{d.difference:.4g}) is not small: 2 mean_x (f̄ − f)(f − y) averages to 0 "
                 f"over draws of the valid noise, not on {len(y)} valid points",
             )
-        return SettingDecomposition(group.setting, d, ps, note, on_range)
-    return SettingDecomposition(group.setting, d, ps, note)
+        return SettingDecomposition(group.setting, d, ps, note, on_range, damaged)
+    return SettingDecomposition(group.setting, d, ps, note, damaged=damaged)
+
+
+def _layout(p: Predictions) -> tuple:
+    """The shapes of what a decomposition stacks over runs: the same for every run of one."""
+    return tuple(None if a is None else a.shape for a in (p.last, p.x, p.grid_x, p.grid))
 
 
 def one_kind(results: list[SettingDecomposition]) -> list[SettingDecomposition]:
@@ -268,7 +297,7 @@ def write_tables(out: Path, results: list[SettingDecomposition], keys: list[str]
         for on, d in (("range", r.on_range), ("valid", r.decomposition))
         if d is not None
     ]
-    with open(csv_path, "w", newline="") as f:
+    with rundir.atomic(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*keys, "on", *COLUMNS])
         for setting, on, row in rows:
@@ -285,7 +314,7 @@ def write_tables(out: Path, results: list[SettingDecomposition], keys: list[str]
     notes = [f"- {_name(r.setting, keys)}: {r.note}" for r in results if r.note]
     if notes:
         lines += ["", *notes]
-    md_path.write_text("\n".join(lines) + "\n")
+    rundir.write_bytes(md_path, ("\n".join(lines) + "\n").encode())
     return [csv_path, md_path]
 
 

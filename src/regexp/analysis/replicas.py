@@ -65,11 +65,23 @@ def stat(values: Iterable[float | None]) -> Stat | None:
     if not xs:
         return None
     n = len(xs)
-    mean = math.fsum(xs) / n
+    mean, std = mean_std(xs)
     if n == 1:
         return Stat(mean, 0.0, math.nan, 1)
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     return Stat(mean, std, t95(n - 1) * std / math.sqrt(n), n)
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """The mean and the sample std (n - 1; 0 for one value) of the finite `xs`, computed on
+    them scaled by a power of two (exact) so that values near the float limit (a diverged
+    loss, a damaged record) cannot overflow: the std is then inf at most."""
+    biggest = max(abs(x) for x in xs)
+    scale = math.ldexp(1.0, math.frexp(biggest)[1] - 1) if biggest else 1.0
+    ys = [x / scale for x in xs]
+    mean = math.fsum(ys) / len(ys)
+    if len(ys) == 1:
+        return mean * scale, 0.0
+    return mean * scale, math.sqrt(math.fsum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) * scale
 
 
 @dataclass

@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from regexp.analysis import settings
 from regexp.analysis.replicas import Group, Replicas, Stat, fmt, paired, replicas, stat
 from regexp.console import console as default_console
 from regexp.errors import UserError
-from regexp.run import rundir
+from regexp.run import readers, rundir
 
 log = logging.getLogger("regexp")
 
@@ -37,10 +39,12 @@ log = logging.getLogger("regexp")
 @dataclass
 class Run:
     path: Path
-    status: str  # completed, diverged, interrupted, failed, or running (no summary.json yet)
+    status: str  # completed, diverged, interrupted, failed, running (no summary.json yet),
+    # or unreadable (a damaged file: left out of the report's numbers)
     overrides: dict[str, object]
     summary: dict = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)  # metrics.csv, by column
+    damaged: str | None = None  # which of its files is damaged and why (readers.Damaged)
 
     def final(self, key: str) -> float | None:
         value = self.summary.get("final", {}).get(key)
@@ -62,87 +66,65 @@ def is_run(path: Path) -> bool:
     return (path / ".hydra").is_dir() or rundir.summary_file(path).is_file()
 
 
-def find_runs(dirs: list[Path]) -> list[Path]:
-    """The run dirs given, and those under each sweep dir given."""
-    found = []
+def find_runs(dirs: list[Path]) -> tuple[list[Path], int]:
+    """The run dirs given, and those under each sweep dir given, each once however it was
+    reached (the same sweep given twice, a run inside a sweep given, a symlink); with how many
+    were found again and dropped."""
+    found: dict[Path, Path] = {}  # resolved -> as found
+    reached = 0
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"{d}: no such dir (give run dirs or a sweep dir)")
         if is_run(d):
-            found.append(d)
+            runs = [d]
         else:
-            found += sorted(
+            runs = sorted(
                 p.parent for p in d.glob("**/.hydra") if not p.parent.name.startswith(".")
             )
+        reached += len(runs)
+        for run in runs:
+            found.setdefault(run.resolve(), run)
     if not found:
         raise UserError(f"{', '.join(map(str, dirs))}: no runs there (no .hydra/ or summary.json)")
-    return found
+    return list(found.values()), reached - len(found)
+
+
+def read_runs(dirs: list[Path], console: Console) -> tuple[list[Run], list[str]]:
+    """The runs in `dirs`, each once, but those with a damaged file: left out of the report's
+    numbers, each named in a line on `console`, which is also returned. Refused where no run
+    can be read."""
+    paths, twice = find_runs(dirs)
+    if twice:
+        console.print(
+            f"counted once: {twice} run dirs reached twice (a dir given again, a run inside a "
+            "sweep given, or a symlink)",
+            soft_wrap=True,
+        )
+    runs = [read_run(p) for p in paths]
+    left_out = [f"left out {r.path}: {r.damaged}" for r in runs if r.damaged]
+    for note in left_out:
+        console.print(note, soft_wrap=True, markup=False)
+    runs = [r for r in runs if not r.damaged]
+    if not runs:
+        raise UserError(
+            f"{', '.join(map(str, dirs))}: none of the {len(paths)} runs there can be read"
+        )
+    return runs, left_out
 
 
 def read_run(path: Path) -> Run:
-    """The run in `path`; one whose files are corrupt (a summary.json that is not an object or
-    holds nulls where numbers go, a metrics.csv cell that is not a number) is `unreadable`,
-    with why, and the report goes on with the others."""
+    """The run in `path`; one with a damaged file (readers.Damaged) is `unreadable`, with which
+    file and why, and the report names it and goes on with the others."""
     try:
-        return _load(path)
-    except (ValueError, TypeError) as exc:
-        overrides = _read_overrides(rundir.overrides_file(path))
-        return Run(path, f"unreadable ({exc})", _parse(overrides))
-
-
-def _load(path: Path) -> Run:
-    summary = _read_json(rundir.summary_file(path))
-    curves: dict[str, list[float]] = {}
-    if rundir.metrics_file(path).is_file():
-        with open(rundir.metrics_file(path), newline="") as f:
-            for line, row in enumerate(csv.DictReader(f), start=2):
-                for key, value in row.items():  # aligned by epoch: NaN where a cell is empty
-                    if key:
-                        curves.setdefault(key, []).append(_number(value, key, line))
-    overrides = summary.get("overrides")
-    if overrides is None:
-        overrides = _read_overrides(rundir.overrides_file(path))
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise ValueError("summary.json: overrides is not a list of strings")
+        summary = readers.read_summary(path)
+        curves = readers.read_metrics(path)
+        overrides = summary.get("overrides")
+        if overrides is None:
+            overrides = readers.read_overrides(path)
+    except readers.Damaged as exc:
+        return Run(path, "unreadable", {}, damaged=str(exc))
     status = summary.get("status") or ("running" if curves else "started")
-    return Run(path, str(status), _parse(overrides), summary, curves)
-
-
-def _number(text: str | None, key: str, line: int) -> float:
-    if not text:
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"metrics.csv line {line}: {key} is {text!r}, not a number") from None
-
-
-def _read_json(path: Path) -> dict:
-    """A run's summary.json; {} where there is none yet (a run that has not ended)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    try:
-        summary = json.loads(text)
-    except ValueError as exc:  # a corrupt file (a run's own writes are atomic)
-        raise ValueError(f"summary.json: {exc}") from None
-    if not isinstance(summary, dict):
-        raise ValueError(f"summary.json is a {type(summary).__name__}, not an object")
-    for part in ("final", "best"):
-        values = summary.get(part, {})
-        if not isinstance(values, dict) or not all(
-            v is None or isinstance(v, (int, float)) for v in values.values()
-        ):
-            raise ValueError(f"summary.json: {part} is not a table of numbers")
-    return summary
-
-
-def _read_overrides(path: Path) -> list[str]:
-    """Hydra's overrides.yaml: a YAML list of strings, one per line as `- key=value`."""
-    if not path.is_file():
-        return []
-    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+    return Run(path, status, _parse(overrides), summary, curves)
 
 
 def _parse(overrides: list[str]) -> dict[str, object]:
@@ -156,10 +138,13 @@ def _parse(overrides: list[str]) -> dict[str, object]:
 
 
 def _value(text: str):
+    """An override's value: a number where it is a finite one (NaN equals nothing, so a
+    setting of it would match none of its runs), else the text."""
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return text
+    return number if math.isfinite(number) else text
 
 
 def swept_keys(runs: list[Run]) -> list[str]:
@@ -370,10 +355,13 @@ def _turned_up(run: Run) -> bool:
     return _finite(final, best) and final > 1.1 * best
 
 
-def write_markdown(path: Path, header: list[str], table: list[list], summary: str) -> None:
+def write_markdown(
+    path: Path, header: list[str], table: list[list], summary: str, notes: list[str] = ()
+) -> None:
     lines = [summary, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v, interval=True) for v in row) + " |" for row in table]
-    path.write_text("\n".join(lines) + "\n")
+    lines += ["", *(f"- {note}" for note in notes)] if notes else []
+    rundir.write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def write_csv(path: Path, header: list[str], table: list[list]) -> None:
@@ -393,7 +381,7 @@ def write_csv(path: Path, header: list[str], table: list[list]) -> None:
                 out.append("" if value is None else value)
         return out
 
-    with open(path, "w", newline="") as f:
+    with rundir.atomic(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(head)
         writer.writerows([cells(row) for row in table])
@@ -409,7 +397,8 @@ def write_report(
 
     if out is not None and out.exists() and not out.is_dir():  # (before any run is read)
         raise UserError(f"--out {out}: a file, not a dir; give the dir to write the report into")
-    runs = [read_run(p) for p in find_runs(dirs)]
+    console = console or default_console()
+    runs, left_out = read_runs(dirs, console)
     keys = swept_keys(runs)
     reps = replicas(runs, keys)
     if reps is None:
@@ -418,71 +407,107 @@ def write_report(
     else:
         header, table = group_rows(reps)
         line = group_verdict(reps)
-    if out is None:
-        out = dirs[0] if len(dirs) == 1 else Path(_common_parent(dirs))
-    out.mkdir(parents=True, exist_ok=True)
-    write_markdown(out / "report.md", header, table, line)
-    write_csv(out / "report.csv", header, table)
-    if reps is None:
-        figures = plots.report_figures(runs, keys, out)
-    else:
-        figures = plots.report_figures(runs, reps.keys, out, reps.groups)
+    given = out is not None
+    out = _out_dir(out, dirs)
+    with _writing(out, given):
+        write_markdown(out / "report.md", header, table, line, left_out)
+        write_csv(out / "report.csv", header, table)
+        if reps is None:
+            figures = plots.report_figures(runs, keys, out)
+        else:
+            figures = plots.report_figures(runs, reps.keys, out, reps.groups)
+        # (rich markup in what the run dirs say, a dir named `lr=[/]`, is shown as it is)
+        console.print(_view(runs, keys, reps, header, table, out))
+        console.print(f"[bold]verdict[/]: {escape(line)}", soft_wrap=True)
+        for note in figures.not_drawn:
+            console.print(note, soft_wrap=True, markup=False)
+        written = ["report.md", "report.csv", *(f.name for f in figures)]
+        if reps is not None:
+            lines = settings.write_setting_runs(reps, out, band)
+            written.append(
+                f"{settings.SETTINGS}/ ({len(lines)} TensorBoard runs: a line and a band each)"
+            )
+            decomposed, claim, notes = bias_variance_tables(reps, out)
+            for note in notes:
+                console.print(note, soft_wrap=True, markup=False)
+            written += [f.name for f in decomposed]
+            if decomposed:
+                console.print(f"[bold]bias and variance[/]: {escape(claim)}", soft_wrap=True)
+        console.print(escape(f"wrote {', '.join(written)} in {out}"), soft_wrap=True)
+    return out
 
-    console = console or default_console()
-    # On the console, the swept values name each run (the dir name says the same at length).
+
+def _view(runs, keys, reps, header, table, out: Path) -> Table:
+    """The report's table on the console, where the swept values name each run (the dir name
+    says the same at length)."""
     skip = 1 if keys and reps is None else 0
-    what = (
-        f"{len(runs)} runs"
-        if reps is None
-        else f"{len(runs)} runs: {len(reps.groups)} settings over {' x '.join(reps.replica_keys)}"
-    )
+    what = f"{len(runs)} runs"
+    if reps is not None:
+        what += f": {len(reps.groups)} settings over {' x '.join(reps.replica_keys)}"
     view = Table(
-        title=f"{what} in {out}, sorted by valid loss",
+        title=escape(f"{what} in {out}, sorted by valid loss"),
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
     for name in header[skip:]:
         short = name.rsplit(".", 1)[-1]
-        view.add_column(short, justify="left" if name in ("run", "status") else "right")
+        view.add_column(escape(short), justify="left" if name in ("run", "status") else "right")
     for row in table:
-        view.add_row(*(fmt(v) for v in row[skip:]))
-    console.print(view)
-    console.print(f"[bold]verdict[/]: {line}", soft_wrap=True)
-    written = ["report.md", "report.csv", *(f.name for f in figures)]
-    if reps is not None:
-        lines = settings.write_setting_runs(reps, out, band)
-        written.append(
-            f"{settings.SETTINGS}/ ({len(lines)} TensorBoard runs: a line and a band each)"
-        )
-        decomposed, claim = bias_variance_tables(reps, out)
-        written += [f.name for f in decomposed]
-        if decomposed:
-            console.print(f"[bold]bias and variance[/]: {claim}", soft_wrap=True)
-    console.print(f"wrote {', '.join(written)} in {out}", soft_wrap=True)
-    return out
+        view.add_row(*(escape(fmt(v)) for v in row[skip:]))
+    return view
 
 
-def bias_variance_tables(reps: Replicas, out: Path) -> tuple[list[Path], str]:
+def bias_variance_tables(reps: Replicas, out: Path) -> tuple[list[Path], str, list[str]]:
     """The bias-variance decomposition of each setting with two runs or more on one valid set:
-    bias_variance.csv, .md, .png and fits.png in `out`; returns them and what they show."""
+    bias_variance.csv, .md, .png and fits.png in `out`; returns them, what they show, and a
+    line for each run left out for a damaged predictions.npz and each figure not drawn."""
     from regexp.analysis import bias_variance
     from regexp.figures import plots
 
     results = [bias_variance.decompose(g, reps.replica_keys) for g in reps.groups]
     results = bias_variance.one_kind(results)
+    damaged = [line for r in results for line in r.damaged]
     done = [r for r in results if r.decomposition is not None]
     if not done:
-        return [], ""
+        return [], "", damaged
     written = bias_variance.write_tables(out, results, reps.keys)
     curves = bias_variance.curves(done, reps.keys)
     valid = bias_variance.curves(done, reps.keys, on="valid") if done[0].on_range else {}
-    written += plots.bias_variance_figures(curves, done, reps.keys, out, valid)
-    return written, bias_variance.claims(done, reps.keys)
+    figures = plots.bias_variance_figures(curves, done, reps.keys, out, valid)
+    written += figures
+    return written, bias_variance.claims(done, reps.keys), damaged + figures.not_drawn
+
+
+@contextmanager
+def _writing(out: Path, given: bool):
+    """An error writing the report into `out` (a file of it that is a dir, a full disk), as
+    one line that names the file and the option."""
+    try:
+        yield
+    except OSError as exc:
+        what = f"--out {out}" if given else str(out)
+        where = exc.filename2 or exc.filename  # (a rename's: where it was to go)
+        raise UserError(f"{what}: cannot write {where} ({exc.strerror})") from None
+
+
+def _out_dir(out: Path | None, dirs: list[Path]) -> Path:
+    """The dir to write the report into, made where it is not: `--out`, or by default the one
+    dir given, or the dirs' common parent. One that cannot be made or written is refused in one
+    line that names it."""
+    given = out is not None
+    if out is None:
+        out = dirs[0] if len(dirs) == 1 else Path(_common_parent(dirs))
+    what = f"--out {out}" if given else f"{out} (where the report goes by default; give --out)"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{what}: cannot make that dir ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: cannot write in that dir (no permission)")
+    return out
 
 
 def _common_parent(dirs: list[Path]) -> str:
-    import os
-
     return os.path.commonpath([str(d.resolve()) for d in dirs])
 
 
@@ -519,6 +544,6 @@ def report_main(args: list[str]) -> int:
 def write_settings(sweep: Path) -> list[Path]:
     """The sweep's TensorBoard run per setting, where its runs are replicas of settings (at the
     end of a sweep: run.outcomes.SweepReport)."""
-    runs = [read_run(p) for p in find_runs([sweep])]
+    runs = [r for r in map(read_run, find_runs([sweep])[0]) if not r.damaged]
     reps = replicas(runs, swept_keys(runs))
     return [] if reps is None else settings.write_setting_runs(reps, sweep)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from regexp.adapters import tensorboardx as tbx
-from regexp.analysis.replicas import Group, Replicas
+from regexp.analysis.replicas import Group, Replicas, mean_std
 from regexp.run import rundir
 
 SETTINGS = "settings"  # the sweep's dir of the setting runs
@@ -29,6 +29,8 @@ def write_setting_runs(reps: Replicas, sweep: Path, band: str = "std") -> list[P
     """One TensorBoard run per setting of `reps` under `sweep`/settings/, written anew;
     returns their dirs."""
     root = Path(sweep) / SETTINGS
+    if root.is_symlink():  # (not followed: a sweep dir from elsewhere may point it anywhere)
+        root.unlink()
     shutil.rmtree(root, ignore_errors=True)  # (the runs of an earlier report: written again)
     dirs = []
     for group in reps.groups:
@@ -61,13 +63,11 @@ def epochs_of(group: Group) -> dict[int, list]:
 
 def mean_and_band(values: list[float], band: str) -> tuple[float, float | None, float | None]:
     """The mean of `values` and its band (None below two values)."""
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
+    mean, std = mean_std(values)
+    if len(values) < 2:
         return mean, None, None
     if band == "range":
         return mean, min(values), max(values)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, mean - std, mean + std
 
 

@@ -19,9 +19,13 @@ off-screen backend, sizes, styles) in one place and imported nowhere else.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from regexp.errors import first_line
+from regexp.run import rundir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -317,15 +321,32 @@ def _label(overrides: dict, keys: list[str]) -> str:
 
 
 def _short(value) -> str:
+    """A swept value in a figure's text; a `$` in it (a value from a run dir) as itself, not
+    the start of matplotlib's math."""
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    return str(value).replace("$", r"\$")
 
 
 def _finite(values) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
+def _quiet(draw):
+    """`draw` with numpy's overflow warnings off: values matplotlib cannot draw give one line
+    in Saved.not_drawn, not a screen of warnings."""
+
+    @functools.wraps(draw)
+    def quiet(*args, **kwargs):
+        import numpy as np
+
+        with np.errstate(all="ignore"):
+            return draw(*args, **kwargs)
+
+    return quiet
+
+
+@_quiet
 def report_figures(runs, keys: list[str], out: Path, groups=None) -> list[Path]:
     """The report's figures in `out`: every run's loss curves; the final losses against each
     swept number (or, for a list-valued key such as model.hidden, against the model's
@@ -333,27 +354,27 @@ def report_figures(runs, keys: list[str], out: Path, groups=None) -> list[Path]:
     `groups` (replicas.Group: the runs of one setting over seeds and draws) each curve is a
     setting's mean with a band of ± one std, and so is each point against a swept number."""
     plt = _pyplot()
-    written = []
+    written = Saved()
     if groups is None:
         figure = curves_figure(plt, runs, keys)
     else:
         figure = band_curves_figure(plt, runs, keys, groups)
     if figure is not None:
-        written.append(_save(figure, out / "curves.png"))
+        _save(figure, out / "curves.png", written)
 
     with_weights = [r for r in runs if r.curves.get("weights_l2_norm")]
     if with_weights and len(with_weights if groups is None else groups) <= 12:
         figure = weights_figure(plt, with_weights, keys, groups)
-        written.append(_save(figure, out / "weights.png"))
+        _save(figure, out / "weights.png", written)
 
     done = [r for r in runs if _finite([r.final("train_loss"), r.final("valid_loss")])]
     for key in keys:
         figure = loss_vs_figure(plt, done, key, groups is not None)
         if figure is not None:
-            written.append(_save(figure, out / f"loss_vs_{key}.png"))
+            _save(figure, out / f"loss_vs_{key}.png", written)
 
     if len(keys) == 2 and done:
-        written += _heatmap(plt, done, keys, out / "heatmap.png")
+        _save(_heatmap(plt, done, keys), out / "heatmap.png", written)
     return written
 
 
@@ -508,6 +529,7 @@ TERMS = [  # (a Decomposition's attribute, its name in the figure, its style)
 ]
 
 
+@_quiet
 def bias_variance_figures(
     curves: dict, results: list, keys: list[str], out: Path, valid: dict | None = None
 ) -> list[Path]:
@@ -553,14 +575,15 @@ def bias_variance_figures(
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results))], names)
         ax.set(title="bias and variance of each setting")
         ax.legend(fontsize="small")
-    written = [_save(fig, out / "bias_variance.png")]
+    written = Saved()
+    _save(fig, out / "bias_variance.png", written)
     with_grid = [r for r in results if r.runs and r.runs[0].grid is not None]
     if with_grid:
-        written.append(_fits(plt, with_grid[:12], keys, out / "fits.png"))
+        _save(_fits(plt, with_grid[:12], keys), out / "fits.png", written)
     return written
 
 
-def _fits(plt, results: list, keys: list[str], path: Path) -> Path:
+def _fits(plt, results: list, keys: list[str]):
     """Each setting's runs over the truth: 1-D regression, every fitted curve thin, their
     mean thick, f(x) dashed; 2-D data, every run's decision boundary thin, the boundary of
     the mean probability thick, over the valid points."""
@@ -605,7 +628,7 @@ def _fits(plt, results: list, keys: list[str], path: Path) -> Path:
     if handles:
         axes.flat[0].legend(fontsize="x-small")
     fig.suptitle("every run's fit (thin) and their mean (thick): the spread is the variance")
-    return _save(fig, path)
+    return fig
 
 
 def weights_figure(plt, runs, keys, groups=None):
@@ -638,7 +661,7 @@ def weights_figure(plt, runs, keys, groups=None):
     return fig
 
 
-def _heatmap(plt, runs, keys, path: Path) -> list[Path]:
+def _heatmap(plt, runs, keys):
     rows = sorted({r.overrides.get(keys[0]) for r in runs}, key=str)
     cols = sorted({r.overrides.get(keys[1]) for r in runs}, key=str)
     rows, cols = _numeric_order(rows), _numeric_order(cols)
@@ -665,7 +688,7 @@ def _heatmap(plt, runs, keys, path: Path) -> list[Path]:
             if v is not None:
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize="small")
     fig.colorbar(image, ax=ax)
-    return [_save(fig, path)]
+    return fig
 
 
 def _numeric_order(values: list) -> list:
@@ -718,13 +741,34 @@ def _band(ax, runs, metric: str, label, style: str = "-", color=None):
     return line
 
 
-def _save(fig, path: Path) -> Path:
-    if fig.get_layout_engine() is None:
-        fig.tight_layout()
-    fig.savefig(path, dpi=100)
+class Saved(list):
+    """The report's figures written, and in `not_drawn` a line for each that matplotlib
+    could not draw (values near the float limit, from a diverged or a damaged run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.not_drawn: list[str] = []
+
+
+def _save(fig, path: Path, saved: Saved | None = None) -> Path:
+    """Draw `fig` into `path`; with `saved`, add it there, or where matplotlib cannot draw
+    it, say so there instead of raising."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    try:
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        with rundir.atomic(path, ".tmp.png") as tmp:  # (replaces a symlink, never follows it)
+            fig.savefig(tmp, dpi=100)
+    except (ValueError, OverflowError) as exc:
+        if saved is None:
+            raise
+        saved.not_drawn.append(f"{path.name}: not drawn, matplotlib cannot ({first_line(exc)})")
+    else:
+        if saved is not None:
+            saved.append(path)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -22,12 +22,13 @@ when it is called), so that `regexp report` reads it without torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from regexp.run import rundir
+from regexp.run import readers, rundir
 
 
 @dataclass
@@ -67,19 +68,15 @@ def write(run_dir: Path, p: Predictions) -> Path:
 
 
 def read(run_dir: Path) -> Predictions | None:
-    """The run's predictions, or None where it has none (or an unreadable file)."""
-    path = rundir.predictions_file(run_dir)
-    if not path.is_file():
+    """The run's predictions, or None where it has none; readers.Damaged where the file is not
+    what `write` writes (not an .npz, an array missing, of another shape or kind)."""
+    a = readers.read_arrays(run_dir)
+    if a is None:
         return None
-    try:
-        with np.load(path) as f:
-            a = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError):
-        return None
-    last, best = a["last"], a["best"]
+    check_arrays(a)
     return Predictions(
-        last,
-        best,
+        a["last"],
+        a["best"],
         tuple(int(e) for e in a["epochs"]),
         a["y"],
         a.get("target"),
@@ -89,6 +86,52 @@ def read(run_dir: Path) -> Predictions | None:
         a.get("x"),
         a.get("grid_target"),
     )
+
+
+def check_arrays(a: dict[str, np.ndarray]) -> None:
+    """Raise readers.Damaged where the arrays `a` are not those of the table above."""
+
+    def damaged(why: str):
+        raise readers.Damaged(rundir.PREDICTIONS, why)
+
+    missing = [k for k in ("last", "best", "epochs", "y") if k not in a]
+    if missing:
+        damaged(f"no {', '.join(missing)} array (it holds: {', '.join(a) or 'none'})")
+    for name, array in a.items():
+        if array.dtype.kind not in "fiu":
+            damaged(f"{name} holds {array.dtype}, not numbers")
+    last = a["last"]
+    if last.ndim != 2 or 0 in last.shape:
+        damaged(f"last has shape {last.shape}, not (n, C) with n, C > 0")
+    n, c = last.shape
+    y, labels = a["y"], a["y"].dtype.kind in "iu"
+    if labels and (y.shape != (n,) or y.min() < 0 or y.max() >= max(c, 2)):
+        damaged(f"y holds integers of shape {y.shape}: not ({n},) labels from 0 to {max(c, 2) - 1}")
+    if ("grid_x" in a) != ("grid" in a) or ("grid_target" in a and "grid" not in a):
+        damaged("grid_x, grid and grid_target come together (grid_target with toy_regression)")
+    d = g = None
+    if "grid_x" in a:
+        g, d = a["grid_x"].shape if a["grid_x"].ndim == 2 else (None, None)
+        if d != (2 if labels else 1) or (labels and math.isqrt(g) ** 2 != g):
+            shape = a["grid_x"].shape
+            damaged(
+                f"grid_x has shape {shape}: not (G, 1) of a regression, or (G, 2) of a "
+                "classification with G a square"
+            )
+    grid = a.get("grid", last)
+    shapes = {  # name -> its shape, given last's, y's kind and grid_x's
+        "best": (n, c),
+        "epochs": (2,),
+        "y": (n,) if labels else (n, c),
+        "target": (n, c),
+        "noise": (),
+        "x": (n, d),
+        "grid": (g, grid.shape[-1] if grid.ndim == 2 else 1),
+        "grid_target": (g, c),
+    }
+    for name, shape in shapes.items():
+        if name in a and (a[name].shape != shape or 0 in a[name].shape):
+            damaged(f"{name} has shape {a[name].shape}, not {shape} (last's is {last.shape})")
 
 
 def keep(run_dir: Path, result, dataset, model) -> None:
@@ -102,7 +145,10 @@ def keep(run_dir: Path, result, dataset, model) -> None:
         return
     best, best_epoch = result.best, result.best_epoch
     if best is None:
-        before = read(run_dir)
+        try:
+            before = read(run_dir)
+        except readers.Damaged:  # (rewritten below)
+            before = None
         if before is not None:
             best, best_epoch = before.best, before.epochs[1]
         else:
