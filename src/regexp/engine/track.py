@@ -125,7 +125,7 @@ class Tracker:
     def _resume(self, start_epoch: int) -> None:
         """Go on from `start_epoch`: the epochs after it are dropped from metrics.csv, and from
         TensorBoard by a session-start event there, since the resumed run trains them again."""
-        header, rows = rundir.read_metrics(self.run_dir, start_epoch)
+        header, rows = rundir.metrics_up_to(self.run_dir, start_epoch)
         if header:
             # The kept rows replace the file at once (a temp file, then a rename): a kill or a
             # full disk mid-write leaves the old record whole, for the next resume to cut.

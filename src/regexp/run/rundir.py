@@ -267,12 +267,12 @@ def write_predictions(run_dir, arrays: dict) -> Path:
 
 def check_record(run_dir, epoch: int) -> None:
     """Refuse, in one line, a record that a resume from `epoch` could not go on with: its
-    metrics.csv (read_metrics) or its summary.json (seconds_spent)."""
-    read_metrics(run_dir, epoch)
+    metrics.csv (metrics_up_to) or its summary.json (seconds_spent)."""
+    metrics_up_to(run_dir, epoch)
     seconds_spent(run_dir)
 
 
-def read_metrics(run_dir, epoch: int) -> tuple[list[str] | None, list[list[str]]]:
+def metrics_up_to(run_dir, epoch: int) -> tuple[list[str] | None, list[list[str]]]:
     """metrics.csv's header (None where there is none: a bare checkpoint's dir) and its rows up
     to `epoch`, that of the checkpoint a resume goes on from, which they must reach (one of
     another run is refused) whole: any damage there is refused in one line naming the line.
