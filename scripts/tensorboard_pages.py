@@ -29,6 +29,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from regexp.analysis.settings import BAND
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -66,9 +68,10 @@ def missing() -> str | None:
 
 
 @contextlib.contextmanager
-def serve(logdir: Path, runs: int):
+def serve(logdir: Path, runs: int, read: bool = True):
     """`tensorboard --logdir logdir` on a free local port; yields its address once it lists
-    `runs` runs."""
+    `runs` runs and, with `read`, has read their scalars (their tags the same twice, a second
+    apart): a page opened before would miss some."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -77,13 +80,15 @@ def serve(logdir: Path, runs: int):
     server = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        listed, started = [], time.monotonic()
-        while len(listed) < runs:
+        url = f"{base}/data/plugin/scalars/tags" if read else f"{base}/data/runs"
+        seen, before, started = {}, None, time.monotonic()
+        while len(seen) < runs or (read and seen != before):
             if time.monotonic() - started > WAIT or server.poll() is not None:
-                raise RuntimeError(f"TensorBoard listed {len(listed)} of {runs} runs")
+                raise RuntimeError(f"TensorBoard had {len(seen)} of {runs} runs after {WAIT} s")
+            before = seen
+            time.sleep(1 if read else 0.1)
             with contextlib.suppress(OSError, ValueError):
-                listed = json.load(urllib.request.urlopen(f"{base}/data/runs", timeout=5))
-            time.sleep(0.2)
+                seen = json.load(urllib.request.urlopen(url, timeout=10))
         yield base
     finally:
         server.terminate()
@@ -136,7 +141,9 @@ def check_bands(view, base: str, sweep: Path) -> None:
     cards = view.locator("tf-custom-scalar-margin-chart-card")
     until("the settings' margin charts", lambda: cards.count() > 0)
     values = cards.evaluate_all("cards => cards.map(c => c.marginChartSeries[0].value)")
-    valid = cards.nth(values.index("loss/valid"))
+    first = [f"{BAND}/loss/train/mean", f"{BAND}/loss/valid/mean"]
+    assert values[:2] == first, f"the settings' charts begin with {values[:2]}, not the losses"
+    valid = cards.nth(values.index(f"{BAND}/loss/valid/mean"))
     valid.scroll_into_view_if_needed()  # (TensorBoard loads a chart's data once it is seen)
     series = """card => Object.fromEntries(Object.entries(card._nameToDataSeries || {})
         .map(([name, series]) => [series.run, series.scalarData.filter(

@@ -74,7 +74,7 @@ def test_each_scalar_has_a_margin_chart_of_its_mean_and_band(sweep):
     assert {"loss/train", "loss/valid", "lr"} <= set(charts)
     valid = charts["loss/valid"]
     assert (valid.value, valid.lower, valid.upper) == (
-        "loss/valid", f"{BAND}/loss/valid/lower", f"{BAND}/loss/valid/upper"
+        f"{BAND}/loss/valid/mean", f"{BAND}/loss/valid/lower", f"{BAND}/loss/valid/upper"
     )  # fmt: skip
 
 

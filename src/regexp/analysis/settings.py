@@ -3,8 +3,9 @@
 only in `seed` and/or `data.draw`), one more TensorBoard run per setting, under the sweep's
 `settings/`, holds at each epoch the mean over the setting's replicas of every scalar of their
 metrics.csv, under the runs' own tags, and the band around it (mean ± std, or min to max)
-under `± band/<tag>/lower` and `.../upper`, which the custom-scalars margin charts draw (a
-group whose name TensorBoard sorts after every other, below the curves in Scalars). Ticking
+under `± band/<tag>/lower` and `.../upper` with the mean again as `.../mean`, which the
+custom-scalars margin charts draw (a group whose name TensorBoard sorts after every other,
+below the curves in Scalars). Ticking
 two setting runs shows "λ = 0 against λ = 1e-2, 5 seeds each" as two lines with bands.
 Replicas of different settings are never averaged together; a setting of one run gets a line
 and no band."""
@@ -87,13 +88,16 @@ def write_setting_run(run_dir: Path, group: Group, band: str) -> None:
             mean, lower, upper = mean_and_band(found, band)
             values.append(tbx.Summary.Value(tag=tag, simple_value=mean))
             if lower is not None:
-                edges = [f"{BAND}/{tag}/lower", f"{BAND}/{tag}/upper"]
-                values.append(tbx.Summary.Value(tag=edges[0], simple_value=lower))
-                values.append(tbx.Summary.Value(tag=edges[1], simple_value=upper))
-                charts[tag] = ["Margin", [tag, *edges]]
+                # The chart's own copy of the mean: a margin chart takes in every run that
+                # has its value's tag, and the replicas, which have no band, would fail it.
+                series = [f"{BAND}/{tag}/{part}" for part in ("mean", "lower", "upper")]
+                for name, value in zip(series, (mean, lower, upper), strict=True):
+                    values.append(tbx.Summary.Value(tag=name, simple_value=value))
+                charts[tag] = ["Margin", series]
         writer.write_event(tbx.Event(wall_time=now, step=epoch, summary=tbx.Summary(value=values)))
     if charts:
         title = "settings: mean ± std" if band == "std" else "settings: mean, min to max"
-        layout = tbx.summaries.custom_scalars({title: charts})
+        # Custom Scalars shows a category's charts last first: the losses lead this way.
+        layout = tbx.summaries.custom_scalars({title: dict(reversed(charts.items()))})
         writer.write_event(tbx.Event(wall_time=now, step=0, summary=layout))
     writer.close()
