@@ -259,6 +259,8 @@ def execute_population(
             except UserError as exc:
                 outcomes[i] = exc
                 continue
+            if not member.conf.resume and not rundir.checkpoint_file(member.run_dir).exists():
+                rundir.clear_record(member.run_dir)  # (a run killed before its first checkpoint)
             try:
                 built.append(setup(member))
             except Exception as exc:  # this member alone fails: its summary says why
