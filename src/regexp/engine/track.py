@@ -87,8 +87,11 @@ class Tracker:
 
         # The event file sits in the run dir itself, so TensorBoard names the run by its folder.
         # A resumed run adds a file; its suffix keeps it apart from (and sorted after) one made
-        # in the same second, which would otherwise share its name.
-        suffix = f".{start_epoch}" if start_epoch else ""
+        # in the same second, which would otherwise share its name. TensorBoard reads a run's
+        # files in the order of their names: the start epoch has a fixed width, so that a
+        # resume from epoch 10 sorts after one from 3 made in the same second (whose restart
+        # would otherwise hide the later one's epochs).
+        suffix = f".{start_epoch:09d}" if start_epoch else ""
         self._events = EventsWriter(rundir.events_prefix(self.run_dir), suffix)
         csv_path = rundir.metrics_file(self.run_dir)
         self._columns: list[str] = []  # metrics.csv's, fixed by its header
