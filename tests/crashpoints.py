@@ -7,8 +7,10 @@ os.ftruncate, os.fsync. Every process of the command counts them, through one co
 the command itself, the stacked launcher's fork server and workers, the drawing process (they
 load this module at start through `sitecustomize`, from SITE). At point K the process doing
 it kills itself with SIGKILL, as `kill -9` would: a write is cut half-way (the first half of
-its bytes reach the file), anything else is not done. Or, with `full=K`, the disk is full from
-point K on: each write from there writes half its bytes and fails with ENOSPC (fsync too).
+its bytes reach the file), anything else is not done; with `launcher`, the command's own
+process is killed there instead (a stacked sweep's launcher, while its worker writes). Or,
+with `full=K`, the disk is full from point K on: each write from there writes half its bytes
+and fails with ENOSPC (fsync too).
 
 `Commands` runs commands so: in children forked from one server process that has imported
 torch, Hydra and regexp once (a command then costs its own work, not 1.5 s of imports), each
@@ -107,7 +109,9 @@ def _point(what: str, torn=None) -> None:
         os.close(log)
     finally:
         os.close(fd)
-    if n == _plan["at"]:
+    if n == _plan["at"] and _plan.get("launcher"):  # the command's own process, whoever writes
+        os.kill(_plan["root"], signal.SIGKILL)
+    elif n == _plan["at"]:
         if torn is not None:
             torn()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -258,7 +262,7 @@ def _command(ask: dict) -> None:
     try:
         os.chdir(ask["cwd"])
         os.environ["PYTHONPATH"] = os.pathsep.join([str(SITE), os.environ["PYTHONPATH"]])
-        install(ask["plan"])
+        install({**ask["plan"], "root": os.getpid()})
         sys.argv = ["regexp", *ask["args"]]
         from regexp import cli
 
@@ -313,14 +317,17 @@ class Commands:
         )
         self.n = 0
 
-    def run(self, args: list[str], cwd: Path, watch: Path, at: int = 0, full: int = 0) -> Done:
+    def run(
+        self, args: list[str], cwd: Path, watch: Path, at: int = 0, full: int = 0, launcher=False
+    ) -> Done:
         self.n += 1
         files = {k: str(self.scratch / f"{self.n}.{k}") for k in ("counter", "log", "pids")}
         Path(files["counter"]).write_text("0")
         for k in ("log", "pids"):
             Path(files[k]).write_text("")
         output = self.scratch / f"{self.n}.out"
-        plan = {"watch": str(Path(watch).resolve()), "at": at, "full": full, **files}
+        plan = {"watch": str(Path(watch).resolve()), "at": at, "full": full, "launcher": launcher}
+        plan.update(files)
         ask = {"args": list(args), "cwd": str(cwd), "plan": plan, "output": str(output)}
         self.server.stdin.write(json.dumps(ask) + "\n")
         self.server.stdin.flush()

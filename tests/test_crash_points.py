@@ -248,9 +248,9 @@ def test_a_resume_killed_at_a_write_point_and_again_ends_as_an_uninterrupted_run
 # --- a sweep -------------------------------------------------------------------------------
 
 
-def sweep(commands, cwd: Path, launcher: str, at: int = 0):
+def sweep(commands, cwd: Path, launcher: str, at: int = 0, kill_launcher: bool = False):
     args = ["train", "-m", *RUN, *SWEEPS[launcher], "hydra.sweep.dir=sweep"]
-    return commands.run(args, cwd, cwd / "sweep", at)
+    return commands.run(args, cwd, cwd / "sweep", at, launcher=kill_launcher)
 
 
 def finish_sweep(commands, cwd: Path, launcher: str, jobs: int) -> None:
@@ -278,13 +278,15 @@ def sweep_reference(request, commands, tmp_path_factory):
     return launcher, jobs_of(cwd / "sweep"), done.points
 
 
-def sweep_killed_at(commands, sweep_reference, cwd: Path, k: int) -> list[str]:
-    """A sweep killed at its point `k` (the launcher or a worker), then resumed to its end:
-    what differs, job by job."""
+def sweep_killed_at(
+    commands, sweep_reference, cwd: Path, k: int, kill_launcher: bool = False
+) -> list[str]:
+    """A sweep killed at its point `k` (the process writing, or with `kill_launcher` the
+    command's own), then resumed to its end: what differs, job by job."""
     launcher, reference_jobs, points = sweep_reference
     cwd.mkdir()
-    done = sweep(commands, cwd, launcher, k)
-    what = f"killed at {points[k - 1]}"
+    done = sweep(commands, cwd, launcher, k, kill_launcher)
+    what = f"{'launcher ' if kill_launcher else ''}killed at {points[k - 1]}"
     assert not done.left, f"{what}: processes left running: {done.left}"
     try:
         finish_sweep(commands, cwd, launcher, len(reference_jobs))
@@ -305,6 +307,31 @@ def test_a_sweep_killed_at_any_write_point_resumes_to_an_uninterrupted_sweeps_re
         f for k in ks for f in sweep_killed_at(commands, sweep_reference, tmp_path / str(k), k)
     ]
     assert not failed, "\n".join(failed)
+
+
+@pytest.mark.slow
+def test_a_stacked_sweeps_launcher_killed_at_any_write_point_resumes_to_the_same_record(
+    commands, sweep_reference, tmp_path
+):
+    if sweep_reference[0] != "stacked":
+        pytest.skip("the basic launcher writes in its own process: killed where it writes")
+    ks = range(1, len(sweep_reference[2]) + 1)
+    failed = [
+        f
+        for k in ks
+        for f in sweep_killed_at(commands, sweep_reference, tmp_path / str(k), k, True)
+    ]
+    assert not failed, "\n".join(failed)
+
+
+def test_a_stacked_sweeps_launcher_killed_while_its_workers_write_resumes_to_the_same_record(
+    commands, sweep_reference, tmp_path
+):
+    if sweep_reference[0] != "stacked":
+        pytest.skip("the basic launcher writes in its own process: killed where it writes")
+    # the workers must end with it, their checkpoints whole
+    k = point(sweep_reference[2], r"^write .*metrics.csv$", 3)
+    assert sweep_killed_at(commands, sweep_reference, tmp_path / "k", k, True) == []
 
 
 def test_a_sweep_killed_at_a_checkpoint_resumes_to_an_uninterrupted_sweeps_record(
