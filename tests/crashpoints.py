@@ -109,8 +109,8 @@ def _point(what: str, torn=None) -> None:
         os.close(log)
     finally:
         os.close(fd)
-    if n == _plan["at"] and _plan.get("launcher"):  # the command's own process, whoever writes
-        os.kill(_plan["root"], signal.SIGKILL)
+    if n == _plan["at"] and _plan.get("launcher") and os.getpid() != _plan["root"]:
+        os.kill(_plan["root"], signal.SIGKILL)  # the command's own process, another writing
     elif n == _plan["at"]:
         if torn is not None:
             torn()

@@ -36,6 +36,8 @@ RUN = [
     "log.figure_every=0",
     "log.hist_every=1",
 ]
+# The run's live figure too: drawn in a process of its own, read back by a resume.
+FIGURES = [*RUN[:-2], "log.figure_every=1", "log.hist_every=0"]
 SWEEPS = {
     "basic": ["hydra/launcher=basic", "seed=0,1"],
     # two populations (of one member each), in two worker processes
@@ -68,6 +70,8 @@ def record(run_dir: Path) -> dict:
     got["config.yaml"] = config
     overrides = yaml.safe_load((run_dir / ".hydra/overrides.yaml").read_text())
     got["overrides.yaml"] = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    if (run_dir / "fit.png").exists():  # (a run with figures: the last one, as it was drawn)
+        got["fit.png"] = (run_dir / "fit.png").read_bytes()
     got["temp files"] = sorted(p.name for p in run_dir.rglob("*.tmp*"))
     events = read_events(run_dir)
     tags = events.Tags()
@@ -120,13 +124,16 @@ def point(points: list[str], pattern: str, nth: int = 1) -> int:
 # --- a run, and its resume -----------------------------------------------------------------
 
 
-def train(commands, cwd: Path, at: int = 0):
-    return commands.run(["train", *RUN, "hydra.run.dir=run"], cwd, cwd / "run", at)
+def train(commands, cwd: Path, at: int = 0, run: list[str] = RUN):
+    """`regexp train` of `run` in cwd/run, killed (the command, whichever of its processes
+    writes) at its point `at`."""
+    args = ["train", *run, "hydra.run.dir=run"]
+    return commands.run(args, cwd, cwd / "run", at, launcher=bool(at))
 
 
-def finish(commands, cwd: Path, at: int = 0, crashed: int = 0) -> None:
-    """Resume the run in cwd/run until it completes (started again where it left no
-    checkpoint); the first `crashed` resumes are killed at their point `at`."""
+def finish(commands, cwd: Path, at: int = 0, crashed: int = 0, args: list[str] = RUN) -> None:
+    """Resume the run in cwd/run until it completes (started again with `args` where it left
+    no checkpoint); the first `crashed` resumes are killed at their point `at`."""
     run = cwd / "run"
     for attempt in range(crashed + 3):
         if completed(run):
@@ -137,7 +144,7 @@ def finish(commands, cwd: Path, at: int = 0, crashed: int = 0) -> None:
         else:  # nothing to resume: a run starts again in its dir
             refused = commands.run(["train", "resume=run"], cwd, run)
             assert refused.code == 2 and refused.output.count("\n") == 1, refused.output
-            done = train(commands, cwd, kill)
+            done = train(commands, cwd, kill, args)
         assert not done.left, f"processes left running: {done.left}"
         assert done.code == 0 or (kill and done.killed), done.output
     assert completed(run), f"not completed after {attempt + 1} resumes"
@@ -152,13 +159,14 @@ def reference(commands, tmp_path_factory):
     return cwd / "run", done.points
 
 
-def run_killed_at(commands, reference, cwd: Path, k: int) -> str | None:
-    """A run killed at its point `k`, then resumed to its end: what differs, if anything."""
+def run_killed_at(commands, reference, cwd: Path, k: int, args: list[str] = RUN) -> str | None:
+    """A run of `args` killed at its point `k`, then resumed to its end: what differs."""
     run, points = reference
     cwd.mkdir()
-    done = train(commands, cwd, k)
-    assert done.killed and not done.left, (points[k - 1], done.output)
-    return outcome(lambda: finish(commands, cwd), cwd / "run", run, f"killed at {points[k - 1]}")
+    done = train(commands, cwd, k, args)
+    assert done.killed and not done.left, (points[k - 1], done.left, done.output)
+    finishing = lambda: finish(commands, cwd, args=args)  # noqa: E731
+    return outcome(finishing, cwd / "run", run, f"killed at {points[k - 1]}")
 
 
 def outcome(finishing, run_dir: Path, reference: Path, what: str) -> str | None:
@@ -195,6 +203,31 @@ def test_a_run_killed_at_a_write_point_resumes_to_an_uninterrupted_runs_record(
 ):
     k = point(reference[1], pattern, nth)
     assert run_killed_at(commands, reference, tmp_path / "k", k) is None
+
+
+@pytest.fixture(scope="module")
+def figures_reference(commands, tmp_path_factory):
+    """An uninterrupted run that draws its figure (its dir), and its write points."""
+    cwd = tmp_path_factory.mktemp("figures")
+    done = train(commands, cwd, run=FIGURES)
+    assert done.code == 0, done.output
+    return cwd / "run", done.points
+
+
+@pytest.mark.slow
+def test_a_run_with_figures_killed_at_any_write_point_resumes_to_the_same_record(
+    commands, figures_reference, tmp_path
+):
+    ks = range(1, len(figures_reference[1]) + 1)
+    failed = [run_killed_at(commands, figures_reference, tmp_path / str(k), k, FIGURES) for k in ks]
+    assert not any(failed), "\n".join(filter(None, failed))
+
+
+def test_a_run_with_figures_killed_as_its_drawing_process_writes_resumes_to_the_same_record(
+    commands, figures_reference, tmp_path
+):
+    k = point(figures_reference[1], r"^replace fit.gif.tmp")
+    assert run_killed_at(commands, figures_reference, tmp_path / "k", k, FIGURES) is None
 
 
 @pytest.fixture(scope="module")

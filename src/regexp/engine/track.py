@@ -257,9 +257,10 @@ class Tracker:
     def close(
         self, status: str, model: nn.Module | None = None, weights_of: int | None = None, **extra
     ) -> dict:
-        """Flush everything, write summary.json, then draw the figures; returns the summary.
-        `weights_of`: the epoch whose weights `model` holds, where it is not the last (early
-        stopping restored the best): the last frame shows them under that epoch."""
+        """Flush everything, draw the last figures, end TensorBoard's record, then write
+        summary.json; returns the summary. `weights_of`: the epoch whose weights `model` holds,
+        where it is not the last (early stopping restored the best): the last frame shows them
+        under that epoch."""
         self._write_pending()
         if self._progress is not None:
             self._progress.stop()
@@ -275,17 +276,20 @@ class Tracker:
             summary["weight_norm"] = weight_norm(model)
         self._csv_file.close()
         self._events.flush()
-        rundir.write_summary(self.run_dir, summary)
-        # The figures come last, as they may take a while to finish drawing: the record above
-        # is whole even if the wait is cut short (a second Ctrl-C).
-        if self._animation is not None:
-            at = self.epoch if weights_of is None else weights_of
-            if status != "failed" and model is not None and self._drawn_epoch != at:
-                self.draw(model, at)
-            self._animation.close()
-            self._log_images(self._animation.images(wait=True))
-        self.write(_session_end(status))
-        self._events.close()
+        # summary.json comes last: a run killed before it has not ended, and its resume writes
+        # what is missing (the last figures, TensorBoard's end); one whose wait for its figures
+        # is cut short (a second Ctrl-C) still writes it, the record above whole.
+        try:
+            if self._animation is not None:
+                at = self.epoch if weights_of is None else weights_of
+                if status != "failed" and model is not None and self._drawn_epoch != at:
+                    self.draw(model, at)
+                self._animation.close()
+                self._log_images(self._animation.images(wait=True))
+            self.write(_session_end(status))
+        finally:
+            self._events.close()
+            rundir.write_summary(self.run_dir, summary)
         return summary
 
     def print_summary(self, summary: dict) -> None:
