@@ -27,7 +27,7 @@ import torch
 from regexp import config, process
 from regexp.components import data, init, models, optim, schedules
 from regexp.config import Member
-from regexp.console import PopulationProgress
+from regexp.console import LogFile, PopulationProgress
 from regexp.engine import checkpoint, hooks, loop, stopping, updates
 from regexp.engine.stack import Stack, weight_mask
 from regexp.engine.track import Tracker
@@ -432,7 +432,7 @@ def own_log(member: Member):
         return
     logger = logging.getLogger(f"regexp.job.{member.run_dir}")
     logger.propagate, logger.level = False, logging.INFO
-    handler = logging.FileHandler(member.log_file)
+    handler = LogFile(member.log_file)
     handler.setFormatter(logging.Formatter(member.log_format))
     logger.addHandler(handler)
     try:
