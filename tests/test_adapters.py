@@ -124,9 +124,14 @@ def test_hydra_writes_its_records_where_the_adapter_makes_them_atomic(tmp_path):
     config = OmegaConf.create({"a": 1, "b": ["x", "é"]})
     utils._save_config(config, "hydra.yaml", tmp_path / "hydra")
     OmegaConf.save(config, tmp_path / "hydra" / "multirun.yaml")
+    from hydra.core.plugins import Plugins
+
     with hydra_adapter.atomic_records():
         utils._save_config(config, "hydra.yaml", tmp_path / "atomic")
-        basic_sweeper.OmegaConf.save(config, tmp_path / "atomic" / "multirun.yaml")
+        # (the class Hydra runs: its module as Hydra's scan of plugins left it)
+        sweeper = Plugins.instance().class_name_to_class[basic_sweeper.BasicSweeperConf._target_]
+        assert sweeper.sweep.__globals__["OmegaConf"] is not OmegaConf
+        sweeper.sweep.__globals__["OmegaConf"].save(config, tmp_path / "atomic" / "multirun.yaml")
     for name in ("hydra.yaml", "multirun.yaml"):  # Hydra's bytes
         assert (tmp_path / "atomic" / name).read_bytes() == (tmp_path / "hydra" / name).read_bytes()
     assert sorted(p.name for p in (tmp_path / "atomic").iterdir()) == [

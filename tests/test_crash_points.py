@@ -140,7 +140,7 @@ def finish(commands, cwd: Path, at: int = 0, crashed: int = 0, args: list[str] =
             return
         kill = at if attempt < crashed else 0
         if (run / "checkpoint.pt").exists():
-            done = commands.run(["train", "resume=run"], cwd, run, kill)
+            done = commands.run(["train", "resume=run"], cwd, run, kill, launcher=bool(kill))
         else:  # nothing to resume: a run starts again in its dir
             refused = commands.run(["train", "resume=run"], cwd, run)
             assert refused.code == 2 and refused.output.count("\n") == 1, refused.output

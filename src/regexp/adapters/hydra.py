@@ -66,9 +66,12 @@ def atomic_records():
     whole or not at all (rundir.write_bytes: a temp file, then a rename), with Hydra's bytes."""
     from hydra._internal.core_plugins import basic_sweeper
     from hydra.core import utils
+    from hydra.core.plugins import Plugins
     from omegaconf import OmegaConf
 
     from regexp.run import rundir
+
+    Plugins.instance()  # (its first call runs the sweeper's module again: done before the patch)
 
     def save_config(cfg, filename: str, output_dir: Path) -> None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
