@@ -286,19 +286,20 @@ def sweep(commands, cwd: Path, launcher: str, at: int = 0, kill_launcher: bool =
     return commands.run(args, cwd, cwd / "sweep", at, launcher=kill_launcher)
 
 
-def finish_sweep(commands, cwd: Path, launcher: str, jobs: int) -> None:
+def finish_sweep(commands, cwd: Path, launcher: str, jobs: int, at: int = 0) -> None:
     """Resume the sweep in cwd/sweep until its `jobs` complete (started again where it left
-    no multirun.yaml)."""
+    no multirun.yaml); with `at`, the first resume is killed at its point `at`."""
     where = cwd / "sweep"
-    for _ in range(3):
+    for attempt in range(4 if at else 3):
         if len(jobs_of(where)) == jobs and all(completed(j) for j in jobs_of(where)):
             return
+        kill = at if attempt == 0 else 0
         if (where / "multirun.yaml").exists():
-            done = commands.run(["train", "-m", "resume=sweep"], cwd, where)
+            done = commands.run(["train", "-m", "resume=sweep"], cwd, where, kill, launcher=True)
         else:
-            done = sweep(commands, cwd, launcher)
+            done = sweep(commands, cwd, launcher, kill, kill_launcher=True)
         assert not done.left, f"processes left running: {done.left}"
-        assert done.code == 0, done.output
+        assert done.killed if kill else done.code == 0, done.output
     raise AssertionError("not completed after 3 resumes")
 
 
@@ -312,17 +313,18 @@ def sweep_reference(request, commands, tmp_path_factory):
 
 
 def sweep_killed_at(
-    commands, sweep_reference, cwd: Path, k: int, kill_launcher: bool = False
+    commands, sweep_reference, cwd: Path, k: int, kill_launcher: bool = False, resume_at: int = 0
 ) -> list[str]:
     """A sweep killed at its point `k` (the process writing, or with `kill_launcher` the
-    command's own), then resumed to its end: what differs, job by job."""
+    command's own), then resumed to its end (the first resume killed at its point
+    `resume_at`): what differs, job by job."""
     launcher, reference_jobs, points = sweep_reference
     cwd.mkdir()
     done = sweep(commands, cwd, launcher, k, kill_launcher)
     what = f"{'launcher ' if kill_launcher else ''}killed at {points[k - 1]}"
     assert not done.left, f"{what}: processes left running: {done.left}"
     try:
-        finish_sweep(commands, cwd, launcher, len(reference_jobs))
+        finish_sweep(commands, cwd, launcher, len(reference_jobs), resume_at)
     except AssertionError as exc:
         return [f"{what}: {' '.join(str(exc).splitlines()[-3:])}"]
     jobs = zip(jobs_of(cwd / "sweep"), reference_jobs, strict=True)
@@ -357,22 +359,15 @@ def test_a_stacked_sweeps_launcher_killed_at_any_write_point_resumes_to_the_same
     assert not failed, "\n".join(failed)
 
 
-def test_a_stacked_sweeps_launcher_killed_while_its_workers_write_resumes_to_the_same_record(
+def test_a_sweep_killed_and_its_resume_killed_too_resume_to_an_uninterrupted_sweeps_record(
     commands, sweep_reference, tmp_path
 ):
-    if sweep_reference[0] != "stacked":
-        pytest.skip("the basic launcher writes in its own process: killed where it writes")
-    # the workers must end with it, their checkpoints whole
-    k = point(sweep_reference[2], r"^write .*metrics.csv$", 3)
-    assert sweep_killed_at(commands, sweep_reference, tmp_path / "k", k, True) == []
-
-
-def test_a_sweep_killed_at_a_checkpoint_resumes_to_an_uninterrupted_sweeps_record(
-    commands, sweep_reference, tmp_path
-):
-    # (the stacked launcher's: a worker's, which the launcher outlives)
-    k = point(sweep_reference[2], r"^replace .*checkpoint.pt.tmp", 3)
-    assert sweep_killed_at(commands, sweep_reference, tmp_path / "k", k) == []
+    # The command killed as a job's first checkpoint is renamed into place: in the stacked
+    # launcher, a worker's (its workers must end with it); then its resume, past its set-up,
+    # where its jobs train.
+    k = point(sweep_reference[2], r"^replace .*checkpoint.pt.tmp", 2)
+    killed = sweep_killed_at(commands, sweep_reference, tmp_path / "k", k, True, resume_at=40)
+    assert killed == []
 
 
 # --- a full disk ---------------------------------------------------------------------------
