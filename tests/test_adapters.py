@@ -111,3 +111,31 @@ def test_each_adapted_library_is_bounded_above_in_pyproject(package):
     assert f'"{package}>=' in text and f"{package}" in text
     line = next(line for line in text.splitlines() if f'"{package}>=' in line)
     assert ",<" in line, f"{package} needs an upper bound: {line.strip()}"
+
+
+def test_hydra_writes_its_records_where_the_adapter_makes_them_atomic(tmp_path):
+    import inspect
+
+    from hydra._internal.core_plugins import basic_sweeper
+    from hydra.core import utils
+
+    assert "_save_config(" in inspect.getsource(utils.run_job)  # .hydra/*.yaml
+    assert "OmegaConf.save(" in inspect.getsource(basic_sweeper.BasicSweeper.sweep)  # multirun
+    config = OmegaConf.create({"a": 1, "b": ["x", "é"]})
+    utils._save_config(config, "hydra.yaml", tmp_path / "hydra")
+    OmegaConf.save(config, tmp_path / "hydra" / "multirun.yaml")
+    from hydra.core.plugins import Plugins
+
+    with hydra_adapter.atomic_records():
+        utils._save_config(config, "hydra.yaml", tmp_path / "atomic")
+        # (the class Hydra runs: its module as Hydra's scan of plugins left it)
+        sweeper = Plugins.instance().class_name_to_class[basic_sweeper.BasicSweeperConf._target_]
+        assert sweeper.sweep.__globals__["OmegaConf"] is not OmegaConf
+        sweeper.sweep.__globals__["OmegaConf"].save(config, tmp_path / "atomic" / "multirun.yaml")
+    for name in ("hydra.yaml", "multirun.yaml"):  # Hydra's bytes
+        assert (tmp_path / "atomic" / name).read_bytes() == (tmp_path / "hydra" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "atomic").iterdir()) == [
+        "hydra.yaml",
+        "multirun.yaml",
+    ]
+    assert utils._save_config.__module__ == "hydra.core.utils"  # (put back after the block)

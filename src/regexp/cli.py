@@ -95,7 +95,11 @@ def train(args: list[str]) -> int:
     from regexp.run import resume
 
     going_on = resume.resumed_sweep(args) if sweep else contextlib.nullcontext(resume.resumed(args))
-    with going_on as argv, hydra_adapter.command_line(["regexp train", *argv]):
+    with (
+        going_on as argv,
+        hydra_adapter.command_line(["regexp train", *argv]),
+        hydra_adapter.atomic_records(),
+    ):
         app()
     return 0
 

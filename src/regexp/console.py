@@ -1,5 +1,5 @@
-"""The console the commands print to, and the progress of populations training (no torch here:
-a sweep's launcher shows it while workers train)."""
+"""The console the commands print to, a run's log file, and the progress of populations
+training (no torch here: a sweep's launcher shows it while workers train)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,23 @@ def console():
     """A terminal's own width, and wide tables when the output goes to a file or a CI log
     (rich would cut them to 80 columns)."""
     return Console() if Console().is_terminal else Console(width=160)
+
+
+class LogFile(logging.FileHandler):
+    """A run's log file (train.log), whose lines are a courtesy: one that cannot be written (a
+    full disk) is said once, in one line, and the run goes on (logging would print a
+    traceback for each); what the run records says so itself if the disk stays full."""
+
+    said = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        import sys
+
+        if not self.said:
+            self.said = True
+            print(
+                f"{self.baseFilename}: a log line was lost ({sys.exc_info()[1]})", file=sys.stderr
+            )
 
 
 def epochs_bar(console: Console) -> Progress:

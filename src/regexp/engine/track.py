@@ -89,8 +89,11 @@ class Tracker:
 
         # The event file sits in the run dir itself, so TensorBoard names the run by its folder.
         # A resumed run adds a file; its suffix keeps it apart from (and sorted after) one made
-        # in the same second, which would otherwise share its name.
-        suffix = f".{start_epoch}" if start_epoch else ""
+        # in the same second, which would otherwise share its name. TensorBoard reads a run's
+        # files in the order of their names: the start epoch has a fixed width, so that a
+        # resume from epoch 10 sorts after one from 3 made in the same second (whose restart
+        # would otherwise hide the later one's epochs).
+        suffix = f".{start_epoch:09d}" if start_epoch else ""
         self._events = EventsWriter(rundir.events_prefix(self.run_dir), suffix)
         self._columns: list[str] = []  # metrics.csv's, fixed by its header
         if start_epoch == 0:
@@ -254,9 +257,10 @@ class Tracker:
     def close(
         self, status: str, model: nn.Module | None = None, weights_of: int | None = None, **extra
     ) -> dict:
-        """Flush everything, write summary.json, then draw the figures; returns the summary.
-        `weights_of`: the epoch whose weights `model` holds, where it is not the last (early
-        stopping restored the best): the last frame shows them under that epoch."""
+        """Flush everything, draw the last figures, end TensorBoard's record, then write
+        summary.json; returns the summary. `weights_of`: the epoch whose weights `model` holds,
+        where it is not the last (early stopping restored the best): the last frame shows them
+        under that epoch."""
         self._write_pending()
         if self._progress is not None:
             self._progress.stop()
@@ -272,17 +276,20 @@ class Tracker:
             summary["weight_norm"] = weight_norm(model)
         self._csv_file.close()
         self._events.flush()
-        rundir.write_summary(self.run_dir, summary)
-        # The figures come last, as they may take a while to finish drawing: the record above
-        # is whole even if the wait is cut short (a second Ctrl-C).
-        if self._animation is not None:
-            at = self.epoch if weights_of is None else weights_of
-            if status != "failed" and model is not None and self._drawn_epoch != at:
-                self.draw(model, at)
-            self._animation.close()
-            self._log_images(self._animation.images(wait=True))
-        self.write(_session_end(status))
-        self._events.close()
+        # summary.json comes last: a run killed before it has not ended, and its resume writes
+        # what is missing (the last figures, TensorBoard's end); one whose wait for its figures
+        # is cut short (a second Ctrl-C) still writes it, the record above whole.
+        try:
+            if self._animation is not None:
+                at = self.epoch if weights_of is None else weights_of
+                if status != "failed" and model is not None and self._drawn_epoch != at:
+                    self.draw(model, at)
+                self._animation.close()
+                self._log_images(self._animation.images(wait=True))
+            self.write(_session_end(status))
+        finally:
+            self._events.close()
+            rundir.write_summary(self.run_dir, summary)
         return summary
 
     def print_summary(self, summary: dict) -> None:

@@ -176,10 +176,9 @@ def skipped(run_dir: Path) -> Outcome:
 
 def going_on(conf: config.Config, run_dir: Path, step: str | None) -> tuple[config.Config, int]:
     """The job's config as it trains in a resumed sweep, and the epoch it starts from: from
-    its own checkpoint (which must leave epochs to train), or from the start with what an
-    earlier attempt left without a checkpoint cleared."""
-    if step == "start":
-        rundir.clear_record(run_dir)
+    its own checkpoint (which must leave epochs to train), or from the start (where what an
+    earlier attempt left without a checkpoint is cleared, under the dir's lock:
+    population.execute_population)."""
     if step != "resume":
         return conf, 0
     from regexp.engine import checkpoint  # (torch: only where a sweep is resumed)

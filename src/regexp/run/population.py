@@ -26,7 +26,7 @@ import torch
 from regexp import config, process
 from regexp.components import data, init, models, optim, schedules
 from regexp.config import Member
-from regexp.console import PopulationProgress
+from regexp.console import LogFile, PopulationProgress
 from regexp.engine import checkpoint, hooks, loop, stopping, updates
 from regexp.engine.stack import Stack, weight_mask
 from regexp.engine.track import Tracker
@@ -201,6 +201,8 @@ def execute_population(
             except UserError as exc:
                 outcomes[i] = exc
                 continue
+            if not member.conf.resume and not rundir.checkpoint_file(member.run_dir).exists():
+                rundir.clear_record(member.run_dir)  # (a run killed before its first checkpoint)
             try:
                 built.append(setup(member))
             except Exception as exc:  # this member alone fails: its summary says why
@@ -392,7 +394,7 @@ def own_log(member: Member):
         return
     logger = logging.getLogger(f"regexp.job.{member.run_dir}")
     logger.propagate, logger.level = False, logging.INFO
-    handler = logging.FileHandler(member.log_file)
+    handler = LogFile(member.log_file)
     handler.setFormatter(logging.Formatter(member.log_format))
     logger.addHandler(handler)
     try:

@@ -148,9 +148,10 @@ def stamp(run_dir) -> tuple:
 
 
 def clear_record(run_dir: Path) -> None:
-    """Remove the event files and best weights a run left without a checkpoint, before it
-    starts again in its dir (every other file it wrote is rewritten as it trains): a record
-    that no checkpoint continues, which TensorBoard would show beside the new one."""
+    """Remove the event files and best weights a run left without a checkpoint (killed before
+    its first), before a run starts again in its dir (every other file it wrote is rewritten
+    as it trains): a record that no checkpoint continues, which TensorBoard would show beside
+    the new one."""
     for stale in [*Path(run_dir).glob(f"{EVENTS}.out.tfevents.*"), best_file(run_dir)]:
         stale.unlink(missing_ok=True)
 
