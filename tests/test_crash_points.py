@@ -16,6 +16,7 @@ histogram at every step.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,13 @@ import yaml
 from conftest import jobs_of, read_events
 
 EPOCHS = 3
+# Every write point of a scenario, 60 to 144 of them: 10 to 30 minutes each on 2 cores, so
+# asked for (the suite runs named points of each scenario, and the exhaustive run before a
+# change to what a run writes): REGEXP_CRASH_POINTS=all pytest tests/test_crash_points.py
+EXHAUSTIVE = pytest.mark.skipif(
+    os.environ.get("REGEXP_CRASH_POINTS") != "all",
+    reason="every write point: REGEXP_CRASH_POINTS=all (10 to 30 minutes a scenario)",
+)
 # Mini-batches and dropout: a resume must restore the batch order and the masks.
 RUN = [
     f"train.epochs={EPOCHS}",
@@ -180,6 +188,7 @@ def outcome(finishing, run_dir: Path, reference: Path, what: str) -> str | None:
 
 
 @pytest.mark.slow
+@EXHAUSTIVE
 def test_a_run_killed_at_any_write_point_resumes_to_an_uninterrupted_runs_record(
     commands, reference, tmp_path
 ):
@@ -215,6 +224,7 @@ def figures_reference(commands, tmp_path_factory):
 
 
 @pytest.mark.slow
+@EXHAUSTIVE
 def test_a_run_with_figures_killed_at_any_write_point_resumes_to_the_same_record(
     commands, figures_reference, tmp_path
 ):
@@ -253,6 +263,7 @@ def resume_killed_at(commands, reference, interrupted, cwd: Path, k: int) -> str
 
 
 @pytest.mark.slow
+@EXHAUSTIVE
 def test_a_resume_killed_at_any_write_point_and_again_ends_as_an_uninterrupted_run(
     commands, reference, interrupted, tmp_path
 ):
@@ -334,6 +345,7 @@ def sweep_killed_at(
 
 
 @pytest.mark.slow
+@EXHAUSTIVE
 def test_a_sweep_killed_at_any_write_point_resumes_to_an_uninterrupted_sweeps_record(
     commands, sweep_reference, tmp_path
 ):
@@ -345,6 +357,7 @@ def test_a_sweep_killed_at_any_write_point_resumes_to_an_uninterrupted_sweeps_re
 
 
 @pytest.mark.slow
+@EXHAUSTIVE
 def test_a_stacked_sweeps_launcher_killed_at_any_write_point_resumes_to_the_same_record(
     commands, sweep_reference, tmp_path
 ):
@@ -394,6 +407,7 @@ def writes(points: list[str]) -> list[int]:
 
 
 @pytest.mark.slow
+@EXHAUSTIVE
 def test_a_resume_on_a_disk_full_from_any_write_on_cuts_nothing_and_the_next_completes(
     commands, reference, interrupted, tmp_path
 ):
