@@ -457,6 +457,33 @@ def grandchildren(pid: int) -> list[int]:
     return [g for c in children(pid) for g in children(c)]
 
 
+def stopped_in_training(launcher: int) -> int | None:
+    """A worker of the stacked `launcher` caught training, stopped (SIGSTOP) so that it stays
+    so: every run dir it holds (its population's lock) has its metrics.csv open, so every
+    member's tracker has started and none has ended (a tracker closes metrics.csv before it
+    writes the summary). None if no worker is training now; each one looked at goes on.
+    (metrics.csv's lines are no sign: they are flushed every few seconds, which for a short
+    population means at its end, when a kill finds its summaries written.)"""
+
+    def state(pid: int) -> str:  # R running, S sleeping, T stopped, Z dead...
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    for worker in grandchildren(launcher):
+        try:
+            os.kill(worker, signal.SIGSTOP)
+            while state(worker) in "RSD":  # (until the kernel has stopped it)
+                pass
+            opened = [Path(f.readlink()) for f in Path(f"/proc/{worker}/fd").iterdir()]
+        except OSError:  # (gone: a worker the pool ended)
+            continue
+        held = {f for f in opened if (f / ".hydra").is_dir()}
+        tracked = {f.parent for f in opened if f.name == "metrics.csv"}
+        if state(worker) == "T" and held and held == tracked:
+            return worker
+        os.kill(worker, signal.SIGCONT)
+    return None
+
+
 @pytest.mark.slow
 def test_a_killed_stacked_worker_ends_its_population_interrupted_and_the_rest_finish(tmp_path):
     args = ["data=digits", "model=cnn", "model.channels=[16,16]", "train.batch_size=32"]
@@ -467,11 +494,10 @@ def test_a_killed_stacked_worker_ends_its_population_interrupted_and_the_rest_fi
     sweep = tmp_path / "sweep"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, **quiet)
-    while not any(len(m.read_text().splitlines()) > 2 for m in sweep.glob("*/metrics.csv")):
+    while (worker := stopped_in_training(process.pid)) is None:
+        assert process.poll() is None, "the sweep ended before a worker was seen training"
         time.sleep(0.05)
-    workers = grandchildren(process.pid)
-    assert len(workers) == 2
-    os.kill(workers[0], signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 1 and "Traceback" not in err and "BrokenProcessPool" not in err
     statuses = [read_json(job / "summary.json")["status"] for job in jobs_of(sweep)]
