@@ -32,10 +32,10 @@ EXPERIMENTS = [
 PROBES = ["dropout", "depth", "init", "norm", "optim", "lr"]
 # docs/figures/NAME: the file of OUT_DIR it is (a pattern that one file matches).
 FIGURES = {
-    "weight_decay_0_fit.png": "weight_decay/optim.weight_decay=0,seed=0/fit.png",
-    "weight_decay_0.01_fit.png": "weight_decay/optim.weight_decay=0.01,seed=0/fit.png",
+    "weight_decay_0_fit.png": "weight_decay/weight_decay=0,seed=0/fit.png",
+    "weight_decay_0.01_fit.png": "weight_decay/weight_decay=0.01,seed=0/fit.png",
     "weight_decay_weights.png": "weight_decay/weights.png",
-    "dropout_0.5_fit.png": "dropout/model.dropout=0.5,seed=0/fit.png",
+    "dropout_0.5_fit.png": "dropout/dropout=0.5,seed=0/fit.png",
     "bn_cnn_curves.png": "bn_cnn/curves.png",
     "norms_curves.png": "norms/curves.png",
     "optimizers_curves.png": "optimizers/curves.png",

@@ -115,10 +115,15 @@ def settings_of(sweep: Path) -> list[str]:
 
 
 def swept_keys(sweep: Path) -> list[str]:
-    """The keys the sweep's runs are named by (its dirs: key=value,key=value)."""
-    names = [p.name for p in swept_runs(sweep)]
-    parts = (part for name in names for part in name.split(",") if "=" in part)
-    return list(dict.fromkeys(part.split("=")[0] for part in parts))
+    """The keys whose values differ between the sweep's runs (their .hydra/overrides.yaml)."""
+    import yaml
+
+    values: dict[str, set] = {}
+    for run in swept_runs(sweep):
+        for line in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()):
+            key, _, value = line.lstrip("+~").partition("=")
+            values.setdefault(key, set()).add(value)
+    return [key for key, seen in values.items() if len(seen) > 1]
 
 
 def until(what: str, ready) -> None:

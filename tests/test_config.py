@@ -92,3 +92,21 @@ def test_checks_name_the_key_and_what_is_allowed(compose, override, key):
     assert info.value.key == key
     message = str(info.value)
     assert message.startswith(f"{key}=") and "\n" not in message and "allowed" in message
+
+
+def test_a_key_in_a_run_name_is_its_shortest_ending_that_tells_it_apart():
+    from regexp.config import short_keys
+
+    keys = ["optim.weight_decay", "seed", "model.dropout", "norm", "optim.lr", "data.draw"]
+    assert list(short_keys(keys).values()) == [
+        "weight_decay",
+        "seed",
+        "dropout",
+        "norm",
+        "lr",
+        "draw",
+    ]
+    assert short_keys(["model.dropout", "norm.dropout", "optim.lr"]) == {
+        "model.dropout": "model.dropout", "norm.dropout": "norm.dropout", "optim.lr": "lr"
+    }  # fmt: skip
+    assert short_keys(["lr", "optim.lr"]) == {"lr": "lr", "optim.lr": "optim.lr"}

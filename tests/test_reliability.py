@@ -477,11 +477,11 @@ def test_a_sweep_goes_on_past_failing_jobs_and_exits_non_zero(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     status = {p.name: read_json(p / "summary.json")["status"] for p in jobs_of(tmp_path / "sweep")}
     assert status == {
-        "optim.lr=0.01": "completed",
-        "optim.lr=1000000.0": "diverged",
-        "optim.lr=-1": "failed",
+        "lr=0.01": "completed",
+        "lr=1000000.0": "diverged",
+        "lr=-1": "failed",
     }
-    failed = read_json(tmp_path / "sweep" / "optim.lr=-1" / "summary.json")
+    failed = read_json(tmp_path / "sweep" / "lr=-1" / "summary.json")
     assert failed["error"] == "optim.lr=-1.0 is not allowed: a learning rate > 0"
     assert "3 jobs: 1 completed, 1 diverged, 1 failed" in done.stdout
 

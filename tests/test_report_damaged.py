@@ -393,7 +393,7 @@ def test_a_summary_written_by_a_run_reads_back_whole(sweep):
     [
         ("report.md", "cannot write {out}/report.md (Is a directory)"),
         ("curves.png", "cannot write {out}/curves.png (Is a directory)"),
-        ("settings", "cannot write {out}/settings/optim.weight_decay=0 (Not a directory)"),
+        ("settings", "cannot write {out}/settings/weight_decay=0 (Not a directory)"),
     ],
 )
 def test_a_report_file_that_cannot_be_written_is_named_in_one_line(sweep, blocked, why):

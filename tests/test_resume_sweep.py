@@ -152,6 +152,21 @@ def test_a_resumed_sweep_refuses_what_a_resume_may_not_change(tmp_path, extra, s
     assert (tmp_path / "sweep" / "multirun.yaml").read_text() == saved
 
 
+def test_a_sweep_whose_dirs_an_earlier_regexp_named_is_not_resumed_into_new_dirs(tmp_path):
+    """Its multirun.yaml lacks the naming every sweep now records: its jobs would start anew
+    in dirs of other names."""
+    tiny = ["train.epochs=2", "model.hidden=[8]", "log.figure_every=0", "seed=0,1"]
+    regexp("train", "-m", *tiny, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    multirun = tmp_path / "sweep" / "multirun.yaml"
+    lines = multirun.read_text().splitlines()
+    multirun.write_text("\n".join(x for x in lines if "override_dirname.exclude_keys=" not in x))
+    before = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    done = regexp("train", "-m", "resume=sweep", "train.epochs=3", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "were named by an earlier regexp" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == before
+
+
 def test_resume_with_m_takes_a_sweep_dir(tmp_path):
     regexp("train", "train.epochs=2", "log.figure_every=0", "hydra.run.dir=run", cwd=tmp_path)
     done = regexp("train", "-m", "resume=run", cwd=tmp_path, check=False)

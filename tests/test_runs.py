@@ -75,13 +75,13 @@ def test_a_sweeps_run_names_lead_with_the_setting_and_end_with_the_seed(tmp_path
     regexp("train", "-m", "train.epochs=2", "model.hidden=[4]", "log.figure_every=0",
            "seed=0,1", "train.batch_size=8,16", "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     assert [p.name for p in jobs_of(tmp_path / "sweep")] == [
-        "train.batch_size=16,seed=0",
-        "train.batch_size=16,seed=1",
-        "train.batch_size=8,seed=0",
-        "train.batch_size=8,seed=1",
+        "batch_size=16,seed=0",
+        "batch_size=16,seed=1",
+        "batch_size=8,seed=0",
+        "batch_size=8,seed=1",
     ]
     names = [p.name for p in (tmp_path / "sweep" / "settings").iterdir()]
-    assert sorted(names) == ["train.batch_size=16", "train.batch_size=8"]
+    assert sorted(names) == ["batch_size=16", "batch_size=8"]
 
 
 def test_runs_go_under_outputs_date_time_by_default(tmp_path):
@@ -103,13 +103,13 @@ def test_a_2x2_sweep_gives_four_runs_named_by_what_was_swept(tmp_path):
         process=True,
     )
     names = [p.name for p in jobs_of(tmp_path / "sweep")]
-    # What the sweep varies, sorted as Hydra's override_dirname is: the values every job
-    # shares (model.hidden, train.epochs) stay out, in multirun.yaml.
+    # What the sweep varies, sorted as Hydra's override_dirname is, each key by its shortest
+    # ending: the values every job shares (model.hidden, train.epochs) stay out.
     assert names == [
-        "model.dropout=0,optim.weight_decay=0",
-        "model.dropout=0,optim.weight_decay=0.01",
-        "model.dropout=0.5,optim.weight_decay=0",
-        "model.dropout=0.5,optim.weight_decay=0.01",
+        "dropout=0,weight_decay=0",
+        "dropout=0,weight_decay=0.01",
+        "dropout=0.5,weight_decay=0",
+        "dropout=0.5,weight_decay=0.01",
     ], done.stdout
     for name in names:
         run = tmp_path / "sweep" / name

@@ -40,9 +40,9 @@ def sweep(tmp_path_factory):
 
 def test_a_sweeps_end_writes_a_run_per_setting_whose_line_is_the_replicas_mean(sweep):
     settings = sorted(p.name for p in (sweep / "settings").iterdir())
-    assert settings == ["optim.weight_decay=0", "optim.weight_decay=0.01"]
+    assert settings == ["weight_decay=0", "weight_decay=0.01"]
     for name, decay in zip(settings, ("0", "0.01"), strict=True):
-        replicas = [metrics(run) for run in sweep.glob(f"*optim.weight_decay={decay},seed=*")]
+        replicas = [metrics(run) for run in sweep.glob(f"weight_decay={decay},seed=*")]
         assert len(replicas) == 3
         events = read_events(sweep / "settings" / name)
         for column, tag in (("train_loss", "loss/train"), ("valid_loss", "loss/valid")):
@@ -65,7 +65,7 @@ def test_a_sweeps_end_writes_a_run_per_setting_whose_line_is_the_replicas_mean(s
 def test_each_scalar_has_a_margin_chart_of_its_mean_and_band(sweep):
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
-    events = read_events(sweep / "settings" / "optim.weight_decay=0.01")
+    events = read_events(sweep / "settings" / "weight_decay=0.01")
     (config,) = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     (category,) = layout.category
@@ -84,8 +84,8 @@ def test_report_writes_them_for_a_sweep_made_before_with_min_to_max_on_request(s
     shutil.copytree(sweep, copy)
     shutil.rmtree(copy / "settings")
     regexp("report", str(copy), "--band", "range", cwd=tmp_path)
-    events = read_events(copy / "settings" / "optim.weight_decay=0")
-    replicas = [metrics(run) for run in copy.glob("*optim.weight_decay=0,seed=*")]
+    events = read_events(copy / "settings" / "weight_decay=0")
+    replicas = [metrics(run) for run in copy.glob("weight_decay=0,seed=*")]
     (epoch,) = [e.step for e in events.Scalars(f"{BAND}/loss/valid/upper")][-1:]
     values = [r[epoch]["valid_loss"] for r in replicas]
     lower = [e.value for e in events.Scalars(f"{BAND}/loss/valid/lower") if e.step == epoch]
@@ -97,9 +97,9 @@ def test_report_writes_them_for_a_sweep_made_before_with_min_to_max_on_request(s
 def test_a_setting_of_one_run_gets_a_line_and_no_band(sweep, tmp_path):
     runs = sorted(sweep.glob("*seed=0*")) + sorted(sweep.glob("*weight_decay=0,seed=1*"))
     regexp("report", *map(str, runs), "--out", str(tmp_path / "out"), cwd=tmp_path)
-    single = read_events(tmp_path / "out" / "settings" / "optim.weight_decay=0.01")
+    single = read_events(tmp_path / "out" / "settings" / "weight_decay=0.01")
     assert single.Scalars("loss/valid") and not [
         t for t in single.Tags()["scalars"] if t.startswith(BAND)
     ]
-    pair = read_events(tmp_path / "out" / "settings" / "optim.weight_decay=0")
+    pair = read_events(tmp_path / "out" / "settings" / "weight_decay=0")
     assert pair.Scalars(f"{BAND}/loss/valid/lower")

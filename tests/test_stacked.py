@@ -38,7 +38,7 @@ def test_a_2x2_sweep_of_p_and_lambda_as_one_population_writes_what_the_basic_lau
     regexp("train", "-m", "hydra/launcher=basic", *sweep, "hydra.sweep.dir=basic", cwd=tmp_path)
     stacked, basic = job_dirs(tmp_path / "stacked"), job_dirs(tmp_path / "basic")
     assert [r.name for r in stacked] == [r.name for r in basic]
-    assert stacked[3].name == "model.dropout=0.5,optim.weight_decay=0.01"
+    assert stacked[3].name == "dropout=0.5,weight_decay=0.01"
     for a, b in zip(stacked, basic, strict=True):
         files = lambda run: sorted(  # noqa: E731
             p.name if not p.name.startswith("events") else "events" for p in run.iterdir()

@@ -169,7 +169,7 @@ def job_naming(args: list[str]) -> list[str]:
     (experiment, device, ...): a sweep over one of those would write every job to one dir, and
     is refused. Returns the Hydra override that also leaves out the keys the command line
     fixes for every job (`data.n_train=64` beside `seed=0,1,2`), so that a name says what
-    differs (config.naming_overrides)."""
+    differs (config.job_dirname)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -201,8 +201,8 @@ def job_naming(args: list[str]) -> list[str]:
         else:
             swept.add(key)
     fixed = [k for k in dict.fromkeys(fixed) if k not in swept and k not in excluded]
-    if not fixed:
-        return []
+    # Given always, even with no key to add: a resume knows the sweep's dirs by it
+    # (resume.refuse_other_names).
     keys = ",".join(f"'{k}'" for k in excluded + fixed)
     return [f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
 

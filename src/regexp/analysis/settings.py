@@ -19,6 +19,7 @@ from pathlib import Path
 
 from regexp.adapters import tensorboardx as tbx
 from regexp.analysis.replicas import Group, Replicas, mean_std
+from regexp.config import short_keys
 from regexp.run import rundir
 
 SETTINGS = "settings"  # the sweep's dir of the setting runs
@@ -44,7 +45,9 @@ def write_setting_runs(reps: Replicas, sweep: Path, band: str = "std") -> list[P
 
 def setting_name(group: Group) -> str:
     """The setting's run name: the values that make it, as its jobs' dir names write them."""
-    return ",".join(f"{k}={_text(v)}" for k, v in group.setting.items()) or "all"
+    short = short_keys(group.setting)
+    items = sorted(group.setting.items())  # (as Hydra orders a job's overrides)
+    return ",".join(f"{short[k]}={_text(v)}" for k, v in items) or "all"
 
 
 def _text(value) -> str:

@@ -317,10 +317,33 @@ def naming_overrides(overrides: list[str], naming: DictConfig) -> list[str]:
 
 def job_dirname(overrides: list[str], naming: DictConfig) -> str:
     """A sweep job's dir name, which TensorBoard shows as its run's name: what the sweep
-    varies, the seed last. What makes the setting leads, and TensorBoard's sidebar, which cuts
-    a long name at its end, keeps the settings apart."""
-    named = naming.item_sep.join(naming_overrides(overrides, naming))
-    return named.replace("=", naming.kv_sep)
+    varies, each key by its shortest ending that tells it apart (short_keys), the seed last.
+    TensorBoard's sidebar shows about 30 characters of a name and cuts the rest: what makes
+    the setting leads, and `weight_decay=0.01,seed=1` fits where `optim.weight_decay=0.01,
+    seed=1` loses its seed."""
+    named = naming_overrides(overrides, naming)
+    short = short_keys(map(override_key, named))
+    items = [
+        short[override_key(o)] + (naming.kv_sep + o.split("=", 1)[1] if "=" in o else "")
+        for o in named
+    ]
+    return naming.item_sep.join(items)
+
+
+def short_keys(keys) -> dict[str, str]:
+    """Each dotted key by its shortest ending that none of the other `keys` ends with:
+    optim.weight_decay as weight_decay, but model.dropout beside norm.dropout whole."""
+    keys = list(dict.fromkeys(keys))
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        endings = (".".join(parts[-n:]) for n in range(1, len(parts) + 1))
+        short[key] = next(
+            end
+            for end in endings
+            if end == key or not any(o == end or o.endswith("." + end) for o in keys if o != key)
+        )
+    return short
 
 
 def dirname(*, _root_: DictConfig) -> str:

@@ -74,6 +74,7 @@ def resumed_sweep(args: list[str]):
                 "hydra/launcher, hydra.launcher.* and rerun_failed=true may be given"
             )
     saved = {part: read_back(sweep / "multirun.yaml", part) for part in ("task", "hydra")}
+    refuse_other_names(sweep, saved["hydra"])
     task = [o for o in saved["task"] if not o.lstrip("+~").startswith("resume=")]
     hydra = [o for o in saved["hydra"] if not o.startswith("hydra.sweep.dir=")]
     added = [o for o in new if not o.startswith("hydra")]
@@ -95,6 +96,19 @@ def resumed_sweep(args: list[str]):
     with process.telling_jobs_of_resumed_sweep(str(sweep.resolve()), rerun):
         flags = [a for a in args if a.startswith("-")]
         yield [*flags, *task, *added, *hydra, f"hydra.sweep.dir={quote(sweep.resolve())}"]
+
+
+def refuse_other_names(sweep: Path, hydra: list[str]) -> None:
+    """A sweep whose jobs' dirs an earlier regexp named (every override, in Hydra's order)
+    would go on in dirs of other names, each job starting anew: refused. Its multirun.yaml
+    then lacks the naming the CLI gives every sweep (cli.job_naming), or the user's own."""
+    from regexp.errors import UserError
+
+    if not any(o.startswith(("hydra.job.config.", "hydra.sweep.subdir=")) for o in hydra):
+        raise UserError(
+            f"-m resume={sweep}: its jobs' dirs were named by an earlier regexp, whose names "
+            "this one does not give; go on with each run alone, regexp train resume=RUN_DIR"
+        )
 
 
 # Hydra's settings that a run's or sweep's dir may bring back: none that names code to import
