@@ -131,15 +131,13 @@ def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     summaries = {
-        next(p for p in r.name.split(",") if p.startswith("optim.lr")): read_json(
-            r / "summary.json"
-        )
+        next(p for p in r.name.split(",") if p.startswith("lr=")): read_json(r / "summary.json")
         for r in job_dirs(tmp_path / "sweep")
     }
-    assert summaries["optim.lr=-1"]["status"] == "failed"
-    assert "optim.lr=-1.0 is not allowed" in summaries["optim.lr=-1"]["error"]
+    assert summaries["lr=-1"]["status"] == "failed"
+    assert "optim.lr=-1.0 is not allowed" in summaries["lr=-1"]["error"]
     assert (
-        summaries["optim.lr=0.01"]["status"] == summaries["optim.lr=0.02"]["status"] == "completed"
+        summaries["lr=0.01"]["status"] == summaries["lr=0.02"]["status"] == "completed"
     )
     assert "2 jobs in 1 population of 2" in done.stdout + done.stderr
 
@@ -182,7 +180,7 @@ def test_sigint_mid_population_checkpoints_every_member_and_each_resumes_alone(t
     for member in members:
         summary = read_json(member / "summary.json")
         assert summary["status"] == "interrupted" and summary["epochs"] < 300
-    member = next(m for m in members if "model.dropout=0.2" in m.name)
+    member = next(m for m in members if "dropout=0.2" in m.name)
     regexp("train", f"resume={member}", cwd=tmp_path)
     regexp("train", *long, "model.dropout=0.2", "hydra.run.dir=reference", cwd=tmp_path)
     for name in ("metrics.csv", "predictions.npz"):  # byte for byte

@@ -211,12 +211,12 @@ class StackedLauncher(Launcher):
         return pool
 
     def _in_workers(
-        self, populations: "list[list]", pool: futures.ProcessPoolExecutor, again: bool = False
+        self, populations: "list[list]", pool: futures.ProcessPoolExecutor
     ) -> "list[list]":
         """Train `populations` in the worker processes of `pool`; returns each one's
         summaries. A signal is passed on to the workers, which stop after the epoch in
         progress and checkpoint; populations not yet started are not started, and the signal
-        is raised here once the workers are done. `again`: these go on after a worker died."""
+        is raised here once the workers are done."""
         from regexp.console import PopulationProgress
         from regexp.errors import Interrupted
         from regexp.run import rundir
@@ -260,19 +260,15 @@ class StackedLauncher(Launcher):
         if not any(broken) and stopped:
             raise stopped[0]
         trained = [None if b else f.result() for f, b in zip(done, broken, strict=True)]
-        if not any(broken):
-            return trained
-        return self._after_a_worker_died(populations, trained, before, again)
+        return self._after_a_worker_died(populations, trained, before) if any(broken) else trained
 
-    def _after_a_worker_died(self, populations, trained, before, again: bool) -> "list[list]":
+    def _after_a_worker_died(self, populations, trained, before) -> "list[list]":
         """A worker process that dies (SIGKILL, the kernel's out-of-memory killer) breaks the
         pool, which stops the other workers (a SIGTERM: each population saves its checkpoints
         after its epoch). Its population ends interrupted, for `-m resume=`; the populations
         stopped go on from their checkpoints and those not started start, in a new pool.
         `trained`: each population's summaries, None where the pool broke; `before`: each
-        member's rundir.stamp before they were handed to the pool, which tells what it did.
-        Once `again` (a worker died in the new pool too: a population that kills the process
-        building it would do so for ever), what has not started ends interrupted as well."""
+        member's rundir.stamp before they were handed to the pool, which tells what it did."""
         from dataclasses import replace
 
         from regexp.run import rundir
@@ -286,7 +282,7 @@ class StackedLauncher(Launcher):
             killed = any(n != b for n, b in zip(now, before[p], strict=True)) and not any(closed)
             trained[p] = [rundir.summary_of(m.run_dir) for m in members]
             for i, m in enumerate(members):
-                if killed or (again and not closed[i]):
+                if killed:
                     trained[p][i] = _killed(m)
                 elif not closed[i]:  # not started: it starts
                     again.append((p, i, m))
@@ -300,7 +296,7 @@ class StackedLauncher(Launcher):
         if rerun:
             workers = min(self.n_jobs, len(rerun))
             results = (
-                self._in_workers(rerun, self._pool(workers), again=True)
+                self._in_workers(rerun, self._pool(workers))
                 if workers > 1
                 else [_population(r, threads=self.threads or 1) for r in rerun]
             )
