@@ -136,9 +136,7 @@ def test_a_bad_value_in_one_job_is_refused_for_it_alone(tmp_path):
     }
     assert summaries["lr=-1"]["status"] == "failed"
     assert "optim.lr=-1.0 is not allowed" in summaries["lr=-1"]["error"]
-    assert (
-        summaries["lr=0.01"]["status"] == summaries["lr=0.02"]["status"] == "completed"
-    )
+    assert summaries["lr=0.01"]["status"] == summaries["lr=0.02"]["status"] == "completed"
     assert "2 jobs in 1 population of 2" in done.stdout + done.stderr
 
 
