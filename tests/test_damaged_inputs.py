@@ -223,6 +223,15 @@ def test_a_sweep_over_a_group_with_a_null_names_it(tmp_path):
     assert line == f"regexp train: error: data=null: no such option (options: {DATA_OPTIONS})"
 
 
+@pytest.mark.parametrize("override", ["hydra/launcher=null", "hydra/sweeper=5"])
+def test_a_hydra_group_override_that_names_no_option_says_where_they_are(tmp_path, override):
+    line = refused("train", "-m", override, "seed=0,1", cwd=tmp_path)
+    assert line == (
+        f"regexp train: error: {override}: no such option; a group's choice is the name of one "
+        f"of its options ({override.split('=')[0]}=NAME; regexp train --hydra-help lists them)"
+    )
+
+
 def test_an_experiment_that_is_null_lists_the_experiments(tmp_path):
     line = refused("summary", "+experiment=null", cwd=tmp_path)
     assert line.startswith("regexp summary: error: experiment=null: no such option (options: ")

@@ -268,13 +268,21 @@ def check_group_choices(overrides: list[str]) -> None:
         try:
             override = parser.parse_override(arg)
             group = override.key_or_group
-            if group.startswith("hydra") or not (conf_dir() / group).is_dir():
+            hydras = group.startswith("hydra/")  # (its options come from plugins too)
+            if not hydras and (group.startswith("hydra") or not (conf_dir() / group).is_dir()):
                 continue
             sweep = override.is_sweep_override()
             values = list(override.sweep_iterator()) if sweep else [override.value()]
         except HydraException:
             continue  # not an override, or a sweep of a kind with no list: Hydra says why
         for value in values:
+            if hydras and not isinstance(value, str):
+                raise UserError(
+                    f"{group}={show(value)}: no such option; a group's choice is the name of "
+                    f"one of its options ({group}=NAME; regexp train --hydra-help lists them)"
+                )
+            if hydras:
+                continue
             if not isinstance(value, str) or "/" in value:
                 options = sorted(f.stem for f in (conf_dir() / group).glob("*.yaml"))
                 raise UserError(no_such_option(group, show(value), options))
