@@ -516,5 +516,7 @@ def test_in_a_resumed_sweep_a_job_with_another_runs_checkpoint_fails_alone(tmp_p
     done = regexp("train", "-m", "resume=sweep", "train.epochs=5", cwd=tmp_path, check=False)
     said = "checkpoint.pt: refused, a checkpoint of another run (seed=1 there, 0 in this run's"
     assert said in done.stdout + done.stderr
+    # Counted as failed, though its summary.json, which the refusal left, says completed.
+    assert done.returncode == 1 and "2 jobs: 1 completed, 1 failed" in done.stdout + done.stderr
     assert read_json(seed1 / "summary.json")["epochs"] == 5
     assert read_json(seed0 / "summary.json")["epochs"] == 3

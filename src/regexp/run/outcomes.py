@@ -44,6 +44,24 @@ class SweepReport(Callback):
     the end of a sweep, count its jobs by status from their summary.json files (which works
     whatever launcher ran them), say which did not complete, and raise `Ended` if any."""
 
+    def __init__(self) -> None:
+        self._failed: dict[Path, str] = {}  # job dir: why, of the jobs that failed here
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        """A job that fails where this process sees it end (the basic and stacked launchers):
+        what it says outranks its dir's summary.json, which a refused resume leaves as it
+        was (a job of a resumed sweep refused for another run's checkpoint said completed)."""
+        from regexp.adapters import hydra as hydra_adapter
+
+        outcome = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        if job_return.status != JobStatus.COMPLETED:
+            why = one_line(hydra_adapter.failure_of(job_return))
+        elif isinstance(outcome, Outcome) and outcome.status == "failed":
+            why = one_line(outcome.error) if outcome.error else "see its log"
+        else:
+            return
+        self._failed[Path(config.hydra.runtime.output_dir).resolve()] = why
+
     def on_run_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         outcome = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
         if not isinstance(outcome, Outcome):
@@ -56,6 +74,10 @@ class SweepReport(Callback):
         # Every job Hydra set up has its .hydra/; one that left no summary.json never ran.
         jobs = sorted(p.parent.parent for p in sweep.glob("**/.hydra/overrides.yaml"))
         summaries = {job.relative_to(sweep): _summary(job) for job in jobs}
+        for job in jobs:  # (a summary.json that says failed says more)
+            why, name = self._failed.get(job.resolve()), job.relative_to(sweep)
+            if why is not None and summaries[name]["status"] != "failed":
+                summaries[name] = {"status": "failed", "error": why}
         counts = Counter(s["status"] for s in summaries.values())
         bad = {k: s for k, s in summaries.items() if s["status"] not in ("completed",)}
         order = ["completed", "diverged", "interrupted", "failed", *counts]
