@@ -75,7 +75,6 @@ def train(args: list[str]) -> int:
             )
     sweep = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args))
     if sweep:
-        refuse_empty_sweeps(args)
         args = [*args, *job_naming(args)]
         if stacked_in_workers(args):
             from regexp.sweep import stacked
@@ -144,32 +143,14 @@ def hydra_task(cfg):
     return jobs.train_job(cfg)
 
 
-def refuse_empty_sweeps(args: list[str]) -> None:
-    """A sweep over no values (`seed='range(0)'`) would run no job and end as if it had run
-    them all: refused before the sweep's dir is made."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from regexp.errors import UserError
-
-    parser = OverridesParser.create()
-    for arg in args:
-        try:
-            override = parser.parse_override(arg)
-            empty = override.is_sweep_override() and not list(override.sweep_string_iterator())
-        except Exception:  # (not an override, or glob(), which needs the config: Hydra says)
-            continue
-        if empty:
-            raise UserError(
-                f"{arg}: a sweep over no values, which would run no job; give it one at least"
-            )
-
-
 def job_naming(args: list[str]) -> list[str]:
-    """A sweep job's dir name holds its overrides less the keys conf/train.yaml excludes
-    (experiment, device, ...): a sweep over one of those would write every job to one dir, and
-    is refused. Returns the Hydra override that also leaves out the keys the command line
-    fixes for every job (`data.n_train=64` beside `seed=0,1,2`), so that a name says what
-    differs (config.job_dirname)."""
+    """Checks a sweep's overrides before its dir is made, and returns the Hydra override that
+    names its jobs' dirs. A sweep over no values (`seed='range(0)'`) would run no job and end
+    as if it had run them all; a sweep over a key conf/train.yaml leaves out of the dir names
+    (experiment, device, ...) would write every job to one dir: both refused. The override
+    also leaves out the keys the command line fixes for every job (`data.n_train=64` beside
+    `seed=0,1,2`), so that a name says what differs (config.job_dirname); none where the user
+    names the dirs or a resumed sweep names them as it did."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -177,8 +158,7 @@ def job_naming(args: list[str]) -> list[str]:
     from regexp import config
     from regexp.errors import UserError
 
-    if any(a.startswith(("hydra.sweep.subdir=", "hydra.job.config.", "resume=")) for a in args):
-        return []  # the user names the job dirs, or a resumed sweep names them as it did
+    named = any(a.startswith(("hydra.sweep.subdir=", "hydra.job.config.", "resume=")) for a in args)
     train_yaml = OmegaConf.load(config.conf_dir() / "train.yaml")
     excluded = list(train_yaml.hydra.job.config.override_dirname.exclude_keys)
     parser = OverridesParser.create()
@@ -189,17 +169,26 @@ def job_naming(args: list[str]) -> list[str]:
         except HydraException:
             continue  # not an override; Hydra says what it is
         key = override.key_or_group
-        if key.startswith("hydra") or override.is_delete():
-            continue
         if not override.is_sweep_override():
-            fixed.append(key)
-        elif key in excluded:
+            if not key.startswith("hydra") and not override.is_delete():
+                fixed.append(key)
+            continue
+        try:
+            empty = not list(override.sweep_string_iterator())
+        except Exception:  # (glob(), which needs the config: Hydra says what is wrong)
+            empty = False
+        if empty:
+            raise UserError(
+                f"{arg}: a sweep over no values, which would run no job; give it one at least"
+            )
+        if key in excluded and not named:
             raise UserError(
                 f"{arg}: a sweep can't vary {key}, since its jobs' dirs are named without it "
                 f"and would be one dir; run one sweep per value"
             )
-        else:
-            swept.add(key)
+        swept.add(key)
+    if named:
+        return []
     fixed = [k for k in dict.fromkeys(fixed) if k not in swept and k not in excluded]
     # Given always, even with no key to add: a resume knows the sweep's dirs by it
     # (resume.refuse_other_names).
