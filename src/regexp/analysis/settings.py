@@ -5,8 +5,8 @@ only in `seed` and/or `data.draw`), one more TensorBoard run per setting, under 
 metrics.csv, under the runs' own tags, and the band around it (mean ± std, or min to max)
 under `± band/<tag>/lower` and `.../upper` with the mean again as `.../mean`, which the
 custom-scalars margin charts draw (a group whose name TensorBoard sorts after every other,
-below the curves in Scalars). Ticking
-two setting runs shows "λ = 0 against λ = 1e-2, 5 seeds each" as two lines with bands.
+below the curves in Scalars). Ticking two setting runs shows "λ = 0 against λ = 1e-2, 5 seeds
+each" as two lines with bands.
 Replicas of different settings are never averaged together; a setting of one run gets a line
 and no band."""
 
