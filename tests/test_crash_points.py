@@ -30,6 +30,8 @@ EPOCHS = 3
 # Every write point of a scenario, 60 to 144 of them: 10 to 30 minutes each on 2 cores, so
 # asked for (the suite runs named points of each scenario, and the exhaustive run before a
 # change to what a run writes): REGEXP_CRASH_POINTS=all pytest tests/test_crash_points.py
+# Each point is a run killed and resumed, a second or more: the whole suite's, not the edit tier's.
+pytestmark = pytest.mark.slow
 EXHAUSTIVE = pytest.mark.skipif(
     os.environ.get("REGEXP_CRASH_POINTS") != "all",
     reason="every write point: REGEXP_CRASH_POINTS=all (10 to 30 minutes a scenario)",

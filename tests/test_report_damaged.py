@@ -292,6 +292,7 @@ ARRAYS = {
 }
 
 
+@pytest.mark.slow  # (52 cases, a report each)
 @pytest.mark.parametrize("case", [*CASES, *ARRAYS])
 def test_a_damaged_file_is_named_in_one_line_and_the_rest_report(sweep, case):
     run_dir = sweep / DAMAGED
@@ -450,6 +451,7 @@ def test_a_swept_value_that_is_no_finite_number_reads_as_text(sweep, value):
     assert f"weight_decay={value} 0.21" in done.stdout and "3 settings" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("name", FILES)
 def test_a_file_with_bytes_flipped_at_random_is_read_or_named_never_a_traceback(sweep, name, seed):

@@ -202,6 +202,7 @@ REFUSED_STOPPING = {
 }
 
 
+@pytest.mark.slow  # (29 cases, each a resume checked end to end)
 @pytest.mark.parametrize(
     "base,case", [("seed0", c) for c in REFUSED] + [("stopping", c) for c in REFUSED_STOPPING]
 )
