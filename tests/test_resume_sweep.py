@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import yaml
 from conftest import jobs_of, read_json, regexp
 
 from regexp import process
@@ -230,3 +231,38 @@ def test_the_sweep_tally_counts_a_job_whose_summary_is_corrupt_as_failed(tmp_pat
         )
     assert "2 jobs: 1 completed, 1 failed" in caplog.text
     assert "seed=1: failed: its summary.json is unreadable" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS.values(), ids=LAUNCHERS.keys())
+def test_a_job_a_resumed_sweep_refuses_keeps_every_file_as_it_was(tmp_path, launcher):
+    """Its checkpoint is another job's: it fails alone, and nothing in its dir changes (Hydra's
+    own record included), while the other job goes on; a job that goes on gets the record
+    Hydra gives a job, byte for byte."""
+    import hashlib
+    import shutil
+
+    tiny = ["train.epochs=3", "model.hidden=[8]", "log.figure_every=0", "seed=0,1"]
+    regexp("train", "-m", *tiny, *launcher, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    regexp("train", "-m", *tiny[:-1], "seed=1", "train.epochs=5", "hydra.sweep.dir=alone",
+           cwd=tmp_path)  # fmt: skip
+    made = jobs(tmp_path / "sweep")
+    shutil.copy(made["seed=1"] / "checkpoint.pt", made["seed=0"] / "checkpoint.pt")
+
+    def files(run):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*")
+                if p.is_file()}  # fmt: skip
+
+    before = files(made["seed=0"])
+    done = regexp("train", "-m", "resume=sweep", "train.epochs=5", *launcher, cwd=tmp_path,
+                  check=False)  # fmt: skip
+    assert done.returncode == 1 and "2 jobs: 1 completed, 1 failed" in done.stdout, done.stdout
+    assert "a checkpoint of another run" in done.stdout + done.stderr
+    assert files(made["seed=0"]) == before
+    assert read_json(made["seed=1"] / "summary.json")["epochs"] == 5
+    went_on, alone = made["seed=1"] / ".hydra", jobs_of(tmp_path / "alone")[0] / ".hydra"
+    for name in ("config.yaml", "overrides.yaml"):
+        assert (went_on / name).read_text() == (alone / name).read_text(), name
+    hydra = yaml.safe_load((went_on / "hydra.yaml").read_text())["hydra"]
+    assert hydra["runtime"]["output_dir"] == str(made["seed=1"].resolve())
+    assert "train.epochs=5" in hydra["overrides"]["task"]

@@ -22,9 +22,15 @@ def console():
 class LogFile(logging.FileHandler):
     """A run's log file (train.log), whose lines are a courtesy: one that cannot be written (a
     full disk) is said once, in one line, and the run goes on (logging would print a
-    traceback for each); what the run records says so itself if the disk stays full."""
+    traceback for each); what the run records says so itself if the disk stays full. A line
+    logged with `extra={"run_log": False}` stays out of it: why a resumed sweep refused the job
+    (its dir is left as it was)."""
 
     said = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "run_log", True):
+            super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         import sys

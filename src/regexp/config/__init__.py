@@ -296,6 +296,8 @@ if not OmegaConf.has_resolver("regexp_named"):
     OmegaConf.register_new_resolver("regexp_named", lambda name: f"_{name}" if name else "")
 if not OmegaConf.has_resolver("regexp_fresh"):
     OmegaConf.register_new_resolver("regexp_fresh", rundir.fresh, use_cache=True)
+if not OmegaConf.has_resolver("regexp_hydra_record"):
+    OmegaConf.register_new_resolver("regexp_hydra_record", rundir.hydra_record_dir)
 
 
 def override_key(override: str) -> str:

@@ -45,7 +45,8 @@ def train_job(cfg: DictConfig) -> Outcome:
         summary = execute(conf, run_dir, overrides, named(hydra, overrides))
     except Exception as exc:
         if sweep:
-            log.error("job failed: %s (in %s)", one_line(exc), run_dir)
+            kept = {"run_log": rundir.resumed_sweep_job(run_dir, 0) is None}
+            log.error("job failed: %s (in %s)", one_line(exc), run_dir, extra=kept)
             return Outcome(math.nan, "failed")
         said = user_error(exc)  # (raised, Hydra would print its own line about the job first)
         if said is None:
@@ -138,7 +139,20 @@ def prepared(
         if cfg.get("resume") is None and step != "resume":
             rundir.write_summary(run_dir, failure(exc, overrides))
         raise
-    return going_on(conf, run_dir, step)
+    ready = going_on(conf, run_dir, step)
+    if HydraConfig.get().output_subdir is None and step is not None:
+        rundir.write_hydra_record(run_dir, hydra_record(cfg))  # (rundir.hydra_record_dir)
+    return ready
+
+
+def hydra_record(cfg: DictConfig) -> dict[str, str]:
+    """The files of Hydra's record of the job `cfg` (run_job's), by name."""
+    hydra = HydraConfig.instance().cfg
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(hydra),
+        "overrides.yaml": OmegaConf.to_yaml(hydra.hydra.overrides.task),
+    }
 
 
 def named(hydra: DictConfig, overrides: list[str]) -> list[str] | None:

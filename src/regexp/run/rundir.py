@@ -134,6 +134,29 @@ def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
     return "resume" if checkpoint_file(run_dir).is_file() else "start"
 
 
+def hydra_record_dir(*, _root_) -> str | None:
+    """conf/train.yaml's `hydra.output_subdir` (the resolver `regexp_hydra_record`): where Hydra
+    writes its record of a job as it sets the job up, before the job checks anything. None
+    (Hydra writes none) for a job of a resumed sweep whose dir holds one already: that job
+    writes it once its checks let it go on (write_hydra_record), so a job they refuse, or one
+    skipped, leaves its dir as it was."""
+    from omegaconf import OmegaConf
+
+    run_dir = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
+    going_on = run_dir and resumed_sweep_job(Path(run_dir), 0) is not None
+    return None if going_on and (Path(run_dir) / HYDRA_RECORD).is_dir() else HYDRA_RECORD
+
+
+def write_hydra_record(run_dir, texts: dict[str, str]) -> None:
+    """Hydra's record of the run (file name: its YAML), as Hydra writes it, each file
+    atomically."""
+    record = Path(run_dir) / HYDRA_RECORD
+    record.mkdir(exist_ok=True)
+    for name, text in texts.items():
+        with atomic(record / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+
 def stamp(run_dir) -> tuple:
     """When the run's summary.json and metrics.csv last changed (None: not there): a launcher
     whose worker died tells by it what each member of its population left."""
@@ -184,7 +207,8 @@ BEST = "best.pt"  # with early stopping, the best valid epoch's weights
 PREDICTIONS = "predictions.npz"  # the valid outputs, for the bias-variance report
 MODEL_TABLE = "model.txt"  # the layer table
 EVENTS = "events"  # TensorBoard's event files: events.out.tfevents.*
-OVERRIDES = ".hydra/overrides.yaml"  # Hydra's record of the run's overrides
+HYDRA_RECORD = ".hydra"  # Hydra's record of the run: config.yaml, hydra.yaml, overrides.yaml
+OVERRIDES = f"{HYDRA_RECORD}/overrides.yaml"  # the overrides that made the run
 
 
 # metrics.csv column -> TensorBoard tag
