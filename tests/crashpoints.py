@@ -9,6 +9,8 @@ load this module at start through `sitecustomize`, from SITE). At point K the pr
 it kills itself with SIGKILL, as `kill -9` would: a write is cut half-way (the first half of
 its bytes reach the file), anything else is not done; with `launcher`, the command's own
 process is killed there instead (a stacked sweep's launcher, while its worker writes). Or,
+with `dies=PATTERN`, a process dies at each point whose description matches (a worker that
+dies every time it builds a population: a point of its set-up). Or,
 with `full=K`, the disk is full from point K on: each write from there writes half its bytes
 and fails with ENOSPC (fsync too).
 
@@ -20,10 +22,12 @@ waited for with every process it started, which must end with it.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import fcntl
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,9 +113,10 @@ def _point(what: str, torn=None) -> None:
         os.close(log)
     finally:
         os.close(fd)
+    dies = _plan.get("dies") and re.search(_plan["dies"], what)
     if n == _plan["at"] and _plan.get("launcher") and os.getpid() != _plan["root"]:
         os.kill(_plan["root"], signal.SIGKILL)  # the command's own process, another writing
-    elif n == _plan["at"]:
+    elif n == _plan["at"] or dies:
         if torn is not None:
             torn()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -246,8 +251,7 @@ def serve() -> None:
         child = os.fork()
         if child == 0:
             _command(ask)
-        _, status = os.waitpid(child, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = _wait_child(child, ask["plan"]["pids"], timeout=600)
         left = _wait_for(ask["plan"]["pids"], child, timeout=90)
         replies.write(json.dumps({"code": code, "left": left}) + "\n")
         replies.flush()
@@ -277,6 +281,22 @@ def _command(ask: dict) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _wait_child(child: int, pids_file: str, timeout: float) -> int:
+    """The command's exit code; one that runs past `timeout` (a hang, which a test would not
+    otherwise end) is killed with every process it started, its code then "timeout"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    for pid in {int(p) for p in Path(pids_file).read_text().split()} | {child}:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    os.waitpid(child, 0)
+    return "timeout"
 
 
 def _wait_for(pids_file: str, child: int, timeout: float) -> list[int]:
@@ -318,7 +338,14 @@ class Commands:
         self.n = 0
 
     def run(
-        self, args: list[str], cwd: Path, watch: Path, at: int = 0, full: int = 0, launcher=False
+        self,
+        args: list[str],
+        cwd: Path,
+        watch: Path,
+        at: int = 0,
+        full: int = 0,
+        launcher=False,
+        dies: str = "",
     ) -> Done:
         self.n += 1
         files = {k: str(self.scratch / f"{self.n}.{k}") for k in ("counter", "log", "pids")}
@@ -327,6 +354,7 @@ class Commands:
             Path(files[k]).write_text("")
         output = self.scratch / f"{self.n}.out"
         plan = {"watch": str(Path(watch).resolve()), "at": at, "full": full, "launcher": launcher}
+        plan["dies"] = dies
         plan.update(files)
         ask = {"args": list(args), "cwd": str(cwd), "plan": plan, "output": str(output)}
         self.server.stdin.write(json.dumps(ask) + "\n")

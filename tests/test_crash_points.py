@@ -460,3 +460,25 @@ def test_resumes_started_in_the_same_second_keep_their_order_in_tensorboard(tmp_
         assert [(e.step, e.value) for e in got.Scalars(tag)] == [
             (e.step, e.value) for e in want.Scalars(tag)
         ]
+
+
+def test_a_stacked_worker_that_dies_each_time_it_builds_its_population_ends_it_interrupted(
+    commands, sweep_reference, tmp_path
+):
+    """Its population ends interrupted, as one whose worker dies while it trains, rather
+    than being handed to a new worker again and again; the rest of the sweep completes, and
+    `-m resume=` then completes it to an uninterrupted sweep's record."""
+    launcher, reference_jobs, _ = sweep_reference
+    if launcher != "stacked":
+        pytest.skip("the stacked launcher's workers")
+    args = ["train", "-m", *RUN, *SWEEPS[launcher], "hydra.sweep.dir=sweep"]
+    dies = r"hidden=\[4\]/model\.txt"  # (written as the population is set up)
+    done = commands.run(args, tmp_path, tmp_path / "sweep", dies=dies)
+    assert done.code == 1 and not done.left, done.output
+    assert "Traceback" not in done.output and "BrokenProcessPool" not in done.output
+    statuses = {j.name: json.loads((j / "summary.json").read_text())["status"]
+                for j in jobs_of(tmp_path / "sweep")}  # fmt: skip
+    assert statuses == {"hidden=[4]": "interrupted", "hidden=[8]": "completed"}, done.output
+    finish_sweep(commands, tmp_path, launcher, len(reference_jobs))
+    for job, want in zip(jobs_of(tmp_path / "sweep"), reference_jobs, strict=True):
+        assert not differences(job, want), job.name

@@ -192,7 +192,9 @@ class StackedLauncher(Launcher):
             return None
         assert self.config is not None
         context = worker_context()
-        self._updates = context.Queue()
+        # (simple: a put reaches the pipe before it returns, so a worker that says it started
+        # a population and dies at once has said so)
+        self._updates = context.SimpleQueue()
         pool = futures.ProcessPoolExecutor(
             self.n_jobs,
             mp_context=context,
@@ -241,16 +243,20 @@ class StackedLauncher(Launcher):
 
         progress = PopulationProgress([(len(p), p[0].conf.train.epochs, 0) for p in populations])
         pending: set = set()
+        started: dict[int, int] = {}  # population -> the pid of the worker that took it
+        workers: dict[int, object] = {}  # pid -> the worker process, which tells how it ended
         before = [[rundir.stamp(m.run_dir) for m in p] for p in populations]
         with process.handling(forward):
             try:
                 done = [pool.submit(_train, i, p) for i, p in enumerate(populations)]
                 pending = set(done)
                 while pending:
-                    _drain(updates, progress)
+                    _drain(updates, progress, started)
+                    workers.update({w.pid: w for w in stdlib.pool_processes(pool)})
                     _, pending = futures.wait(pending, timeout=0.1)
-                _drain(updates, progress)
+                _drain(updates, progress, started)
             finally:
+                workers.update({w.pid: w for w in stdlib.pool_processes(pool)})
                 progress.close()
                 pool.shutdown(wait=True, cancel_futures=True)  # (the signal reaches every worker)
         stopped = [f.exception() for f in done if not f.cancelled() and f.exception()]
@@ -260,15 +266,22 @@ class StackedLauncher(Launcher):
         if not any(broken) and stopped:
             raise stopped[0]
         trained = [None if b else f.result() for f, b in zip(done, broken, strict=True)]
-        return self._after_a_worker_died(populations, trained, before) if any(broken) else trained
+        if any(broken):
+            # (the pool ends its other workers with SIGTERM; the one that broke it died else)
+            died = {p for p, pid in started.items() if workers[pid].exitcode != -signal.SIGTERM}
+            return self._after_a_worker_died(populations, trained, before, died)
+        return trained
 
-    def _after_a_worker_died(self, populations, trained, before) -> "list[list]":
+    def _after_a_worker_died(self, populations, trained, before, died) -> "list[list]":
         """A worker process that dies (SIGKILL, the kernel's out-of-memory killer) breaks the
         pool, which stops the other workers (a SIGTERM: each population saves its checkpoints
-        after its epoch). Its population ends interrupted, for `-m resume=`; the populations
-        stopped go on from their checkpoints and those not started start, in a new pool.
-        `trained`: each population's summaries, None where the pool broke; `before`: each
-        member's rundir.stamp before they were handed to the pool, which tells what it did."""
+        after its epoch). Its population ends interrupted, for `-m resume=`, whether it was
+        being set up or trained (never handed to a worker again: one that kills its worker as
+        it is set up would do so each time); the populations stopped go on from their
+        checkpoints and those not started (or ended by the pool as they were set up) start, in
+        a new pool. `trained`: each population's summaries, None where the pool broke;
+        `before`: each member's rundir.stamp before they were handed to the pool, which tells
+        what it did; `died`: the populations whose worker died."""
         from dataclasses import replace
 
         from regexp.run import rundir
@@ -279,7 +292,7 @@ class StackedLauncher(Launcher):
                 continue
             now = [rundir.stamp(m.run_dir) for m in members]
             closed = [n[0] != b[0] for n, b in zip(now, before[p], strict=True)]  # a summary
-            killed = any(n != b for n, b in zip(now, before[p], strict=True)) and not any(closed)
+            killed = p in died and not any(closed)
             trained[p] = [rundir.summary_of(m.run_dir) for m in members]
             for i, m in enumerate(members):
                 if killed:
@@ -384,8 +397,12 @@ def _ready() -> None:
     """Nothing: a task that makes the pool start a worker process."""
 
 
+STARTED = "started"  # a worker's word that it took a population
+
+
 def _train(which: int, members: "list") -> "list":
     """Population `which`, trained in a worker process."""
+    _updates.put((STARTED, which, os.getpid()))
 
     def progress(epoch: int, valid_losses: "list[float]", running: int) -> None:
         _updates.put((epoch, valid_losses, running, which))
@@ -437,7 +454,7 @@ def _killed(member) -> dict:
     from regexp.run import rundir
 
     log.error(
-        "a worker process died (killed?) while it trained %s: it ends interrupted; "
+        "a worker process died (killed?) while it set up or trained %s: it ends interrupted; "
         "regexp train -m resume=SWEEP_DIR goes on with it",
         member.run_dir,
     )
@@ -453,15 +470,14 @@ def _killed(member) -> dict:
     return summary
 
 
-def _drain(updates, progress) -> None:
-    """Show every update the workers have sent."""
-    import queue
-
-    while True:
-        try:
-            progress(*updates.get_nowait())
-        except queue.Empty:
-            return
+def _drain(updates, progress, started: dict) -> None:
+    """Show every update the workers have sent, and note each population they started."""
+    while not updates.empty():
+        update = updates.get()
+        if update[0] == STARTED:
+            started[update[1]] = update[2]
+        else:
+            progress(*update)
 
 
 class ComposeOnce:
