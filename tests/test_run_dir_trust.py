@@ -442,6 +442,31 @@ def test_a_second_signal_stops_at_once_keeping_the_last_completed_epoch(tmp_path
     assert read_json(run / "summary.json")["epochs"] == kept + 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_stops_at_once_inside_one_long_operation(tmp_path, signum):
+    """A full batch through 6144-wide layers: each product some seconds on one thread, during
+    which no Python handler runs. The record it leaves is whole (no half-written file)."""
+    args = ["model.hidden=[6144,6144]", "data.n_train=6144", "train.epochs=3"]
+    args += ["log.figure_every=0", "log.hist_every=0"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "regexp", "train", *args, "hydra.run.dir=run"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "run" / "model.txt").exists():
+        assert process.poll() is None
+        time.sleep(0.05)
+    time.sleep(1.5)  # (in the first epoch's products)
+    process.send_signal(signum)
+    time.sleep(0.2)
+    asked = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert time.monotonic() - asked < 5, err  # (one product alone takes longer)
+    assert "stopped now, inside a long operation" in err
+    assert not list((tmp_path / "run").rglob("*.tmp*"))
+
+
 # --- a killed worker costs its population alone ----------------------------------------------
 
 

@@ -64,15 +64,61 @@ def stop_on_signals(doing: list[str] | None = None):
     received: list[int] = []
     doing = doing or [STOPPING]
 
+    taken = threading.Event()  # this thread has run the handler for a second signal
+
     def handle(signum, frame):
         if received:
+            taken.set()
             raise Interrupted(signum)
         received.append(signum)
         name = signal.Signals(signum).name
         log.warning("%s: %s (send it again to stop now)", name, doing[0])
 
-    with handling(handle):
+    with handling(handle), _stop_if_stuck(taken):
         yield received
+
+
+STUCK_SECONDS = 1.0  # how long the main thread may leave a second signal unhandled
+
+
+@contextlib.contextmanager
+def _stop_if_stuck(taken: threading.Event):
+    """A second SIGINT or SIGTERM stops the process at once even where its main thread is in
+    one long torch operation, during which no Python handler runs (both signals would be
+    handled as one once it returns, minutes later). A thread hears every signal through
+    Python's wakeup fd; where the main thread has not taken a second one within STUCK_SECONDS,
+    the process ends there, as a kill would: its record on disk is whole at any instant
+    (every file appended to or replaced at once), and `resume=` goes on from its last
+    checkpoint, which an epoch longer than a minute writes at its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        stops = []
+        while not done.is_set():
+            heard = os.read(read, 64)
+            stops += [n for n in heard if n in (signal.SIGINT, signal.SIGTERM)]
+            if len(stops) >= 2 and not done.is_set() and not taken.wait(STUCK_SECONDS):
+                name = signal.Signals(stops[-1]).name
+                os.write(2, f"{name}: stopped now, inside a long operation\n".encode())
+                os._exit(128 + stops[-1])
+
+    watcher = threading.Thread(target=watch, name="regexp-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        done.set()
+        os.write(write, b"\0")  # (wakes the watcher, which ends)
+        watcher.join()
+        os.close(read)
+        os.close(write)
 
 
 def yield_to_training() -> None:
