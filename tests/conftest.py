@@ -24,6 +24,16 @@ torch.set_num_threads(1)
 TINY = ["train.epochs=5", "model.hidden=[16,16]"]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_as_they_were():
+    """A command run in this process sets torch's thread count (`threads=2`), which would carry
+    over into the next test here and move its last digits: each test starts with the count as
+    it was."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def regexp(*args: str, cwd: Path, check: bool = True, env: dict | None = None, process=False):
     """Run `regexp ARGS` in `cwd` as a user would; returns a CompletedProcess. By default in
     this process, through the command's own `cli.main` (torch is imported already, so a run
