@@ -75,6 +75,8 @@ def make_run(sweep, width: int, decay: float, draw: int, seed: int, predicted, t
     """A run dir as a finished sweep job leaves it, for what the report reads."""
     overrides = [f"model.hidden=[{width}]", f"optim.weight_decay={decay}", f"data.draw={draw}",
                  f"seed={seed}"]  # fmt: skip
+    if decay is None:  # (λ neither swept nor given)
+        del overrides[1]
     run = sweep / ",".join(o.split(".")[-1] for o in overrides)
     (run / ".hydra").mkdir(parents=True)
     rundir.write_summary(
@@ -132,6 +134,20 @@ def test_a_width_sweep_report_writes_the_curve_its_figure_and_a_verdict(tmp_path
     assert claim == "6 settings, no swept number to draw the terms against"
 
 
+def test_a_width_sweep_at_the_configs_own_decay_is_one_curve(tmp_path):
+    sweep = tmp_path / "sweep"
+    for width, (replicas, acc) in WIDTHS.items():
+        for i, predicted in enumerate(replicas):
+            make_run(sweep, width, None, i // 2, i % 2, predicted, acc)
+    report.write_report([sweep])
+    with open(sweep / "double_descent.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["weight_decay"], r["width"]) for r in rows] == [("", "2"), ("", "4"), ("", "8")]
+    verdict = (sweep / "report.md").read_text().splitlines()[0]
+    assert verdict.startswith("double descent (the runs): the test error peaks at width 4")
+    assert (sweep / "double_descent.png").is_file()
+
+
 def test_a_sweep_of_something_else_than_widths_gets_no_curve(tmp_path):
     sweep = tmp_path / "sweep"
     for seed in (0, 1):
@@ -157,3 +173,33 @@ def test_the_quick_experiment_shows_a_peak_at_an_inner_width(tmp_path):
     assert curve[-1]["train_error"] == 0
     summary = json.loads((next((tmp_path / "sweep").glob("*/summary.json"))).read_text())
     assert summary["status"] == "completed"
+
+
+def curve(errors, stds, variances, train=(0.5, 0.0, 0.0)) -> list:
+    return [
+        double_descent.Point(0.0, w, None, t, e, s, 0.1, v, None, None, e / 2, 4)
+        for w, e, s, v, t in zip((2, 4, 8), errors, stds, variances, train, strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("points", "says"),
+    [
+        (curve([0.2, 0.3, 0.1], [0.01] * 3, [0.1, 0.2, 0.1]),
+         ["peaks at width 4 (0.3 ± 0.01), 0.2 above the widest (width 8, 0.1), more than the "
+          "replicas' spread (0.01)", "the variance peaks at width 4 (0.2)"]),
+        (curve([0.2, 0.3, 0.25], [0.1] * 3, [0.1, 0.2, 0.3]),
+         ["0.05 above the widest (width 8, 0.25), within the replicas' spread (0.1)",
+          "the variance peaks at width 8 (0.3, against 0.2 at the test error's peak)"]),
+        (curve([0.3, 0.2, 0.1], [0.01] * 3, [0.1] * 3, train=(0.5, 0.1, 0.01)),
+         ["no peak at an inner width, the test error is highest at width 2 (0.3)"]),
+        (curve([0.2, 0.3, 0.1], [0.01] * 3, [0.1] * 3, train=(0.5, 0.1, 0.01)),
+         ["the train error reaches 0 at no width"]),
+    ],
+)  # fmt: skip
+def test_the_verdict_says_what_the_numbers_show(points, says):
+    verdict = double_descent.verdict(points)
+    assert verdict.startswith("double descent (λ=0): ")
+    assert "; " not in verdict  # (the report's verdict goes on after a semicolon)
+    for part in says:
+        assert part in verdict

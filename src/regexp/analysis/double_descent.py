@@ -218,7 +218,8 @@ def verdict(found: list[Point]) -> str:
     )
     top = max(curve, key=lambda p: p.variance)
     data = "" if top.variance_data is None else f", {fmt(top.variance_data)} of it from the data"
-    parts.append(f"the variance peaks at width {top.width} ({fmt(top.variance)}{data})")
+    there = "" if top is peak else f", against {fmt(peak.variance)} at the test error's peak"
+    parts.append(f"the variance peaks at width {top.width} ({fmt(top.variance)}{data}{there})")
     for other, other_curve in curves.items():
         here = next((p for p in other_curve if p.width == peak.width), None)
         if other == decay or here is None:

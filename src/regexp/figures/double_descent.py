@@ -33,7 +33,7 @@ def double_descent_figure(found: list, out: Path) -> Saved:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (decay, curve) in enumerate(curves.items()):
         color = colors[k % len(colors)]
-        name = "λ=?" if decay is None else f"λ={decay:g}"
+        name = "the runs" if decay is None else f"λ={decay:g}"  # (λ not swept nor given)
         widths = [p.width for p in curve]
         test = np.array([p.test_error for p in curve])
         std = np.array([p.test_error_std for p in curve])
