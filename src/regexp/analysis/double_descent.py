@@ -183,7 +183,7 @@ def threshold(curve: list[Point]) -> Point | None:
     return next((p for p in curve if p.train_error == 0), None)
 
 
-def verdict(found: list[Point]) -> str:
+def descent_verdict(found: list[Point]) -> str:
     """What the curve shows, from its numbers: where the test error peaks (the smallest λ's
     curve), how far above the widest model, whether the variance peaks there too, how much
     each other λ takes off the peak, and how much the ensemble does. Its parts are joined by
@@ -240,7 +240,7 @@ def _params(p: Point) -> str:
     return "" if p.params is None else f"{p.params} params, "
 
 
-def write_csv(out: Path, found: list[Point]) -> Path:
+def write_curve(out: Path, found: list[Point]) -> Path:
     """double_descent.csv in `out`, a row per (λ, width)."""
     path = out / "double_descent.csv"
     with rundir.atomic(path) as tmp, open(tmp, "w", newline="") as f:

@@ -411,7 +411,7 @@ def write_report(
         line = group_verdict(reps)
         curve, left_out_of_curve = double_descent.points(reps)
         if curve:
-            line = f"{double_descent.verdict(curve)}; {line}"
+            line = f"{double_descent.descent_verdict(curve)}; {line}"
     given = out is not None
     out = _out_dir(out, dirs)
     with _writing(out, given):
@@ -442,7 +442,7 @@ def write_report(
                 drawn = double_descent_figure(curve, out)
                 for note in left_out_of_curve + drawn.not_drawn:
                     console.print(note, soft_wrap=True, markup=False)
-                written += [double_descent.write_csv(out, curve).name, *(f.name for f in drawn)]
+                written += [double_descent.write_curve(out, curve).name, *(f.name for f in drawn)]
         console.print(escape(f"wrote {', '.join(written)} in {out}"), soft_wrap=True)
     return out
 
