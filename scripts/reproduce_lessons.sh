@@ -5,7 +5,7 @@
 # report (table, figures, a verdict computed from the numbers) and every probe, then
 # outputs/lessons/README.md with all of them, and the numbers README.md and docs/lessons.md
 # quote (scripts/lessons_text.py writes their blocks from these outputs, and docs/figures/).
-# About ten minutes on 2 cores, and double descent's five to eight more.
+# About ten minutes on 2 cores, and double descent's six to eight more.
 #
 #   scripts/reproduce_lessons.sh [OUT_DIR]          (default: outputs/lessons)
 #   scripts/reproduce_lessons.sh --check [OUT_DIR]  (rerun all; fail, naming each number that
