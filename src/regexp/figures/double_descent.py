@@ -27,7 +27,7 @@ def double_descent_figure(found: list, out: Path) -> Saved:
     plt = _pyplot()
     curves = curves_by_decay(found)
     below = list(curves.items())[:MAX_DECAYS]
-    fig = plt.figure(figsize=(max(8, 4.5 * len(below)), 8.5), layout="constrained")
+    fig = plt.figure(figsize=(max(10, 4.5 * len(below)), 8.5), layout="constrained")
     grid = fig.add_gridspec(2, len(below), height_ratios=[1.3, 1])
     top = fig.add_subplot(grid[0, :])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -57,7 +57,7 @@ def double_descent_figure(found: list, out: Path) -> Saved:
             )
     top.set(xscale="log", xlabel="width", ylabel="0-1 error on the valid set")
     _width_ticks(top, found)
-    top.legend(fontsize="small", ncols=len(curves))
+    top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # (off the curves)
     _params_axis(top, found)
     fig.suptitle("double descent: error against width, a curve per weight decay λ")
     for j, (decay, curve) in enumerate(below):
@@ -74,7 +74,8 @@ def double_descent_figure(found: list, out: Path) -> Saved:
             title="bias and variance" + ("" if decay is None else f", λ={decay:g}"),
         )
         _width_ticks(ax, curve)
-        ax.legend(fontsize="small")
+        if j == len(below) - 1:  # (one legend for the panels, off their curves)
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     written = Saved()
     _save(fig, out / "double_descent.png", written)
     return written
