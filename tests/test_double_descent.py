@@ -51,7 +51,7 @@ def test_the_variance_splits_by_the_law_of_total_variance():
 @pytest.mark.parametrize(
     ("value", "width"),
     [("[16]", 16), ("[32, 32]", 32), ("[8,16]", None), ("[]", None), ("relu", None),
-     ("[1.5]", None), ("[true]", None)],
+     ("[1.5]", None), ("[true]", None), ("[[1]]", None), ("{}", None)],
 )  # fmt: skip
 def test_a_width_is_one_width_or_layers_of_equal_widths(value, width):
     assert double_descent.width_of(value) == width
@@ -72,17 +72,18 @@ def logits(classes: list[int]) -> np.ndarray:
     return out
 
 
-def make_run(sweep, width: int, decay: float, draw: int, seed: int, predicted, train_acc):
+def make_run(sweep, width, decay: float | None, draw: int, seed: int, predicted, train_acc):
     """A run dir as a finished sweep job leaves it, for what the report reads."""
     overrides = [f"model.hidden=[{width}]", f"optim.weight_decay={decay}", f"data.draw={draw}",
                  f"seed={seed}"]  # fmt: skip
     if decay is None:  # (λ neither swept nor given)
         del overrides[1]
     run = sweep / ",".join(o.split(".")[-1] for o in overrides)
+    params = 10 * width if isinstance(width, int) else 80  # (a made-up count)
     (run / ".hydra").mkdir(parents=True)
     rundir.write_summary(
         run,
-        {"status": "completed", "epochs": 5, "params": 10 * width, "overrides": overrides,
+        {"status": "completed", "epochs": 5, "params": params, "overrides": overrides,
          "final": {"train_loss": 0.1, "valid_loss": 1.0, "train_acc": train_acc}},
     )  # fmt: skip
     out = logits(predicted)
@@ -165,13 +166,15 @@ def test_a_run_with_a_damaged_predictions_file_is_left_out_of_the_curve_and_name
     assert float(middle["test_error"]) == pytest.approx(np.mean(errors))
 
 
-def test_a_sweep_of_something_else_than_widths_gets_no_curve(tmp_path):
+@pytest.mark.parametrize("widths", [(4, 4), (4, "4,4")])
+def test_a_sweep_of_something_else_than_widths_of_one_depth_gets_no_curve(tmp_path, widths):
+    """λ alone, or nets of one and of two layers: no curve of widths."""
     sweep = tmp_path / "sweep"
     for seed in (0, 1):
-        make_run(sweep, 4, 0.0, 0, seed, [0, 1, 2, 0], 1.0)
-        make_run(sweep, 4, 0.1, 0, seed, [0, 1, 2, 0], 1.0)
+        make_run(sweep, widths[0], 0.0, 0, seed, [0, 1, 2, 0], 1.0)
+        make_run(sweep, widths[1], 0.1, 0, seed, [0, 1, 2, 0], 1.0)
     report.write_report([sweep])
-    assert not (sweep / "double_descent.csv").exists()
+    assert (sweep / "report.md").is_file() and not (sweep / "double_descent.csv").exists()
 
 
 @pytest.mark.slow

@@ -69,23 +69,29 @@ class Point:
 def width_of(value) -> int | None:
     """The width a `model.hidden` value gives: [16] or [16, 16] is 16; None for layers of
     different widths, or a value that is not a list of widths."""
+    hidden = _layers(value)
+    return hidden[0] if hidden and len(set(hidden)) == 1 else None
+
+
+def _layers(value) -> list[int] | None:
+    """A `model.hidden` value's widths, None where it is not a list of integers."""
     try:
         hidden = json.loads(str(value))
     except ValueError:
         return None
-    if not isinstance(hidden, list) or not hidden or len(set(hidden)) > 1:
+    if not isinstance(hidden, list) or not all(type(w) is int for w in hidden):
         return None
-    width = hidden[0]
-    return width if isinstance(width, int) and not isinstance(width, bool) else None
+    return hidden
 
 
 def is_width_sweep(reps: Replicas) -> bool:
-    """Whether the sweep's settings are widths (and at most a weight decay besides)."""
-    return (
-        WIDTH in reps.keys
-        and set(reps.keys) <= {WIDTH, DECAY}
-        and all(width_of(g.setting[WIDTH]) is not None for g in reps.groups)
-    )
+    """Whether the sweep's settings are widths of one depth (and at most a weight decay
+    besides): nets of [16] and [16, 16] are not two points of one curve."""
+    if WIDTH not in reps.keys or not set(reps.keys) <= {WIDTH, DECAY}:
+        return False
+    values = [g.setting[WIDTH] for g in reps.groups]
+    depths = {len(_layers(v) or ()) for v in values}
+    return all(width_of(v) is not None for v in values) and len(depths) == 1
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
