@@ -2,8 +2,9 @@
 decomposed into bias² and variance over each width's replicas (runs that differ only in
 `seed` and/or `data.draw`), from each run's predictions.npz (its last epoch) and summary.json.
 
-The sweep is a width sweep where it varies `model.hidden` (each value one width, or a list of
-equal widths) and, besides the replica keys, at most `optim.weight_decay`. Per (λ, width):
+The sweep is a width sweep where it varies `model.hidden` (each value one width, or layers of
+one width, all of one depth) and, besides the replica keys, at most `optim.weight_decay`.
+Per (λ, width):
 
     train_error     1 − the final train accuracy (on the noisy labels it trained on), mean
     test_error      the 0-1 error on the clean valid set, mean over the replicas, and its std
