@@ -191,6 +191,9 @@ def test_the_quick_experiment_shows_a_peak_at_an_inner_width(tmp_path):
     spread = curve[peak]["test_error_std"]
     assert errors[peak] - errors[0] > spread and errors[peak] - errors[-1] > spread, curve
     assert curve[-1]["train_error"] == 0
+    # the peak is variance, which the ensemble averages away
+    assert max(curve, key=lambda r: r["variance"]) is curve[peak]
+    assert curve[peak]["ensemble_error"] < errors[peak] - spread
     summary = json.loads((next((tmp_path / "sweep").glob("*/summary.json"))).read_text())
     assert summary["status"] == "completed"
 
