@@ -7,6 +7,8 @@ Each generated block sits between `<!-- lessons:KEY -->` and `<!-- /lessons:KEY 
   line, computed from the runs) and each probe's closing line;
 - `experiment:NAME` (docs/lessons.md): the experiment's verdict over its replicas;
 - `bias_variance:NAME` (docs/lessons.md): the experiment's bias_variance.md;
+- `double_descent:NAME` (docs/lessons.md): the experiment's double-descent verdict and
+  double_descent.csv as a table;
 - `probe:NAME` (docs/lessons.md): the probe's printed output.
 
     python scripts/lessons_text.py OUT_DIR            # rewrite the blocks from OUT_DIR
@@ -18,6 +20,7 @@ Writing also copies the figures docs/lessons.md shows (docs/figures/) from OUT_D
 from __future__ import annotations
 
 import argparse
+import csv
 import difflib
 import re
 import shutil
@@ -27,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = [
     "weight_decay", "dropout", "bn_cnn", "norms", "optimizers", "lr_schedules", "l1_vs_l2",
-    "overfitting", "early_stopping", "bias_variance", "bias_variance_dropout",
+    "overfitting", "early_stopping", "bias_variance", "bias_variance_dropout", "double_descent",
 ]  # fmt: skip
 PROBES = ["dropout", "depth", "init", "norm", "optim", "lr"]
 # docs/figures/NAME: the file of OUT_DIR it is (a pattern that one file matches).
@@ -44,6 +47,7 @@ FIGURES = {
     "bias_variance_weight_decay.png": "bias_variance/bias_variance.png",
     "bias_variance_fits.png": "bias_variance/fits.png",
     "bias_variance_dropout.png": "bias_variance_dropout/bias_variance.png",
+    "double_descent.png": "double_descent/double_descent.png",
     **{f"probe_{p}.png": f"probes/{p}.png" for p in PROBES},
 }
 BLOCK = re.compile(
@@ -69,12 +73,24 @@ def lesson(name: str) -> str:
 
 
 def summary(out: Path, name: str) -> str:
-    """The table's line for an experiment: its verdict's first claim, or for a bias-variance
-    sweep what its decomposition shows."""
+    """The table's line for an experiment: its verdict's first claim (a width sweep's: what
+    its double-descent curve shows), or for a bias-variance sweep what its decomposition
+    shows."""
     claims = out / name / "bias_variance.md"
-    if claims.is_file():
+    if claims.is_file() and not (out / name / "double_descent.csv").is_file():
         return claims.read_text().splitlines()[0].strip()
     return verdict(out, name).split("; ")[0]
+
+
+def double_descent_table(out: Path, name: str) -> str:
+    """The experiment's double-descent verdict and its double_descent.csv as a table, numbers
+    in 4 digits."""
+    with open(out / name / "double_descent.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    cells = [[f"{float(c):.4g}" if c else "-" for c in row] for row in rows[1:]]
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return summary(out, name) + "\n\n" + "\n".join(lines)
 
 
 def probe_output(out: Path, name: str) -> str:
@@ -105,7 +121,9 @@ def blocks(out: Path) -> dict[str, str]:
             verdict(out, name)
         )
         bias_variance = out / name / "bias_variance.md"
-        if bias_variance.is_file():
+        if (out / name / "double_descent.csv").is_file():
+            found[f"double_descent:{name}"] = double_descent_table(out, name)
+        elif bias_variance.is_file():
             found[f"bias_variance:{name}"] = bias_variance.read_text().strip()
     for name in PROBES:
         found[f"probe:{name}"] = f"**Got** (`regexp probe {name}`):\n\n```\n" + (

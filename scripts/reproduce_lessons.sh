@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce every comparison and demonstration of the lessons into outputs/lessons/:
 # each experiment's sweep as its config writes it (5 seeds a setting; the bias-variance ones
-# 20 training sets a setting), its report (table, figures, a verdict computed from the
-# numbers) and every probe, then outputs/lessons/README.md with all of them, and the numbers
-# README.md and docs/lessons.md quote (scripts/lessons_text.py writes their blocks from these
-# outputs, and docs/figures/). About ten minutes on 2 cores.
+# 20 training sets a setting; double descent 4 training sets x 2 seeds a width and λ), its
+# report (table, figures, a verdict computed from the numbers) and every probe, then
+# outputs/lessons/README.md with all of them, and the numbers README.md and docs/lessons.md
+# quote (scripts/lessons_text.py writes their blocks from these outputs, and docs/figures/).
+# About ten minutes on 2 cores, and double descent's six to eight more.
 #
 #   scripts/reproduce_lessons.sh [OUT_DIR]          (default: outputs/lessons)
 #   scripts/reproduce_lessons.sh --check [OUT_DIR]  (rerun all; fail, naming each number that
@@ -17,7 +18,7 @@ check=
 if [[ ${1:-} == --check ]]; then check=--check; shift; fi
 out=${1:-outputs/lessons}
 experiments=(weight_decay dropout bn_cnn optimizers lr_schedules l1_vs_l2 norms overfitting early_stopping
-             bias_variance bias_variance_dropout)
+             bias_variance bias_variance_dropout double_descent)
 probes=(dropout optim lr depth init norm)
 rm -rf "$out"
 mkdir -p "$out/probes"
@@ -27,7 +28,8 @@ for name in "${experiments[@]}"; do
     echo "== experiment $name"
     # A sweep whose jobs diverge exits 1; the report says so, and the lessons go on.
     replicas=()
-    [[ -n ${SEEDS:-} && $name != bias_variance* ]] && replicas=("seed=range($SEEDS)")
+    [[ -n ${SEEDS:-} && $name != bias_variance* && $name != double_descent ]] \
+        && replicas=("seed=range($SEEDS)")
     regexp train -m "+experiment=$name" "${replicas[@]}" "hydra.sweep.dir=$out/$name" \
         > "$out/$name.log" 2>&1 || echo "   (some jobs did not complete: see $out/$name.log)"
     regexp report "$out/$name" > "$out/$name/report.txt"

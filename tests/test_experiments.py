@@ -47,6 +47,8 @@ def test_each_comparison_runs_over_5_seeds_and_bias_variance_over_20_draws():
         params = sweep_params(name)
         if name.startswith("bias_variance"):
             assert params["data.draw"] == "range(20)" and "seed" not in params, name
+        elif name.startswith("double_descent"):  # (variance split into data and init)
+            assert params["data.draw"].startswith("range(") and "range(" in params["seed"], name
         else:
             assert params["seed"] == "range(5)", name
 
@@ -71,6 +73,8 @@ def test_every_lesson_comparison_is_there():
         "early_stopping",
         "bias_variance",
         "bias_variance_dropout",
+        "double_descent",
+        "double_descent_quick",
     }
 
 

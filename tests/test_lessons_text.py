@@ -46,7 +46,7 @@ def test_every_block_of_the_readme_and_the_lessons_page_is_one_the_script_writes
         assert keys, page
         for key in keys:
             kind, _, name = key.partition(":")
-            if kind in ("experiment", "bias_variance"):
+            if kind in ("experiment", "bias_variance", "double_descent"):
                 assert name in lessons_text.EXPERIMENTS, key
             elif kind == "probe":
                 assert name in lessons_text.PROBES, key

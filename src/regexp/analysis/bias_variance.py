@@ -347,6 +347,8 @@ def claims(done: list[SettingDecomposition], keys: list[str]) -> str:
             f"{where})"
         )
         parts.append(f"{where_from}: " + ", ".join(says))
+    if not parts and len(done) > 1:
+        parts.append(f"{len(done)} settings, no swept number to draw the terms against")
     if not parts and done:
         d = done[0].lead
         parts.append(

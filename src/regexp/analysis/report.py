@@ -393,7 +393,9 @@ def write_report(
     """Tabulate and plot the runs in `dirs`; writes report.md, report.csv and PNGs into
     `out` (by default the one dir given, or the dirs' common parent), and over replicas a
     TensorBoard run per setting (settings.py, with its `band`); returns `out`."""
+    from regexp.analysis import double_descent
     from regexp.figures import plots
+    from regexp.figures.double_descent import double_descent_figure
 
     if out is not None and out.exists() and not out.is_dir():  # (before any run is read)
         raise UserError(f"--out {out}: a file, not a dir; give the dir to write the report into")
@@ -407,6 +409,9 @@ def write_report(
     else:
         header, table = group_rows(reps)
         line = group_verdict(reps)
+        curve, left_out_of_curve = double_descent.points(reps)
+        if curve:
+            line = f"{double_descent.descent_verdict(curve)}; {line}"
     given = out is not None
     out = _out_dir(out, dirs)
     with _writing(out, given):
@@ -433,6 +438,11 @@ def write_report(
             written += [f.name for f in decomposed]
             if decomposed:
                 console.print(f"[bold]bias and variance[/]: {escape(claim)}", soft_wrap=True)
+            if curve:
+                drawn = double_descent_figure(curve, out)
+                for note in left_out_of_curve + drawn.not_drawn:
+                    console.print(note, soft_wrap=True, markup=False)
+                written += [double_descent.write_curve(out, curve).name, *(f.name for f in drawn)]
         console.print(escape(f"wrote {', '.join(written)} in {out}"), soft_wrap=True)
     return out
 
