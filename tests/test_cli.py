@@ -53,8 +53,11 @@ def test_hydra_flags_pass_through(tmp_path):
     assert "hydra/launcher" in out
 
 
-def test_two_hydra_modes_at_once_are_refused_in_one_line(tmp_path):
-    done = regexp("train", "-m", "--cfg", "job", "model.dropout=0,0.5", cwd=tmp_path, check=False)
+@pytest.mark.parametrize(
+    "flags", [["--cfg", "job", "model.dropout=0,0.5"], ["model.dropout=0,0.5", "--cfg", "job"]]
+)
+def test_two_hydra_modes_at_once_are_refused_in_one_line(tmp_path, flags):
+    done = regexp("train", "-m", *flags, cwd=tmp_path, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "Only one of --run, --multirun, --cfg" in done.stderr
 

@@ -75,7 +75,10 @@ def train(args: list[str]) -> int:
             )
     sweep = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args))
     if sweep:
-        args = [*args, *job_naming(args)]
+        # Beside the first override: Hydra's parser takes its overrides as one run of
+        # arguments, which a flag after them (`--cfg job`, `--info`) would end.
+        at = next((i + 1 for i, a in enumerate(args) if "=" in a and a[0] != "-"), len(args))
+        args = [*args[:at], *job_naming(args), *args[at:]]
         if stacked_in_workers(args):
             from regexp.sweep import stacked
 
