@@ -218,12 +218,15 @@ def _trained(members: "list") -> "list":
 
     timing_out: list[int] = []
 
-    def stop(signum, frame):  # submitit's USR2: stop after the epoch, as a SIGTERM does
-        timing_out.append(signum)
-        os.kill(os.getpid(), signal.SIGTERM)
+    def stop(signum, frame):
+        if signum == signal.SIGUSR2:  # submitit's: stop after the epoch, as a SIGTERM does
+            timing_out.append(signum)
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:  # (while training, the population's own handler stops it after its epoch)
+            raise Interrupted(signum)
 
     try:
-        with process.handling(stop, (signal.SIGUSR2,)):
+        with process.handling(stop, (signal.SIGTERM, signal.SIGUSR2)):
             return stacked.train_population(members)
     except Interrupted as stopped:
         if timing_out:  # (submitit's own handler, back in place, checkpoints and requeues)
