@@ -79,13 +79,15 @@ class SubmititLauncher(stacked.StackedLauncher):
         most = max_array_size() if self.EXECUTOR == "slurm" else len(populations)
         for start in range(0, len(populations), most):
             jobs += executor.map_array(task, populations[start : start + most])
+        arrays = sorted({j.job_id.split("_")[0] for j in jobs}, key=int)
         log.info(
-            "%d population%s submitted as %s task%s %s",
+            "%d population%s submitted as %s array task%s (job%s %s)",
             len(populations),
             "" if len(populations) == 1 else "s",
             self.EXECUTOR,
             "" if len(jobs) == 1 else "s",
-            ", ".join(sorted({j.job_id.split("_")[0] for j in jobs}, key=int)),
+            "" if len(arrays) == 1 else "s",
+            ", ".join(arrays),
         )
         return [_result_of(job, members) for job, members in zip(jobs, populations, strict=True)]
 
