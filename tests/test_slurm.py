@@ -194,3 +194,33 @@ def test_a_failed_task_leaves_its_members_to_a_resume_and_the_sweep_finishes(tmp
     for member in jobs_of(tmp_path / "sweep"):
         assert read_json(member / "summary.json")["status"] == "completed"
         same_record(member, tmp_path / "ref" / member.name)
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("hydra.launcher.partition=nope", "invalid partition specified: nope"),
+        ("hydra.launcher.cpus_per_task=4096", "Requested node configuration is not available"),
+    ],
+)
+@slurm_test
+def test_options_slurm_refuses_are_refused_in_one_line_before_anything_is_written(
+    tmp_path, setting, message
+):
+    done = regexp(
+        "train", "-m", "hydra/launcher=stacked_slurm", setting, *TINY, "seed=0,1",
+        "hydra.sweep.dir=sweep", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "Slurm refuses its tasks' options" in done.stderr and message in done.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_stacked_slurm_without_slurm_is_refused_in_one_line(tmp_path):
+    done = regexp(
+        "train", "-m", "hydra/launcher=stacked_slurm", *TINY, "seed=0,1", "hydra.sweep.dir=sweep",
+        cwd=tmp_path, check=False, env={"PATH": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no Slurm here" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "sweep").exists()

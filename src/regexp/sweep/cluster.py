@@ -71,9 +71,15 @@ class SubmititLauncher(stacked.StackedLauncher):
             k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in params.items()
         }
+        # (options Slurm would refuse are refused before the sweep writes anything)
+        if self.EXECUTOR == "slurm":
+            need_slurm()
+        self.executor = self._executor()
+        if self.EXECUTOR == "slurm":
+            check_submission(self.executor)
 
     def _train(self, populations: "list[list]", pool) -> "list[list]":
-        executor = self._executor()
+        executor = self.executor
         task = PopulationTask(self.config.hydra.hydra_logging)
         jobs = []
         most = max_array_size() if self.EXECUTOR == "slurm" else len(populations)
@@ -106,6 +112,42 @@ class SubmititLauncher(stacked.StackedLauncher):
             **{k if k in shared else f"{self.EXECUTOR}_{k}": v for k, v in params.items()}
         )
         return executor
+
+
+def need_slurm() -> None:
+    """Refuse, in one line, a machine without Slurm's commands."""
+    import shutil
+
+    from regexp.errors import UserError
+
+    if not (shutil.which("sbatch") and shutil.which("srun")):
+        raise UserError(
+            "hydra/launcher=stacked_slurm: no Slurm here (sbatch and srun not found); "
+            "hydra/launcher=stacked trains on this machine"
+        )
+
+
+def check_submission(executor) -> None:
+    """Refuse, in one line, the options of a task Slurm would not take: `sbatch --test-only`
+    on the script submitit would submit."""
+    import subprocess
+    import tempfile
+
+    from regexp.adapters import submitit as submitit_adapter
+    from regexp.errors import UserError
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh") as script:
+        script.write(submitit_adapter.sbatch_script(executor))
+        script.flush()
+        done = subprocess.run(
+            ["sbatch", "--test-only", script.name], capture_output=True, text=True, timeout=60
+        )
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        raise UserError(
+            "hydra.launcher: Slurm refuses its tasks' options: "
+            + "; ".join(said[:2] or [f"sbatch exited {done.returncode}"])
+        )
 
 
 def max_array_size() -> int:
