@@ -5,7 +5,9 @@ tasks of submitit job arrays. The `slurm` tests run real sweeps through a real S
 from __future__ import annotations
 
 import functools
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -120,9 +122,9 @@ def test_a_sweep_larger_than_an_array_goes_as_several_arrays(tmp_path, monkeypat
     assert all(read_json(m / "summary.json")["status"] == "completed" for m in members)
 
 
-def launched(tmp_path: Path, *args: str) -> subprocess.Popen:
+def launched(tmp_path: Path, *args: str, launcher: str = "stacked_slurm") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "regexp", "train", "-m", "hydra/launcher=stacked_slurm", *args],
+        [sys.executable, "-m", "regexp", "train", "-m", f"hydra/launcher={launcher}", *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -130,7 +132,7 @@ def launched(tmp_path: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def training(sweep: Path, members: int, name: str, epochs: int = 50) -> list[str]:
+def training(sweep: Path, members: int, name: str = "", epochs: int = 50) -> list[str]:
     """Wait until `members` run dirs of `sweep` have recorded `epochs` epochs; returns the
     Slurm job ids of the tasks named `name` then running."""
     deadline = time.monotonic() + 200
@@ -141,6 +143,8 @@ def training(sweep: Path, members: int, name: str, epochs: int = 50) -> list[str
         time.sleep(0.1)
     else:
         raise AssertionError(f"{sweep}: no {members} members in training after 200 s")
+    if not name:
+        return []
     listed = subprocess.run(
         ["squeue", "-h", "-n", name, "-t", "R", "-o", "%i"], capture_output=True, text=True
     )
@@ -163,11 +167,33 @@ def test_a_task_stopped_mid_training_goes_on_requeued_to_an_uninterrupted_record
     assert process.returncode == 0, out
     logs = "".join(p.read_text() for p in (tmp_path / "sweep").glob(".submitit/*/*_log.*"))
     assert "requeued: 2 of 2 members go on" in logs, logs
-    regexp("train", "-m", "hydra/launcher=stacked", *LONG, "seed=0,1", "hydra.sweep.dir=ref",
+    same_as_uninterrupted(tmp_path, [*LONG, "seed=0,1"])
+
+
+def same_as_uninterrupted(tmp_path: Path, sweep: list[str]) -> None:
+    """Each member of tmp_path/sweep completed, its record that of the sweep uninterrupted."""
+    regexp("train", "-m", "hydra/launcher=stacked", *sweep, "hydra.sweep.dir=ref",
            "hydra.launcher.n_jobs=1", cwd=tmp_path)  # fmt: skip
     for member in jobs_of(tmp_path / "sweep"):
         assert read_json(member / "summary.json")["status"] == "completed"
         same_record(member, tmp_path / "ref" / member.name)
+
+
+@pytest.mark.slow
+def test_a_local_task_preempted_mid_training_goes_on_requeued_to_an_uninterrupted_record(
+    tmp_path,
+):
+    sweep = [*LONG, "seed=0,1"]
+    process = launched(tmp_path, *sweep, "hydra.sweep.dir=sweep", launcher="stacked_submitit_local")
+    training(tmp_path / "sweep", 2)
+    (controller,) = [p.name for p in (tmp_path / "sweep" / ".submitit").glob("[0-9]*")]
+    task = subprocess.run(["pgrep", "-P", controller], capture_output=True, text=True)
+    os.kill(int(task.stdout.split()[0]), signal.SIGUSR2)  # (submitit's preemption signal)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").glob(".submitit/*/*_log.*"))
+    assert "requeued: 2 of 2 members go on" in logs, logs
+    same_as_uninterrupted(tmp_path, sweep)
 
 
 @slurm_test
@@ -189,11 +215,7 @@ def test_a_failed_task_leaves_its_members_to_a_resume_and_the_sweep_finishes(tmp
     said = done.stdout + done.stderr
     assert said.count("skipped, completed already") == 2, said
     assert "2 jobs in 1 population of 2" in said and "submitted as slurm" in said
-    regexp("train", "-m", "hydra/launcher=stacked", *LONG, *two, "hydra.sweep.dir=ref",
-           "hydra.launcher.n_jobs=1", cwd=tmp_path)  # fmt: skip
-    for member in jobs_of(tmp_path / "sweep"):
-        assert read_json(member / "summary.json")["status"] == "completed"
-        same_record(member, tmp_path / "ref" / member.name)
+    same_as_uninterrupted(tmp_path, [*LONG, *two])
 
 
 @pytest.mark.parametrize(

@@ -71,12 +71,7 @@ class SubmititLauncher(stacked.StackedLauncher):
             k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in params.items()
         }
-        # (options Slurm would refuse are refused before the sweep writes anything)
-        if self.EXECUTOR == "slurm":
-            need_slurm()
-        self.executor = self._executor()
-        if self.EXECUTOR == "slurm":
-            check_submission(self.executor)
+        self.executor = self._executor()  # (before the sweep writes anything: Slurm's refusals)
 
     def _train(self, populations: "list[list]", pool) -> "list[list]":
         executor = self.executor
@@ -98,9 +93,12 @@ class SubmititLauncher(stacked.StackedLauncher):
         return [_result_of(job, members) for job, members in zip(jobs, populations, strict=True)]
 
     def _executor(self):
-        """submitit's executor, set up from the options as hydra-submitit-launcher sets it."""
+        """submitit's executor, set up from the options as hydra-submitit-launcher sets it;
+        on Slurm, options it would not take are refused in one line."""
         import submitit
 
+        if self.EXECUTOR == "slurm":
+            need_slurm()
         params = dict(self.params)
         folder = params.pop("submitit_folder")
         first = {}  # (what submitit's executor takes as it is made, not as a parameter)
@@ -111,6 +109,8 @@ class SubmititLauncher(stacked.StackedLauncher):
         executor.update_parameters(
             **{k if k in shared else f"{self.EXECUTOR}_{k}": v for k, v in params.items()}
         )
+        if self.EXECUTOR == "slurm":
+            check_submission(executor)
         return executor
 
 
@@ -204,20 +204,22 @@ class PopulationTask:
     """One array task: a population trained (submitit's callable, checkpointable: requeued,
     it goes on from its members' checkpoints)."""
 
-    def __init__(self, hydra_logging) -> None:
-        self.hydra_logging = hydra_logging
+    def __init__(self, hydra_logging, requeued: bool = False) -> None:
+        self.hydra_logging, self.requeued = hydra_logging, requeued
 
     def __call__(self, members: "list") -> "list":
         from hydra.core.utils import configure_log
 
         configure_log(self.hydra_logging)
-        return self._going_on(members) if _requeued() else _trained(members)
+        requeued = self.requeued or _restarted_by_slurm()
+        return self._going_on(members) if requeued else _trained(members)
 
     def checkpoint(self, members: "list"):
         """What submitit requeues: this task again, which goes on from the run dirs."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(self, members)
+        again = PopulationTask(self.hydra_logging, requeued=True)
+        return submitit.helpers.DelayedSubmission(again, members)
 
     def _going_on(self, members: "list") -> "list":
         """Train a requeued task's members on from where each stands in its run dir, as `-m
@@ -278,6 +280,6 @@ def _trained(members: "list") -> "list":
         raise SystemExit(128 + stopped.signum) from None
 
 
-def _requeued() -> bool:
-    """Whether this task runs again, requeued (Slurm counts its restarts)."""
+def _restarted_by_slurm() -> bool:
+    """Whether Slurm runs this task again (a requeue submitit did not make: it counts them)."""
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
