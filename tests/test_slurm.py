@@ -210,7 +210,7 @@ def test_a_failed_task_leaves_its_members_to_a_resume_and_the_sweep_finishes(tmp
         m.name: read_json(m / "summary.json")["status"] for m in jobs_of(tmp_path / "sweep")
     }
     assert sorted(statuses.values()) == ["completed"] * 2 + ["interrupted"] * 2, statuses
-    assert f"task {tasks[0]} ended without a result" in out
+    assert f"task {tasks[0]} ended (CANCELLED" in out and "without a result" in out
     done = regexp("train", "-m", "resume=sweep", cwd=tmp_path, process=True)
     said = done.stdout + done.stderr
     assert said.count("skipped, completed already") == 2, said

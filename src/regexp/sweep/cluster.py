@@ -175,12 +175,12 @@ def _result_of(job, members: "list") -> "list":
 
     try:
         return job.result()
-    except Exception as exc:  # submitit's: the task failed, or died, without a result
-        said = str(exc).strip().splitlines()
+    except Exception:  # submitit's: the task failed, or died, without a result
         log.error(
-            "task %s ended without a result: %s",
+            "task %s ended (%s) without a result; its log: %s",
             job.job_id,
-            said[-1] if said else type(exc).__name__,
+            job.state,
+            job.paths.stderr,
         )
     summaries = []
     for member in members:
