@@ -61,6 +61,11 @@ def same_record(a: Path, b: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), a / name
 
 
+def files_of(run: Path) -> list[str]:
+    """The names of a run dir's files, its event file's as `events`."""
+    return sorted("events" if p.name.startswith("events.") else p.name for p in run.iterdir())
+
+
 def tasks_of(sweep: Path) -> list[str]:
     """The array tasks submitit ran for a sweep (their logs: JOB_TASK_log.out)."""
     return sorted(p.name.removesuffix("_log.out") for p in sweep.glob(".submitit/*/*_log.out"))
@@ -81,6 +86,7 @@ def test_stacked_submitit_local_trains_each_population_as_a_task_each_member_as_
     assert all(read_json(m / "summary.json")["status"] == "completed" for m in members)
     regexp("train", *TINY, "seed=3", "hydra.run.dir=alone", cwd=tmp_path)
     same_record(members[3], tmp_path / "alone")
+    assert files_of(members[3]) == files_of(tmp_path / "alone")  # TensorBoard's events too
     assert "4 runs" in regexp("report", "sweep", cwd=tmp_path).stdout
 
 
