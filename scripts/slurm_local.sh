@@ -110,6 +110,8 @@ start() {
   }
   started "$RUN/mysqld.pid" || {
     [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
+    # (mariadbd, as the mysql user, writes its pid file and socket into $RUN; slurmdbd finds
+    # the socket at MariaDB's default path, a link)
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld "$RUN"
     chmod 755 "$RUN"
     mariadbd --user=mysql --pid-file="$RUN/mysqld.pid" --socket="$DB_SOCKET" \
