@@ -251,3 +251,13 @@ def test_stacked_slurm_without_slurm_is_refused_in_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "no Slurm here" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_bad_max_members_is_refused_in_one_line_as_the_stacked_launcher_refuses_it(tmp_path):
+    done = regexp(
+        "train", "-m", "hydra/launcher=stacked_submitit_local", "hydra.launcher.max_members=0",
+        *TINY, "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "hydra.launcher.max_members=0 is not allowed" in done.stderr
+    assert not (tmp_path / "sweep").exists() or not jobs_of(tmp_path / "sweep")
