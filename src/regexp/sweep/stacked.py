@@ -170,12 +170,7 @@ class StackedLauncher(Launcher):
             f", {workers} worker processes" if workers > 1 else "",
         )
         members = [[returns[i].return_value for i in p] for p in populations]
-        if workers > 1:
-            trained = self._in_workers(members, pool or self._pool(workers))
-        else:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-            trained = (_population(m, threads=self.threads or 1) for m in members)
+        trained = self._train(members, pool)
         for population, summaries in zip(populations, trained, strict=True):
             for i, summary in zip(population, summaries, strict=True):
                 if isinstance(summary, Exception):
@@ -184,6 +179,16 @@ class StackedLauncher(Launcher):
                 returns[i].return_value = jobs.outcome(summary)
                 returns[i].status = JobStatus.COMPLETED
         return returns
+
+    def _train(self, populations: "list[list]", pool) -> "list[list]":
+        """Each population's summaries (or the errors that stopped its members), trained in
+        the worker processes of `pool` (started now if it is None) or in this process."""
+        workers = min(self.n_jobs, len(populations))
+        if workers > 1:
+            return self._in_workers(populations, pool or self._pool(workers))
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return (train_population(m, threads=self.threads or 1) for m in populations)
 
     def _pool(self, workers: int) -> futures.ProcessPoolExecutor | None:
         """`workers` processes of one population at a time each, started now (None for fewer
@@ -296,7 +301,7 @@ class StackedLauncher(Launcher):
             trained[p] = [rundir.summary_of(m.run_dir) for m in members]
             for i, m in enumerate(members):
                 if killed:
-                    trained[p][i] = _killed(m)
+                    trained[p][i] = killed_summary(m, "its worker process died")
                 elif not closed[i]:  # not started: it starts
                     again.append((p, i, m))
                 elif trained[p][i].get("status") == "interrupted":  # stopped: it goes on
@@ -311,7 +316,7 @@ class StackedLauncher(Launcher):
             results = (
                 self._in_workers(rerun, self._pool(workers))
                 if workers > 1
-                else [_population(r, threads=self.threads or 1) for r in rerun]
+                else [train_population(r, threads=self.threads or 1) for r in rerun]
             )
             for group, summaries in zip(groups.values(), results, strict=True):
                 for (p, i, _), summary in zip(group, summaries, strict=True):
@@ -407,10 +412,10 @@ def _train(which: int, members: "list") -> "list":
     def progress(epoch: int, valid_losses: "list[float]", running: int) -> None:
         _updates.put((epoch, valid_losses, running, which))
 
-    return _population(members, _throttled(progress, members[0].conf.train.epochs))
+    return train_population(members, _throttled(progress, members[0].conf.train.epochs))
 
 
-def _population(members: "list", progress=None, threads: "int | None" = None) -> "list":
+def train_population(members: "list", progress=None, threads: "int | None" = None) -> "list":
     """Each member's summary, or the error that stopped it: an error that stops the whole
     population (its summaries say so) fails its jobs alone, as it would fail a job of the
     basic launcher, and the sweep goes on."""
@@ -449,13 +454,15 @@ def _throttled(report, epochs: int, every: float = 0.1):
     return call
 
 
-def _killed(member) -> dict:
-    """The summary of `member` when its worker died: interrupted, to go on with `-m resume=`."""
+def killed_summary(member, what: str) -> dict:
+    """The summary of `member` when the process that trained it died without a word (`what`
+    says which): interrupted, to go on with `-m resume=`."""
     from regexp.run import rundir
 
     log.error(
-        "a worker process died (killed?) while it set up or trained %s: it ends interrupted; "
+        "%s (killed?) while it set up or trained %s: it ends interrupted; "
         "regexp train -m resume=SWEEP_DIR goes on with it",
+        what,
         member.run_dir,
     )
     summary = {
@@ -464,7 +471,7 @@ def _killed(member) -> dict:
         "final": {},
         "best": {},
         "overrides": member.overrides,
-        "error": "its worker process died while it trained",
+        "error": f"{what} while it trained",
     }
     rundir.write_summary(member.run_dir, summary)
     return summary
