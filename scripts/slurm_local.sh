@@ -114,9 +114,11 @@ start() {
     # the socket at MariaDB's default path, a link)
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld "$RUN"
     chmod 755 "$RUN"
-    mariadbd --user=mysql --pid-file="$RUN/mysqld.pid" --socket="$DB_SOCKET" \
-      --skip-networking=0 --bind-address=127.0.0.1 --log-error=/var/log/slurm/mariadb.log \
-      >/dev/null 2>&1 &
+    # (in a session of its own, as the other daemons put themselves: the shell that started
+    # it may end, its process group with it, and the cluster must go on)
+    setsid mariadbd --user=mysql --pid-file="$RUN/mysqld.pid" --socket="$DB_SOCKET" \
+      --skip-networking=0 --bind-address=127.0.0.1 --log-error="$RUN/mariadb.log" \
+      </dev/null >/dev/null 2>&1 &
     wait_for 30 mariadb mariadb --socket="$DB_SOCKET" -e "select 1"
     ln -sf "$DB_SOCKET" /run/mysqld/mysqld.sock
   }

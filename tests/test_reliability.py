@@ -120,7 +120,7 @@ BAD_INPUT = [
     (
         "+experiment=nope",
         "experiment=nope: no such option (options: bias_variance, bias_variance_dropout, bn_cnn, "
-        "dropout, early_stopping, l1_vs_l2",
+        "double_descent, double_descent_quick, dropout, early_stopping, l1_vs_l2",
     ),
     ("reg.l1=-1e-4", "reg.l1=-0.0001 is not allowed: a penalty strength >= 0"),
     ("reg.l2=-1", "reg.l2=-1.0 is not allowed"),
