@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce every comparison and demonstration of the lessons into outputs/lessons/:
 # each experiment's sweep as its config writes it (5 seeds a setting; the bias-variance ones
-# 20 training sets a setting; double descent 4 training sets x 2 seeds a width and λ), its
+# 20 training sets a setting; double descent 4 training sets x 3 seeds a width and λ), its
 # report (table, figures, a verdict computed from the numbers) and every probe, then
 # outputs/lessons/README.md with all of them, and the numbers README.md and docs/lessons.md
 # quote (scripts/lessons_text.py writes their blocks from these outputs, and docs/figures/).
-# About ten minutes on 2 cores, and double descent's six to eight more.
+# About ten minutes on 2 cores, and double descent's two and a half more.
 #
 #   scripts/reproduce_lessons.sh [OUT_DIR]          (default: outputs/lessons)
 #   scripts/reproduce_lessons.sh --check [OUT_DIR]  (rerun all; fail, naming each number that
