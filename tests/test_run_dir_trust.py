@@ -413,6 +413,13 @@ def test_a_sweep_over_no_values_is_refused_before_its_dir_is_made(tmp_path, valu
 # --- a second signal stops at once, keeping the last completed epoch --------------------------
 
 
+def started_run(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    """`regexp train ARGS` into tmp_path/run, as a process of its own (its stderr piped)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "regexp", "train", *args, "hydra.run.dir=run"]
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_stops_at_once_keeping_the_last_completed_epoch(tmp_path, signum):
@@ -420,9 +427,7 @@ def test_a_second_signal_stops_at_once_keeping_the_last_completed_epoch(tmp_path
     args = ["data=digits", "model=cnn", "model.channels=[64,64]", "train.batch_size=16"]
     args += ["train.epochs=200", "train.checkpoint_every=1000", "log.figure_every=0"]
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [sys.executable, "-m", "regexp", "train", *args, "hydra.run.dir=run"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    process = started_run(tmp_path, args)
     metrics = run / "metrics.csv"
     while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
         time.sleep(0.05)
@@ -449,9 +454,7 @@ def test_a_second_signal_stops_at_once_inside_one_long_operation(tmp_path, signu
     which no Python handler runs. The record it leaves is whole (no half-written file)."""
     args = ["model.hidden=[6144,6144]", "data.n_train=6144", "train.epochs=3"]
     args += ["log.figure_every=0", "log.hist_every=0"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [sys.executable, "-m", "regexp", "train", *args, "hydra.run.dir=run"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    process = started_run(tmp_path, args)
     while not (tmp_path / "run" / "model.txt").exists():
         assert process.poll() is None
         time.sleep(0.05)

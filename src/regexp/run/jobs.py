@@ -45,7 +45,7 @@ def train_job(cfg: DictConfig) -> Outcome:
         summary = execute(conf, run_dir, overrides, named(hydra, overrides))
     except Exception as exc:
         if sweep:
-            kept = {"run_log": rundir.resumed_sweep_job(run_dir, 0) is None}
+            kept = {"run_log": not rundir.in_resumed_sweep(run_dir)}
             log.error("job failed: %s (in %s)", one_line(exc), run_dir, extra=kept)
             return Outcome(math.nan, "failed")
         said = user_error(exc)  # (raised, Hydra would print its own line about the job first)

@@ -1,6 +1,9 @@
 """Run dirs: a fresh one for each run and sweep, a lock held by the run writing in one, the
 checkpoint `resume=` continues, what each job of a resumed sweep does with its dir, and every
-file of a run dir: its name, its path and its writing (atomic: a temp file, then a rename)."""
+file of a run dir: its name, its path and its writing (atomic: a temp file, then a rename).
+
+Why it is long: it is the one owner of a run dir's files (DESIGN.md, section 4), so each
+file's name, writer and strict reader sit here together rather than beside their users."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from regexp import process
 from regexp.errors import ConfigError, UserError
 
 
@@ -119,19 +123,23 @@ def resumed_sweep_job(run_dir: Path, epochs: int) -> str | None:
     job that ended (completed its `epochs` or stopped early, diverged, or failed unless failed
     jobs rerun); "resume" one whose checkpoint goes on (interrupted, killed, completed but given
     more epochs, a failed one rerun); "start" one that never trained or left no checkpoint."""
-    from regexp import process
-
-    sweep, rerun_failed = process.resumed_sweep_told()
-    if not sweep or Path(sweep).resolve() not in Path(run_dir).resolve().parents:
+    if not in_resumed_sweep(run_dir):
         return None
     summary = summary_of(run_dir)
     status = summary.get("status")
     ended = status == "completed" and (
         (summary.get("epochs") or 0) >= epochs or "stopped_epoch" in summary
     )
+    rerun_failed = process.resumed_sweep_told()[1]
     if ended or status == "diverged" or (status == "failed" and not rerun_failed):
         return "skip"
     return "resume" if checkpoint_file(run_dir).is_file() else "start"
+
+
+def in_resumed_sweep(run_dir) -> bool:
+    """Whether `run_dir` is a job's of the sweep this command resumes (`-m resume=`)."""
+    sweep = process.resumed_sweep_told()[0]
+    return bool(sweep) and Path(sweep).resolve() in Path(run_dir).resolve().parents
 
 
 def hydra_record_dir(*, _root_) -> str | None:
@@ -143,8 +151,8 @@ def hydra_record_dir(*, _root_) -> str | None:
     from omegaconf import OmegaConf
 
     run_dir = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
-    going_on = run_dir and resumed_sweep_job(Path(run_dir), 0) is not None
-    return None if going_on and (Path(run_dir) / HYDRA_RECORD).is_dir() else HYDRA_RECORD
+    kept = run_dir and in_resumed_sweep(run_dir) and (Path(run_dir) / HYDRA_RECORD).is_dir()
+    return None if kept else HYDRA_RECORD
 
 
 def write_hydra_record(run_dir, texts: dict[str, str]) -> None:

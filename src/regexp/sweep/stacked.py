@@ -273,7 +273,9 @@ class StackedLauncher(Launcher):
         trained = [None if b else f.result() for f, b in zip(done, broken, strict=True)]
         if any(broken):
             # (the pool ends its other workers with SIGTERM; the one that broke it died else)
-            died = {p for p, pid in started.items() if workers[pid].exitcode != -signal.SIGTERM}
+            # (a worker never seen alive, gone between two looks, died too)
+            ended = {p: getattr(workers.get(pid), "exitcode", None) for p, pid in started.items()}
+            died = {p for p, code in ended.items() if code != -signal.SIGTERM}
             return self._after_a_worker_died(populations, trained, before, died)
         return trained
 
